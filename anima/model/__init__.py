@@ -1,0 +1,1 @@
+"""Model code: plain torch modules whose attribute names match the checkpoint keys."""

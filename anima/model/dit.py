@@ -1,0 +1,293 @@
+"""MiniTrainDIT (Cosmos-Predict2) with the Anima settings: the image denoiser (spec §2).
+
+Attribute names equal the checkpoint keys without the ``net.`` prefix, so an official state dict
+(minus ``llm_adapter.*``, which belongs to the adapter module) loads with ``strict=True``. Nothing in
+``__init__`` touches tensor data: build under ``torch.device("meta")`` and ``load_state_dict(...,
+assign=True)`` to map a 2B checkpoint without a second copy.
+
+Precision. The compute dtype is the weight dtype. In fp32 and bf16 everything runs in it. In fp16
+the residual stream of the real model exceeds 65504 (spec §7), so there — and only there — the
+residual stream, the timestep embedding and the AdaLN modulations are kept in fp32 while attention
+and MLP run in fp16; sub-layer outputs are upcast before ``x += gate * out``. This is the ComfyUI
+scheme plus the sd-scripts #2302 fp32 modulation, expressed once through `_stream_dtype`.
+
+Shapes: tokens travel as [B, L, D] with L = T' * H' * W' in (t, h, w) order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anima.config import DiTConfig
+from anima.model.attention import attention
+from anima.model.rope import Rope3D, apply_rope_split_half
+
+_EPS = 1e-6
+
+
+class TimeCond(NamedTuple):
+    """Timestep conditioning (spec §2.5)."""
+
+    sinusoid: torch.Tensor  # [B, 1, D] fp32: [cos(sigma f), sin(sigma f)]
+    adaln_lora: torch.Tensor  # [B, 1, 3D]: linear_2(SiLU(linear_1(sinusoid))), added to every modulation
+    emb: torch.Tensor  # [B, 1, D]: t_embedding_norm(sinusoid), input of every modulation
+
+
+def timestep_sinusoid(sigma: torch.Tensor, dim: int) -> torch.Tensor:
+    """[B] raw sigma -> [B, 1, dim] fp32 [cos, sin] embedding, f_i = exp(-ln(10000) i / (dim/2))."""
+    half = dim // 2
+    exponent = -math.log(10000) * torch.arange(half, dtype=torch.float32, device=sigma.device) / half
+    angles = sigma.reshape(-1, 1).float() * torch.exp(exponent)[None, :]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)[:, None, :]
+
+
+def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """Bias-free linear evaluated in x.dtype (a no-op cast unless fp16 weights meet fp32 inputs)."""
+    return F.linear(x, layer.weight.to(x.dtype))
+
+
+def _adaln(mod: nn.Sequential, emb: torch.Tensor, lora: torch.Tensor) -> torch.Tensor:
+    """AdaLN-LoRA modulation ``W2 W1 SiLU(emb) + lora``, in emb's dtype (fp32 for fp16 models)."""
+    return _linear(_linear(F.silu(emb), mod[1]), mod[2]) + lora
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Non-affine LayerNorm (eps 1e-6), then ``* (1 + scale) + shift``."""
+    return F.layer_norm(x, (x.shape[-1],), eps=_EPS) * (1 + scale) + shift
+
+
+def _modulation_mlp(width: int, rank: int, n_out: int) -> nn.Sequential:
+    # Index 0 (SiLU) carries no weights; the checkpoint keys are `.1` and `.2`.
+    return nn.Sequential(nn.SiLU(), nn.Linear(width, rank, bias=False), nn.Linear(rank, n_out, bias=False))
+
+
+class Patchify(nn.Module):
+    """``b c (t r) (h m) (w n) -> b t h w (c r m n)``: feature index c*r*m*n-major (spec §2.3)."""
+
+    def __init__(self, patch_temporal: int, patch_spatial: int) -> None:
+        super().__init__()
+        self.pt, self.ps = patch_temporal, patch_spatial
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        r, p = self.pt, self.ps
+        x = x.reshape(b, c, t // r, r, h // p, p, w // p, p)
+        return x.permute(0, 2, 4, 6, 1, 3, 5, 7).flatten(4)
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        n_in = (cfg.in_channels + 1) * cfg.patch_temporal * cfg.patch_spatial**2
+        self.proj = nn.Sequential(
+            Patchify(cfg.patch_temporal, cfg.patch_spatial), nn.Linear(n_in, cfg.model_channels, bias=False)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class TimestepSinusoid(nn.Module):
+    """``t_embedder.0``: parameter-free [B] sigma -> [B, 1, D] fp32 sinusoid."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.width = width
+
+    def forward(self, sigma: torch.Tensor) -> torch.Tensor:
+        return timestep_sinusoid(sigma, self.width)
+
+
+class TimestepEmbedding(nn.Module):
+    """The ``t_embedder.1`` MLP; with AdaLN-LoRA its output is the additive [B, 1, 3D] term."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(width, width, bias=False)
+        self.linear_2 = nn.Linear(width, 3 * width, bias=False)
+
+    def forward(self, sinusoid: torch.Tensor) -> torch.Tensor:
+        return _linear(F.silu(_linear(sinusoid, self.linear_1)), self.linear_2)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with per-head QK RMSNorm; RoPE (split-half) when tables are given."""
+
+    def __init__(self, width: int, context_dim: int, num_heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.q_proj = nn.Linear(width, width, bias=False)
+        self.k_proj = nn.Linear(context_dim, width, bias=False)
+        self.v_proj = nn.Linear(context_dim, width, bias=False)
+        self.output_proj = nn.Linear(width, width, bias=False)
+        self.q_norm = nn.RMSNorm(head_dim, eps=_EPS)
+        self.k_norm = nn.RMSNorm(head_dim, eps=_EPS)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        src = x if context is None else context
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # [B, L, H*hd] -> [B, L, H, hd]
+            return t.unflatten(-1, (self.num_heads, self.head_dim))
+
+        q = self.q_norm(heads(self.q_proj(x))).transpose(1, 2)
+        k = self.k_norm(heads(self.k_proj(src))).transpose(1, 2)
+        v = heads(self.v_proj(src)).transpose(1, 2)
+        if rope is not None:
+            q = apply_rope_split_half(q, *rope)
+            k = apply_rope_split_half(k, *rope)
+        return self.output_proj(attention(q, k, v).transpose(1, 2).flatten(2))
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.layer1 = nn.Linear(width, hidden, bias=False)
+        self.layer2 = nn.Linear(hidden, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer2(F.gelu(self.layer1(x)))  # exact (erf) GELU
+
+
+class Block(nn.Module):
+    """Self-attn (RoPE) -> cross-attn (no mask) -> MLP, each AdaLN-modulated and gated (spec §2.6)."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        d, r = cfg.model_channels, cfg.adaln_lora_dim
+        self.self_attn = Attention(d, d, cfg.num_heads, cfg.head_dim)
+        self.cross_attn = Attention(d, cfg.crossattn_emb_channels, cfg.num_heads, cfg.head_dim)
+        self.mlp = MLP(d, cfg.mlp_hidden)
+        self.adaln_modulation_self_attn = _modulation_mlp(d, r, 3 * d)
+        self.adaln_modulation_cross_attn = _modulation_mlp(d, r, 3 * d)
+        self.adaln_modulation_mlp = _modulation_mlp(d, r, 3 * d)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cond: TimeCond,
+        context: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """x: [B, L, D] residual stream; context: [B, Lc, C] in the compute dtype."""
+        compute = self.mlp.layer1.weight.dtype
+
+        def sublayer(
+            mod: nn.Sequential, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+        ) -> torch.Tensor:
+            shift, scale, gate = _adaln(mod, cond.emb, cond.adaln_lora).chunk(3, dim=-1)
+            out = fn(_modulate(x, shift, scale).to(compute))
+            return x + gate.to(x.dtype) * out.to(x.dtype)
+
+        x = sublayer(self.adaln_modulation_self_attn, lambda h: self.self_attn(h, rope=rope), x)
+        x = sublayer(self.adaln_modulation_cross_attn, lambda h: self.cross_attn(h, context), x)
+        return sublayer(self.adaln_modulation_mlp, self.mlp, x)
+
+
+class FinalLayer(nn.Module):
+    """Modulated LayerNorm (shift first, then scale) and the projection to patch pixels (spec §2.7)."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        d = cfg.model_channels
+        n_out = cfg.patch_spatial**2 * cfg.patch_temporal * cfg.out_channels
+        self.linear = nn.Linear(d, n_out, bias=False)
+        self.adaln_modulation = _modulation_mlp(d, cfg.adaln_lora_dim, 2 * d)
+
+    def forward(self, x: torch.Tensor, cond: TimeCond) -> torch.Tensor:
+        d = x.shape[-1]
+        shift, scale = _adaln(self.adaln_modulation, cond.emb, cond.adaln_lora[..., : 2 * d]).chunk(2, dim=-1)
+        return self.linear(_modulate(x, shift, scale).to(self.linear.weight.dtype))
+
+
+class MiniTrainDIT(nn.Module):
+    """The Anima DiT without the LLM adapter. ``forward(x, sigma, context) -> velocity``."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.model_channels
+        self.x_embedder = PatchEmbed(cfg)
+        # Index 0 has no weights; the keys live under `t_embedder.1.*`.
+        self.t_embedder = nn.ModuleList([TimestepSinusoid(d), TimestepEmbedding(d)])
+        self.t_embedding_norm = nn.RMSNorm(d, eps=_EPS)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.num_blocks)])
+        self.final_layer = FinalLayer(cfg)
+        self.rope = Rope3D(
+            cfg.head_dim,
+            (cfg.rope_t_extrapolation_ratio, cfg.rope_h_extrapolation_ratio, cfg.rope_w_extrapolation_ratio),
+        )
+
+    # -- dtypes ---------------------------------------------------------------------------------
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.x_embedder.proj[1].weight.dtype
+
+    @property
+    def _stream_dtype(self) -> torch.dtype:
+        """Dtype of the residual stream and of the conditioning path: fp32 when computing in fp16."""
+        return torch.float32 if self.compute_dtype == torch.float16 else self.compute_dtype
+
+    # -- stages (public so tests and tools can look inside) -------------------------------------
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, T, H, W] latent -> [B, T', H', W', D] patch tokens (compute dtype).
+
+        Pads T/H/W circularly up to the patch size (as ComfyUI does for odd latent sizes), appends
+        the all-zero padding-mask channel, patchifies in (c, r, m, n) order and projects.
+        """
+        x = x.to(self.compute_dtype)
+        t, h, w = x.shape[2:]
+        pt, ps = self.cfg.patch_temporal, self.cfg.patch_spatial
+        pad = (0, -w % ps, 0, -h % ps, 0, -t % pt)
+        if any(pad):
+            x = F.pad(x, pad, mode="circular")
+        mask = x.new_zeros(x.shape[0], 1, *x.shape[2:])
+        return self.x_embedder(torch.cat([x, mask], dim=1))
+
+    def time_embedding(self, sigma: torch.Tensor) -> TimeCond:
+        """[B] raw sigma in [0, 1] -> conditioning in the stream dtype (fp32 for fp16 models)."""
+        dtype = self._stream_dtype
+        sinusoid = self.t_embedder[0](sigma)
+        s = sinusoid.to(dtype)
+        norm = self.t_embedding_norm
+        emb = F.rms_norm(s, norm.normalized_shape, norm.weight.to(dtype), _EPS)
+        return TimeCond(sinusoid, self.t_embedder[1](s), emb)
+
+    def unpatchify(self, y: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """[B, L, (p1 p2 r C)] -> [B, C, T, H, W]; channel index innermost (spec §2.7)."""
+        pt, ps = self.cfg.patch_temporal, self.cfg.patch_spatial
+        t, h, w = grid
+        y = y.reshape(y.shape[0], t, h, w, ps, ps, pt, -1)
+        y = y.permute(0, 7, 1, 6, 2, 4, 3, 5)
+        return y.reshape(y.shape[0], y.shape[1], t * pt, h * ps, w * ps)
+
+    # -- forward ----------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """x: [B, C, T, H, W] normalised latent; sigma: [B] raw sigma; context: [B, L, C_ctx].
+
+        Returns the velocity v = noise - x0, [B, C_out, T, H, W] in x.dtype.
+        """
+        t, h, w = x.shape[2:]
+        tokens = self.embed(x)
+        grid = tuple(tokens.shape[1:4])
+        cond = self.time_embedding(sigma.to(x.device).reshape(-1))
+        rope = self.rope(grid, x.device)
+        context = context.to(self.compute_dtype)
+        stream = tokens.flatten(1, 3).to(self._stream_dtype)
+        for block in self.blocks:
+            stream = block(stream, cond, context, rope)
+        y = self.final_layer(stream, cond)
+        return self.unpatchify(y, grid)[:, :, :t, :h, :w].to(x.dtype)

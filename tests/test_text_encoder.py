@@ -1,0 +1,107 @@
+"""Qwen3 text encoder against ComfyUI's hidden states (components/text_encoder.safetensors, spec §3.1)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY, load_st
+
+from anima.config import TextEncoderConfig
+from anima.model.text_encoder import Qwen3TextEncoder
+
+TE_FILE = TINY / "weights" / "qwen3_tiny_te.safetensors"
+ATOL = 1e-4
+PROMPTS = ["p0", "p1", "p2"]
+
+
+def load_tiny_te() -> Qwen3TextEncoder:
+    """Meta build + strict assign load of the bf16 tiny checkpoint (file keys minus ``model.``)."""
+    sd = {k.removeprefix("model."): v for k, v in load_st(TE_FILE).items()}
+    cfg = TextEncoderConfig.from_shapes({k: tuple(v.shape) for k, v in sd.items()})
+    with torch.device("meta"):
+        te = Qwen3TextEncoder(cfg)
+    te.load_state_dict(sd, strict=True, assign=True)
+    return te
+
+
+@pytest.fixture(scope="module")
+def te() -> Qwen3TextEncoder:
+    return load_tiny_te()
+
+
+@pytest.fixture(scope="module")
+def fx() -> dict:
+    return load_st(TINY / "components" / "text_encoder.safetensors")
+
+
+def test_state_dict_keys_are_checkpoint_keys(te: Qwen3TextEncoder) -> None:
+    file_keys = {k.removeprefix("model.") for k in load_st(TE_FILE)}
+    assert set(te.state_dict()) == file_keys
+
+
+def test_precision_policy(te: Qwen3TextEncoder) -> None:
+    # bf16 embedding table kept as stored; everything that computes is fp32 (the reference casts
+    # each bf16 weight to fp32 on use, which is exact); no tensor was left on the meta device.
+    assert te.embed_tokens.weight.dtype == torch.bfloat16
+    for name, p in te.named_parameters():
+        assert not p.is_meta, name
+        if not name.startswith("embed_tokens"):
+            assert p.dtype == torch.float32, name
+    assert not te.rotary_emb.inv_freq.is_meta
+    assert te.config._attn_implementation == "sdpa"
+    assert te.config.head_dim == 64 and te.config.num_attention_heads == 2  # head dim is explicit
+
+
+@pytest.mark.parametrize("p", PROMPTS)
+def test_hidden_states_match_fixture(te: Qwen3TextEncoder, fx: dict, p: str) -> None:
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [
+        layer.register_forward_hook(
+            lambda _m, _i, out, j=j: captured.__setitem__(
+                f"layer{j}_out", out[0] if isinstance(out, tuple) else out
+            )
+        )
+        for j, layer in enumerate(te.layers)
+    ]
+    try:
+        ids = fx[f"{p}.qwen_ids"]
+        hidden = te.encode(ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    captured["embeddings"] = te.embed_tokens(ids).float()
+    captured["hidden"] = hidden
+    assert hidden.dtype == torch.float32 and hidden.shape == fx[f"{p}.hidden"].shape
+    errors = {k: (v - fx[f"{p}.{k}"]).abs().max().item() for k, v in captured.items()}
+    assert set(errors) == {"embeddings", "layer0_out", "layer1_out", "hidden"}
+    assert max(errors.values()) <= ATOL, errors
+
+
+def test_causal(te: Qwen3TextEncoder, fx: dict) -> None:
+    # With a causal mask, a prefix's states do not depend on what follows it.
+    ids = fx["p1.qwen_ids"]
+    full = te.encode(ids)
+    prefix = te.encode(ids[:, :5])
+    torch.testing.assert_close(prefix, full[:, :5], atol=1e-5, rtol=1e-5)
+
+
+def test_batch_rows_are_independent(te: Qwen3TextEncoder, fx: dict) -> None:
+    ids = fx["p1.qwen_ids"]
+    both = te.encode(torch.cat([ids, ids.flip(1)]))
+    torch.testing.assert_close(both[:1], te.encode(ids), atol=1e-5, rtol=1e-5)
+
+
+def test_loader_builds_this_module(fx: dict) -> None:
+    """The checkpoint loader's meta build + strict assign ends in the same precision policy."""
+    from anima.loading import load_text_encoder
+
+    te = load_text_encoder(TE_FILE)
+    assert isinstance(te, Qwen3TextEncoder)
+    assert te.layers[0].mlp.up_proj.weight.dtype == torch.float32
+    hidden = te.encode(fx["p2.qwen_ids"])
+    assert (hidden - fx["p2.hidden"]).abs().max().item() <= ATOL
+
+
+def test_rejects_bad_ids(te: Qwen3TextEncoder) -> None:
+    with pytest.raises(ValueError):
+        te.encode(torch.zeros(1, 0, dtype=torch.long))
