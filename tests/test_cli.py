@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -48,6 +49,9 @@ def test_generate_writes_png_with_metadata(tmp_path: Path, capsys: pytest.Captur
     assert "Steps: 2" in params and "Seed: 7" in params and "Size: 64x64" in params
     recipe = json.loads(im.info["anima_recipe"])
     assert recipe["seed"] == 7 and recipe["sampler"] == "euler" and recipe["model"] == "anima_tiny_dit"
+    # A1111 / civitai "Model hash" (AutoV2): the first 10 hex digits of the file's SHA-256.
+    digest = hashlib.sha256((W / "anima_tiny_dit.safetensors").read_bytes()).hexdigest()[:10]
+    assert recipe["model_hash"] == digest and f"Model hash: {digest}" in params
 
 
 def test_from_png_reproduces_the_image(tmp_path: Path) -> None:
