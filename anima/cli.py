@@ -62,7 +62,32 @@ def build_parser() -> argparse.ArgumentParser:
     mr.add_argument("--preset", choices=["tiny", "full"], default="tiny")
     mr.add_argument("--seed", type=int, default=0)
     mr.add_argument("out", type=Path, help="output folder")
+    _add_prompt_tool_parsers(sub)  # prompt, explore, batch (issue 7)
+    from anima.serve_cli import add_serve_args
+
+    srv = sub.add_parser("serve", help="HTTP server: A1111-compatible API, job queue, web UI")
+    add_serve_args(srv)
+    _add_model_args(srv)
+    from anima.lora_cli import add_lora_args
+
+    add_lora_args(sub.add_parser("lora", help="inspect and convert LoRA files (issue 5)"))
+    from anima.train_cli import add_train_args
+
+    add_train_args(sub.add_parser("train", help="train a LoRA / LoKr or fine-tune (TOML config + flags)"))
     return parser
+
+
+def _add_prompt_tool_parsers(sub) -> None:
+    from anima.batch_cli import add_batch_args
+    from anima.explore_cli import add_explore_args
+    from anima.prompt_cli import add_prompt_args
+
+    add_prompt_args(sub.add_parser("prompt", help="lint or format a prompt, look up artist names"))
+    for name, add, text in (("explore", add_explore_args, "render an artist style gallery"),
+                            ("batch", add_batch_args, "generate many recipes with one loaded model")):
+        p = sub.add_parser(name, help=text)
+        add(p)
+        _add_model_args(p)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +103,23 @@ def main(argv: list[str] | None = None) -> int:
             return run_generate(args)
         if args.command == "models":
             return _run_models(args)
+        if args.command == "serve":
+            from anima.serve_cli import run_serve
+
+            return run_serve(args)
+        if args.command == "lora":
+            from anima.lora_cli import run_lora
+
+            return run_lora(args)
+        if args.command == "train":
+            from anima.train_cli import run_train
+
+            return run_train(args)
+        if args.command in ("prompt", "explore", "batch"):
+            from importlib import import_module
+
+            module = import_module(f"anima.{args.command}_cli")
+            return getattr(module, f"run_{args.command}")(args)
     except AnimaError as e:
         print(f"anima: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -18,7 +18,7 @@ from anima.models_dir import (
 )
 
 
-def _places(args: argparse.Namespace) -> dict:
+def search_places(args: argparse.Namespace) -> dict:
     env, home = os.environ, Path.home()
     data_dir = default_data_dir(env, home)
     models_dir = getattr(args, "models_dir", None) or (
@@ -46,7 +46,7 @@ def _explicit(args: argparse.Namespace) -> dict:
 
 def resolve_files(args: argparse.Namespace) -> ModelSet:
     """The model set to load, with tokenizers; every path checked (headers only) before loading."""
-    places = _places(args)
+    places = search_places(args)
     tok_dir = getattr(args, "tokenizer_dir", None)
     if tok_dir is not None and not Path(tok_dir).is_dir():
         raise AnimaError(f"--tokenizer-dir {tok_dir}: no such folder")
@@ -78,7 +78,7 @@ def resolve_files(args: argparse.Namespace) -> ModelSet:
 
 
 def list_models(args: argparse.Namespace) -> list[str]:
-    places = _places(args)
+    places = search_places(args)
     sets = discover(
         _explicit(args),
         places["models_dir"],

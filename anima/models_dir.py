@@ -163,8 +163,15 @@ def find_tokenizers(
     """
     roots: list[Path] = []
     if tokenizer_dir is not None:
-        if _tokenizers_in(Path(tokenizer_dir)) == (None, None):
-            raise AnimaError(f"--tokenizer-dir {tokenizer_dir} has no qwen/ or t5/ tokenizer folder")
+        q, t = _tokenizers_in(Path(tokenizer_dir))
+        if q is None or t is None:
+            if q is None:
+                sub, need = "qwen", "vocab.json + merges.txt (or tokenizer.json)"
+            else:
+                sub, need = "t5", "tokenizer.json (or spiece.model)"
+            raise AnimaError(
+                f"--tokenizer-dir {tokenizer_dir}: {sub}/ folder missing or incomplete (needs {need})"
+            )
         roots.append(Path(tokenizer_dir))
     roots += [Path(d) for d in diffusers_dirs]
     roots += [Path(d) / "comfy" / "text_encoders" for d in _comfy_roots(comfyui_dirs)]

@@ -7,6 +7,8 @@ every image so it can be reproduced.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from anima import guidance
 from anima.errors import AnimaError
+from anima.model_hash import model_hash
 from anima.precision import resolve_dtype
+from anima.workflows.passes import SamplingPass, StepHooks
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,7 @@ class Result:
     images: torch.Tensor
     latents: torch.Tensor
     recipes: list = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the workflows decided (hires plan, crops)
 
     def uint8(self):
         from anima.imageio import to_uint8
@@ -74,6 +78,12 @@ class Pipeline:
         self.dtype = dtype
         self.model_name = model_name
         self.model_hash = model_hash
+        self.lora_resolver = None  # LoRA name -> path (the CLI searches loras/ folders); None: paths
+        self.merge_loras = False  # merge LoRA deltas into the weights per run instead of wrapping layers
+        # Performance options (anima.perf_options sets them; these defaults change nothing).
+        self.memory_plan = None  # anima.memory.MemoryPlan: text-encoder release, VAE decode budget
+        self.text_encoder_loader = None  # () -> text encoder: reloads it after a release
+        self.step_cache = None  # threshold of the opt-in first-block step cache (changes images)
         self.conditioner = TextConditioner(
             tokenizer=tokenizer, text_encoder=text_encoder, adapter=adapter, device=device, dtype=dtype
         )
@@ -92,8 +102,11 @@ class Pipeline:
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype | None = "auto",
         vae_dtype: str | torch.dtype | None = None,
+        hash_cache: str | Path | None = None,
     ) -> Pipeline:
-        """Load the three ComfyUI split files. Tokenizers: a folder with qwen/ and t5/, or each."""
+        """Load the three ComfyUI split files. Tokenizers: a folder with qwen/ and t5/, or each.
+
+        `hash_cache`: a JSON file remembering the DiT's A1111 model hash (else it is re-hashed)."""
         from anima import loading
         from anima.tokenize import AnimaTokenizer
 
@@ -105,10 +118,12 @@ class Pipeline:
         te = loading.load_text_encoder(text_encoder, device=device)
         v = loading.load_vae(vae, device=device, dtype=resolve_dtype(vae_dtype or dt, device))
         name = Path(dit).stem
-        return cls(
+        pipe = cls(
             dit=d, adapter=a, text_encoder=te, tokenizer=tok, vae=v, device=device, dtype=dt,
-            model_name=name, model_hash=_short_hash(Path(dit)),
+            model_name=name, model_hash=model_hash(dit, hash_cache),
         )  # fmt: skip
+        pipe.text_encoder_loader = functools.partial(loading.load_text_encoder, text_encoder, device=device)
+        return pipe
 
     @classmethod
     def from_pretrained(
@@ -118,6 +133,7 @@ class Pipeline:
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype | None = "auto",
         vae_dtype: str | torch.dtype | None = None,
+        hash_cache: str | Path | None = None,
     ) -> Pipeline:
         """Load a diffusers-format Anima folder (transformer/, text_conditioner/, text_encoder/,
         tokenizer/, t5_tokenizer/, vae/)."""
@@ -136,125 +152,254 @@ class Pipeline:
         )
         te = loading.load_text_encoder(folder / "text_encoder", device=device)
         v = loading.load_vae(folder / "vae", device=device, dtype=resolve_dtype(vae_dtype or dt, device))
-        return cls(
+        pipe = cls(
             dit=d, adapter=a, text_encoder=te, tokenizer=tok, vae=v, device=device, dtype=dt,
-            model_name=folder.name, model_hash=_short_hash(folder / "transformer"),
+            model_name=folder.name, model_hash=model_hash(folder / "transformer", hash_cache),
         )  # fmt: skip
+        te_dir = folder / "text_encoder"
+        pipe.text_encoder_loader = functools.partial(loading.load_text_encoder, te_dir, device=device)
+        return pipe
 
     # ---------------------------------------------------------------- running
-    def __call__(self, prompt: str = "", *, progress: Progress | None = None, **settings) -> Result:
-        """`pipe("1girl, ...", steps=20, seed=1)`: any Recipe field as a keyword."""
-        from anima.recipe import Recipe
+    def __call__(
+        self,
+        prompt: str = "",
+        *,
+        init_image: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        progress: Progress | None = None,
+        **settings,
+    ) -> Result:
+        """`pipe("1girl, ...", steps=20, seed=1, hires_scale=1.5)`: any Recipe or `Workflow` field
+        as a keyword (workflow fields are stored in ``recipe.extra``)."""
+        from dataclasses import fields
 
-        recipe = Recipe(prompt=prompt, **settings)
-        return self.generate(recipe, progress=progress)
+        from anima.recipe import Recipe
+        from anima.workflows.settings import Workflow
+
+        names = {f.name for f in fields(Workflow)}
+        workflow = Workflow(**{k: settings.pop(k) for k in list(settings) if k in names})
+        recipe = workflow.apply(Recipe(prompt=prompt, **settings))
+        return self.generate(recipe, init_image=init_image, mask=mask, progress=progress)
 
     def generate(
         self,
         recipe,
         *,
         init_image: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
         progress: Progress | None = None,
+        preview: Callable[[int, int, torch.Tensor], None] | None = None,
     ) -> Result:
-        """Run one recipe. `init_image` ([1,H,W,3] in [0,1]) makes it img2img at recipe.denoise."""
+        """Run one recipe; its workflow options come from ``recipe.extra`` (`Workflow`).
+
+        `init_image` ([1,H,W,3] in [0,1]) makes it img2img at recipe.denoise; `mask` ([1,H,W] in
+        [0,1], white = repaint, the init image's size) makes it inpainting. `progress(step, total)`
+        counts the steps of all passes; `preview(step, total, x0)` sees each step's denoised latent
+        (normalized), for live previews.
+        """
+        from anima.lora.use import applied_loras, split_prompt_loras
+        from anima.memory import ensure_text_encoder
+
+        ensure_text_encoder(self)  # a memory plan may have released it; LoRAs may target it
+        # LoRAs (recipe.loras plus <lora:name:w> prompt tags) are applied for this run only.
+        recipe = split_prompt_loras(recipe)
+        with applied_loras(self, recipe.loras):
+            return self._generate(recipe, init_image, mask, progress, preview)
+
+    def _generate(self, recipe, init_image, mask, progress, preview) -> Result:
         from anima import samplers, schedules
-        from anima.latent import denormalize_latent, normalize_latent
-        from anima.noise import initial_noise
+        from anima.workflows import inpaint
+        from anima.workflows.init_image import check_image_tensor
+        from anima.workflows.settings import Workflow
 
         recipe = recipe.with_(
             model=recipe.model or self.model_name, model_hash=recipe.model_hash or self.model_hash
         )
         recipe.validate(samplers.SAMPLERS.keys(), schedules.SCHEDULERS.keys())
+        wf = Workflow.from_recipe(recipe).validate(samplers.SAMPLERS.keys(), schedules.SCHEDULERS.keys())
         if recipe.denoise < 1.0 and init_image is None:
             raise AnimaError("denoise < 1 needs an init image (img2img)")
+        hooks = StepHooks(progress, preview)
+        if mask is None:
+            if init_image is not None:
+                init_image = check_image_tensor(init_image, recipe.width, recipe.height)
+            return self._run(recipe, wf, init_image, None, hooks)
+        if init_image is None:
+            raise AnimaError("a mask needs an init image to repaint (--init-image)")
+        if wf.hires:
+            raise AnimaError("hires fix cannot be combined with a mask; inpaint, then upscale the result")
+        image = init_image[None] if init_image.ndim == 3 else init_image
+        pixel_mask = inpaint.prepare_mask(
+            inpaint.check_mask(mask, image.shape[2], image.shape[1]), wf.mask_grow, wf.mask_blur
+        )
+        if not wf.only_masked:
+            image = check_image_tensor(image, recipe.width, recipe.height)
+            return self._run(recipe, wf, image, pixel_mask, hooks)
+        # "Only masked": repaint a crop around the mask at the recipe size, paste it back.
+        run = lambda img, m: self._run(recipe, wf, img, m, hooks)  # noqa: E731
+        result = inpaint.only_masked(
+            run, image.float(), pixel_mask, wf.inpaint_padding, recipe.width, recipe.height
+        )
+        return Result(**result)
 
-        cond = self.conditioner.encode(recipe.prompt)
-        uncond = self.conditioner.encode(recipe.negative_prompt)
+    def _run(self, recipe, wf, init_image: torch.Tensor | None, pixel_mask: torch.Tensor | None, hooks):
+        """The passes of one image batch: main pass, hires passes, decode, inpaint composite."""
+        from anima.latent import denormalize_latent, normalize_latent
+        from anima.workflows import hires, inpaint
+        from anima.workflows.variations import varied_noise
 
-        h, w = recipe.height // 8, recipe.width // 8
+        notes: list[str] = []
+        plan = hires.plan_passes(
+            recipe.width, recipe.height, wf.hires_scale,
+            max_step=wf.hires_max_step, max_side=wf.hires_max_side,
+        )  # fmt: skip
+        if plan.sizes:
+            notes.append(plan.describe())
+            log.info("%s", notes[-1])
+        main = SamplingPass(recipe.steps, recipe.denoise, recipe.sampler, recipe.scheduler)
+        second = SamplingPass(
+            wf.hires_steps or recipe.steps, wf.hires_denoise, wf.hires_sampler or recipe.sampler,
+            wf.hires_scheduler or recipe.scheduler,
+        )  # fmt: skip
+        passes = [main] + [second] * len(plan.sizes)
+        hooks.total = sum(p.num_steps(recipe.shift) for p in passes)
+
+        b, h, w = recipe.batch_size, recipe.height // 8, recipe.width // 8
         if init_image is not None:
-            latent = normalize_latent(self.encode_image(init_image)).float()
-            latent = latent.expand(recipe.batch_size, -1, -1, -1, -1)
+            latent = normalize_latent(self.encode_image(init_image, tiled=wf.tiled_vae)).float()
+            inpaint.ensure_finite(latent, "the encoded init image")
+            latent = latent.expand(b, -1, -1, -1, -1)
         else:
-            latent = torch.zeros(recipe.batch_size, 16, 1, h, w)
-        noise = initial_noise(recipe.seed, tuple(latent.shape))
+            latent = torch.zeros(b, 16, 1, h, w)
+        noise = varied_noise(recipe.seed, tuple(latent.shape), wf.variation_seed, wf.variation_strength)
+        lmask = inpaint.latent_mask(pixel_mask, h, w) if pixel_mask is not None else None
+        contexts: dict[str, torch.Tensor] = {}  # prompt text -> context, shared by all passes
+        x = self._sample(recipe, wf, main, latent, noise, lmask, hooks, contexts, first=True)
+        for width, height in plan.sizes:
+            if wf.hires_upscaler == "lanczos":
+                from anima.workflows.resample import resize_images
+
+                pixels = self.decode_latent(denormalize_latent(x), tiled=wf.tiled_vae)
+                pixels = resize_images(pixels, width, height, "lanczos")
+                latent = normalize_latent(self.encode_image(pixels, tiled=wf.tiled_vae)).float()
+            else:
+                latent = hires.upscale_latent(x, height // 8, width // 8, wf.hires_upscaler)
+            noise = varied_noise(recipe.seed, tuple(latent.shape), wf.variation_seed, wf.variation_strength)
+            x = self._sample(recipe, wf, second, latent, noise, None, hooks, contexts, first=False)
+        images = self.decode_latent(denormalize_latent(x), tiled=wf.tiled_vae)
+        inpaint.ensure_finite(images, "the decoded image")
+        if pixel_mask is not None:
+            images = inpaint.composite(images, init_image, pixel_mask)
+        return Result(images=images, latents=x, recipes=[recipe] * b, notes=notes)
+
+    def _sample(self, recipe, wf, spec: SamplingPass, latent, noise, lmask, hooks, contexts, *, first: bool):
+        """One sampling pass from `latent` (model space) at `spec`'s steps, denoise and sampler."""
+        from anima import samplers, schedules
+        from anima.guidance import GuidanceConfig, Guider
+        from anima.workflows.denoiser import make_denoiser
+        from anima.workflows.inpaint import masked_denoiser
+        from anima.workflows.nag import NagControl, nag_attention
+        from anima.workflows.prompt_editing import prompts_per_step
 
         model_sampling = schedules.FlowModelSampling(shift=recipe.shift)
-        sampler = samplers.SAMPLERS[recipe.sampler]
-        sigmas = schedules.get_sigmas(
-            model_sampling,
-            recipe.scheduler,
-            recipe.steps,
-            denoise=recipe.denoise,
-            discard_penultimate=samplers.discards_penultimate(recipe.sampler),
+        sigmas = spec.sigmas(recipe.shift)
+        n = len(sigmas) - 1
+        pos = self._contexts(prompts_per_step(recipe.prompt, n), contexts)
+        neg = self._contexts(prompts_per_step(recipe.negative_prompt, n), contexts)
+        self._after_text_encoding()
+        guider = Guider(
+            GuidanceConfig(
+                wf.guidance, recipe.cfg, wf.cfg_rescale, wf.apg_eta, wf.apg_momentum, wf.apg_norm_threshold
+            )
         )
+        nag = NagControl(wf.nag_scale, wf.nag_tau, wf.nag_alpha) if wf.nag else None
+        zero_init = wf.cfg_zero_init_steps if first and wf.guidance == "cfg-zero-star" else 0
+        model_x0 = functools.partial(self._model_x0, run=self._run_caches())  # per pass: K/V, step cache
+        denoise = make_denoiser(
+            model_x0, pos=pos, neg=neg, sigmas=sigmas, guider=guider, nag=nag, zero_init_steps=zero_init
+        )
+        if lmask is not None:
+            denoise = masked_denoiser(denoise, latent, noise, lmask)
         s0 = sigmas[0]
         x = s0 * noise + (1.0 - s0) * latent  # flow-matching noise scaling (spec 2.9)
-        denoise_fn = self._denoiser(cond.context, uncond.context, recipe.cfg, recipe.batch_size)
-        step_noise = samplers.noise_source_for(recipe.sampler, x, sigmas, recipe.seed)
-
-        total = len(sigmas) - 1
-
-        def on_step(i: int, x_i: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> None:
-            # Stop at the first non-finite step instead of writing a black image at the end.
-            if not torch.isfinite(x0).all():
-                raise AnimaError(
-                    f"the prediction became NaN/inf at step {i + 1}; "
-                    "use --dtype bf16 or fp32 (fp16 overflow) or a lower CFG"
-                )
-            if progress is not None:
-                progress(i + 1, total)
-
-        x = sampler(denoise_fn, x, sigmas, noise=step_noise, callback=on_step, model_sampling=model_sampling)
-        images = self.decode_latent(denormalize_latent(x))
-        recipes = [recipe] * recipe.batch_size
-        return Result(images=images, latents=x, recipes=recipes)
+        step_noise = samplers.noise_source_for(spec.sampler, x, sigmas, recipe.seed)
+        offset = hooks.done
+        sampler = samplers.SAMPLERS[spec.sampler]
+        with nag_attention(self.dit, nag) if nag is not None else contextlib.nullcontext():
+            x = sampler(
+                denoise, x, sigmas, noise=step_noise, model_sampling=model_sampling,
+                callback=lambda i, _x, x0, _sigma: hooks.step(offset + i, x0),
+            )  # fmt: skip
+        hooks.done = offset + n
+        return x
 
     # ---------------------------------------------------------------- parts
-    def _denoiser(self, ctx_pos: torch.Tensor, ctx_neg: torch.Tensor, scale: float, batch: int):
-        """denoise(x, sigma) -> x0 with CFG, hiding the model from the sampler."""
-        dit, dev, dt = self.dit, self.device, self.dtype
-        pos = ctx_pos.to(dev, dt).expand(batch, -1, -1)
-        neg = ctx_neg.to(dev, dt).expand(batch, -1, -1)
-        use_uncond = guidance.needs_uncond(scale)
-        same_len = pos.shape[1] == neg.shape[1]
+    def _contexts(self, prompts: list[str], cache: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """One DiT context per prompt (on the device, compute dtype); each distinct text encoded once
+        per run (`cache` maps texts already encoded in this run to their contexts)."""
+        new = [p for p in dict.fromkeys(prompts) if p not in cache]
+        if new:
+            from anima.memory import ensure_text_encoder
 
-        def model_x0(x: torch.Tensor, sigma: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-            v = dit(x.to(dev, dt), sigma.to(dev, torch.float32), ctx).float().cpu()
-            return x - v * sigma.view(-1, 1, 1, 1, 1)
+            ensure_text_encoder(self)  # reloads it if a memory plan released it
+        for p, c in zip(new, self.conditioner.encode_many(new), strict=True):
+            cache[p] = c.context.to(self.device, self.dtype)
+        return [cache[p] for p in prompts]
 
-        @torch.inference_mode()
-        def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            sigma = sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma
-            if not use_uncond:
-                return model_x0(x, sigma, pos)
-            if same_len:
-                # cond and uncond in one forward: one weight pass over memory instead of two.
-                both = model_x0(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([pos, neg]))
-                c, u = both.chunk(2)
-            else:
-                c, u = model_x0(x, sigma, pos), model_x0(x, sigma, neg)
-            return guidance.cfg(c, u, scale)
+    def _model_x0(self, x: torch.Tensor, sigma: torch.Tensor, ctx: torch.Tensor, run=None) -> torch.Tensor:
+        """The DiT as an x0 predictor: x0 = x - sigma * v (fp32, CPU). `run`: `RunCaches` of the pass."""
+        kw = run.kwargs(ctx) if run is not None else {}
+        v = self.dit(x.to(self.device, self.dtype), sigma.to(self.device, torch.float32), ctx, **kw)
+        return x - v.float().cpu() * sigma.view(-1, 1, 1, 1, 1)
 
-        return denoise
+    def _run_caches(self):
+        """Cross-attention K/V computed once per context and pass (exact), plus the opt-in step cache."""
+        from anima.model.dit_cache import FirstBlockCache, RunCaches
+
+        step = FirstBlockCache(threshold=self.step_cache) if self.step_cache else None
+        return RunCaches(self.dit, step_cache=step)
+
+    def _after_text_encoding(self) -> None:
+        """Under a memory plan that says so, free the text encoder before the DiT runs."""
+        if self.memory_plan is not None and self.memory_plan.release_text_encoder:
+            from anima.memory import release_text_encoder
+
+            release_text_encoder(self)
 
     @torch.inference_mode()
-    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+    def encode_image(self, image: torch.Tensor, *, tiled: str = "auto") -> torch.Tensor:
         """[B,H,W,3] in [0,1] -> VAE-space latent mean [B,16,1,H/8,W/8] (fp32, CPU)."""
         from anima.model.vae import image_to_vae_input
+        from anima.workflows.tiled_vae import encode_tiled
 
         vdt = next(self.vae.parameters()).dtype
         x = image_to_vae_input(image).to(self.device, vdt)
+        if self._tile(tiled, image.shape[1], image.shape[2], image.shape[0], vdt):
+            return encode_tiled(self.vae.encode, x).float().cpu()
         return self.vae.encode(x).float().cpu()
 
     @torch.inference_mode()
-    def decode_latent(self, latent: torch.Tensor) -> torch.Tensor:
-        """VAE-space latent -> images [B,H,W,3] float32 in [0,1]."""
+    def decode_latent(self, latent: torch.Tensor, *, tiled: str = "auto") -> torch.Tensor:
+        """VAE-space latent -> images [B,H,W,3] float32 in [0,1]. `tiled`: auto, on or off."""
         from anima.model.vae import vae_output_to_image
 
         vdt = next(self.vae.parameters()).dtype
-        out = self.vae.decode(latent.to(self.device, vdt))
+        z = latent.to(self.device, vdt)
+        f = self.vae.spatial_factor
+        if self._tile(tiled, z.shape[-2] * f, z.shape[-1] * f, z.shape[0], vdt):
+            out = self.vae.decode_tiled(z)
+        else:
+            out = self.vae.decode(z)
         return vae_output_to_image(out).float().cpu()
+
+    def _tile(self, mode: str, height: int, width: int, batch: int, dtype: torch.dtype) -> bool:
+        from anima.workflows.tiled_vae import free_memory, should_tile
+
+        budget = free_memory(self.device) if mode == "auto" else None
+        if mode == "auto" and self.memory_plan is not None and self.memory_plan.vae_budget is not None:
+            budget = min(budget or self.memory_plan.vae_budget, self.memory_plan.vae_budget)
+        return should_tile(mode, height, width, self.vae.cfg.dim, dtype, budget, batch)
 
 
 def _tokenizer_dirs(
@@ -270,18 +415,3 @@ def _tokenizer_dirs(
             "a diffusers folder, or run `anima models download`"
         )
     return Path(qwen), Path(t5)
-
-
-def _short_hash(path: Path) -> str:
-    """A cheap, stable id for the model: sha256 of the safetensors header (A1111 hashes data;
-    a header hash is instant and still changes whenever any tensor's layout does)."""
-    import hashlib
-
-    from anima.loading import shard_files
-
-    h = hashlib.sha256()
-    for f in shard_files(path):
-        with open(f, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            h.update(fh.read(min(n, 100 * 1024 * 1024)))
-    return h.hexdigest()[:10]

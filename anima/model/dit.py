@@ -12,6 +12,12 @@ and MLP run in fp16; sub-layer outputs are upcast before ``x += gate * out``. Th
 scheme plus the sd-scripts #2302 fp32 modulation, expressed once through `_stream_dtype`.
 
 Shapes: tokens travel as [B, L, D] with L = T' * H' * W' in (t, h, w) order.
+
+Speed paths (each pinned against the plain path by tests/test_perf_*.py): cross-attention K/V
+computed once per context (`prepare_context` -> ``context_cache=``), RoPE tables cached per grid,
+q/k RMSNorm + RoPE in one fp32 pass, fused q/k/v (`fuse_qkv`), a choice of attention kernel, and
+the opt-in first-block step cache (``step_cache=``). Any layer replaced by a wrapper (LoRA,
+quantisation, NAG) is called as a module; fast paths that would bypass it step aside.
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from anima.config import DiTConfig
-from anima.model.attention import attention
-from anima.model.rope import Rope3D, apply_rope_split_half
+from anima.model.dit_attention import KV, Attention, fuse_qkv, rope_tables  # noqa: F401 (re-exported)
+from anima.model.dit_cache import ContextCache, FirstBlockCache
+from anima.model.rope import Rope3D
 
 _EPS = 1e-6
 
@@ -47,9 +54,25 @@ def timestep_sinusoid(sigma: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)[:, None, :]
 
 
-def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """Bias-free linear evaluated in x.dtype (a no-op cast unless fp16 weights meet fp32 inputs)."""
-    return F.linear(x, layer.weight.to(x.dtype))
+def _linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    """Bias-free linear evaluated in x.dtype (a no-op cast unless fp16 weights meet fp32 inputs).
+
+    A replaced layer (LoRA wrapper, quantised weights) runs its own forward in its own dtype.
+    """
+    if type(layer) is nn.Linear:
+        return F.linear(x, layer.weight.to(x.dtype))
+    return layer(x.to(module_dtype(layer))).to(x.dtype)
+
+
+def module_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype a (possibly wrapped or quantised) layer computes in."""
+    dtype = getattr(module, "compute_dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    for p in module.parameters():
+        if p.dtype in (torch.float32, torch.bfloat16, torch.float16):
+            return p.dtype
+    return torch.float32
 
 
 def _adaln(mod: nn.Sequential, emb: torch.Tensor, lora: torch.Tensor) -> torch.Tensor:
@@ -58,8 +81,8 @@ def _adaln(mod: nn.Sequential, emb: torch.Tensor, lora: torch.Tensor) -> torch.T
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Non-affine LayerNorm (eps 1e-6), then ``* (1 + scale) + shift``."""
-    return F.layer_norm(x, (x.shape[-1],), eps=_EPS) * (1 + scale) + shift
+    """Non-affine LayerNorm (eps 1e-6), then ``* (1 + scale) + shift`` (one fused pass for the affine)."""
+    return torch.addcmul(shift, F.layer_norm(x, (x.shape[-1],), eps=_EPS), 1 + scale)
 
 
 def _modulation_mlp(width: int, rank: int, n_out: int) -> nn.Sequential:
@@ -116,39 +139,6 @@ class TimestepEmbedding(nn.Module):
         return _linear(F.silu(_linear(sinusoid, self.linear_1)), self.linear_2)
 
 
-class Attention(nn.Module):
-    """Multi-head attention with per-head QK RMSNorm; RoPE (split-half) when tables are given."""
-
-    def __init__(self, width: int, context_dim: int, num_heads: int, head_dim: int) -> None:
-        super().__init__()
-        self.num_heads, self.head_dim = num_heads, head_dim
-        self.q_proj = nn.Linear(width, width, bias=False)
-        self.k_proj = nn.Linear(context_dim, width, bias=False)
-        self.v_proj = nn.Linear(context_dim, width, bias=False)
-        self.output_proj = nn.Linear(width, width, bias=False)
-        self.q_norm = nn.RMSNorm(head_dim, eps=_EPS)
-        self.k_norm = nn.RMSNorm(head_dim, eps=_EPS)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        context: torch.Tensor | None = None,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        src = x if context is None else context
-
-        def heads(t: torch.Tensor) -> torch.Tensor:  # [B, L, H*hd] -> [B, L, H, hd]
-            return t.unflatten(-1, (self.num_heads, self.head_dim))
-
-        q = self.q_norm(heads(self.q_proj(x))).transpose(1, 2)
-        k = self.k_norm(heads(self.k_proj(src))).transpose(1, 2)
-        v = heads(self.v_proj(src)).transpose(1, 2)
-        if rope is not None:
-            q = apply_rope_split_half(q, *rope)
-            k = apply_rope_split_half(k, *rope)
-        return self.output_proj(attention(q, k, v).transpose(1, 2).flatten(2))
-
-
 class MLP(nn.Module):
     def __init__(self, width: int, hidden: int) -> None:
         super().__init__()
@@ -178,19 +168,28 @@ class Block(nn.Module):
         cond: TimeCond,
         context: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
+        kv: KV | None = None,
     ) -> torch.Tensor:
-        """x: [B, L, D] residual stream; context: [B, Lc, C] in the compute dtype."""
-        compute = self.mlp.layer1.weight.dtype
+        """x: [B, L, D] residual stream; context: [B, Lc, C] in the compute dtype.
+
+        kv: this block's cross-attention keys/values of `context` (`MiniTrainDIT.prepare_context`);
+        ignored when `cross_attn` has been wrapped, so a wrapper always sees the plain call.
+        """
+        compute = self.self_attn.q_norm.weight.dtype  # norms are never wrapped or quantised
 
         def sublayer(
             mod: nn.Sequential, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
         ) -> torch.Tensor:
             shift, scale, gate = _adaln(mod, cond.emb, cond.adaln_lora).chunk(3, dim=-1)
             out = fn(_modulate(x, shift, scale).to(compute))
-            return x + gate.to(x.dtype) * out.to(x.dtype)
+            return torch.addcmul(x, gate.to(x.dtype), out.to(x.dtype))
 
+        if kv is not None and type(self.cross_attn) is Attention:
+            cross = lambda h: self.cross_attn(h, context, kv=kv)  # noqa: E731
+        else:
+            cross = lambda h: self.cross_attn(h, context)  # noqa: E731
         x = sublayer(self.adaln_modulation_self_attn, lambda h: self.self_attn(h, rope=rope), x)
-        x = sublayer(self.adaln_modulation_cross_attn, lambda h: self.cross_attn(h, context), x)
+        x = sublayer(self.adaln_modulation_cross_attn, cross, x)
         return sublayer(self.adaln_modulation_mlp, self.mlp, x)
 
 
@@ -207,7 +206,7 @@ class FinalLayer(nn.Module):
     def forward(self, x: torch.Tensor, cond: TimeCond) -> torch.Tensor:
         d = x.shape[-1]
         shift, scale = _adaln(self.adaln_modulation, cond.emb, cond.adaln_lora[..., : 2 * d]).chunk(2, dim=-1)
-        return self.linear(_modulate(x, shift, scale).to(self.linear.weight.dtype))
+        return self.linear(_modulate(x, shift, scale).to(module_dtype(self.linear)))
 
 
 class MiniTrainDIT(nn.Module):
@@ -232,7 +231,7 @@ class MiniTrainDIT(nn.Module):
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        return self.x_embedder.proj[1].weight.dtype
+        return self.t_embedding_norm.weight.dtype  # a norm: never wrapped by LoRA nor quantised
 
     @property
     def _stream_dtype(self) -> torch.dtype:
@@ -275,19 +274,57 @@ class MiniTrainDIT(nn.Module):
 
     # -- forward ----------------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()
+    def prepare_context(self, context: torch.Tensor) -> ContextCache:
+        """Cross-attention keys/values of `context` for every block, computed once per prompt.
+
+        Pass the result as ``context_cache=`` with the same context on every sampling step. Build it
+        after LoRAs/patches are applied (it runs the live k/v projections) and again whenever they
+        change. Blocks whose `cross_attn` is wrapped get no entry and run the plain path.
+        """
+        context = context.to(self.compute_dtype)
+        kv = tuple(
+            b.cross_attn.project_kv(context) if type(b.cross_attn) is Attention else None for b in self.blocks
+        )
+        return ContextCache(context=context, kv=kv)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        context: torch.Tensor,
+        *,
+        context_cache: ContextCache | None = None,
+        step_cache: FirstBlockCache | None = None,
+    ) -> torch.Tensor:
         """x: [B, C, T, H, W] normalised latent; sigma: [B] raw sigma; context: [B, L, C_ctx].
 
+        context_cache: `prepare_context(context)`, reused across steps (same numbers, less work).
+        step_cache: opt-in first-block cache that may skip blocks 1..N-1 (changes the result).
         Returns the velocity v = noise - x0, [B, C_out, T, H, W] in x.dtype.
         """
         t, h, w = x.shape[2:]
         tokens = self.embed(x)
         grid = tuple(tokens.shape[1:4])
         cond = self.time_embedding(sigma.to(x.device).reshape(-1))
-        rope = self.rope(grid, x.device)
+        rope = rope_tables(*self.rope(grid, x.device))
         context = context.to(self.compute_dtype)
+        kv: tuple[KV | None, ...] = (None,) * len(self.blocks)
+        if context_cache is not None:
+            context_cache.check(context, len(self.blocks))
+            kv = context_cache.kv
         stream = tokens.flatten(1, 3).to(self._stream_dtype)
-        for block in self.blocks:
-            stream = block(stream, cond, context, rope)
+
+        def run(stream: torch.Tensor, first: int, last: int) -> torch.Tensor:
+            for j in range(first, last):
+                stream = self.blocks[j](stream, cond, context, rope, kv[j])
+            return stream
+
+        if step_cache is None:
+            stream = run(stream, 0, len(self.blocks))
+        else:
+            n = len(self.blocks)
+            stream = step_cache.run(stream, context, lambda s: run(s, 0, 1), lambda s: run(s, 1, n))
         y = self.final_layer(stream, cond)
         return self.unpatchify(y, grid)[:, :, :t, :h, :w].to(x.dtype)
+

@@ -1,0 +1,139 @@
+"""Train the DEMO model's tiny Wan-2.1 VAE (same architecture and keys as the real one, base width 8).
+
+The real VAE is far too big for the demo's 20 MB, and a random one decodes noise, so the demo
+trains its own: a short reconstruction run (L1 + L2 on pixels) on random crops of the shapes images.
+Crops are fine because the network is convolutional apart from the 1/8-resolution attention, and
+they make a step 4x cheaper on the CPU. Two details make the latents diffusion-friendly:
+
+- Gaussian noise is added to the latent before decoding, so the decoder tolerates the small errors
+  a denoiser leaves, and a light L2 penalty keeps the latent scale in check.
+- `calibrate` then folds a per-channel affine map into the quant conv (``conv1``) and its inverse
+  into the post-quant conv (``conv2``), so that the encoder's latents have the mean and standard
+  deviation of the real Wan-2.1 VAE. `anima.latent.normalize_latent` (fixed Wan statistics) then
+  maps them to zero mean, unit variance, exactly what the DiT is trained on. Decoding is unchanged
+  by the fold (up to float rounding).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from anima.config import VAEConfig
+
+
+@dataclass(frozen=True)
+class VAETrainConfig:
+    dim: int = 8
+    steps: int = 1500
+    batch_size: int = 16
+    crop: int = 32
+    lr: float = 2e-3
+    latent_noise: float = 0.1  # std of the noise added to latents before decoding, in latent-std units
+    latent_l2: float = 1e-4
+    seed: int = 0
+
+
+def init_vae(cfg: VAEConfig, seed: int) -> torch.nn.Module:
+    """A WanVAE with a trainable init (the module's own init is all zeros, meant for loading).
+
+    Only the last temporal tap of each causal conv is used on images; the other taps stay zero.
+    """
+    from anima.model.vae import WanVAE
+
+    g = torch.Generator().manual_seed(seed)
+    vae = WanVAE(cfg)
+    with torch.no_grad():
+        for name, p in sorted(vae.named_parameters()):
+            if name.endswith("gamma"):
+                p.fill_(1.0)
+            elif name.endswith("bias"):
+                p.zero_()
+            elif p.ndim == 5:
+                p.zero_()
+                fan_in = p.shape[1] * p.shape[3] * p.shape[4]
+                p[:, :, -1] = torch.randn(p[:, :, -1].shape, generator=g) / math.sqrt(fan_in)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(math.prod(p.shape[1:])))
+    return vae
+
+
+def _encode_raw(vae: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] in [-1, 1] -> latent mean [B, z, h, w] (the 4-D path `WanVAE.encode` wraps)."""
+    return vae.conv1(vae.encoder(x))[:, : vae.cfg.z_dim]
+
+
+def train_vae(
+    images: torch.Tensor,
+    cfg: VAETrainConfig,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> torch.nn.Module:
+    """images: uint8 [N, H, W, 3]. Returns the trained, calibrated VAE (fp32, eval mode)."""
+    vae = init_vae(VAEConfig(dim=cfg.dim), cfg.seed)
+    vae.train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * (0.5 + 0.5 * math.cos(math.pi * s / cfg.steps))
+    )
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    n, h, w = images.shape[:3]
+    for step in range(cfg.steps):
+        idx = torch.randint(0, n, (cfg.batch_size,), generator=g)
+        x = images[idx].permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        if cfg.crop < min(h, w):
+            oy, ox = (int(v) for v in torch.randint(0, min(h, w) - cfg.crop + 1, (2,), generator=g))
+            x = x[:, :, oy : oy + cfg.crop, ox : ox + cfg.crop]
+        x = x.contiguous(memory_format=torch.channels_last)
+        z = _encode_raw(vae, x)
+        scale = z.detach().std()
+        noisy = z + cfg.latent_noise * scale * torch.randn(z.shape, generator=g)
+        y = vae.decoder(vae.conv2(noisy))
+        rec = (y - x).abs().mean() + (y - x).square().mean()
+        loss = rec + cfg.latent_l2 * z.square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress is not None:
+            progress(step + 1, cfg.steps, rec.item())
+    vae.eval().requires_grad_(False)
+    calibrate(vae, images)
+    return vae
+
+
+@torch.no_grad()
+def latent_stats(
+    vae: torch.nn.Module, images: torch.Tensor, batch: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of the encoder's latents over uint8 `images` [N, H, W, 3]."""
+    zs = []
+    for i in range(0, len(images), batch):
+        x = images[i : i + batch].permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        zs.append(
+            _encode_raw(vae, x.contiguous(memory_format=torch.channels_last)).transpose(0, 1).flatten(1)
+        )
+    z = torch.cat(zs, dim=1)
+    return z.mean(dim=1), z.std(dim=1)
+
+
+@torch.no_grad()
+def calibrate(vae: torch.nn.Module, images: torch.Tensor) -> None:
+    """Fold z' = a z + b into conv1 (rows of the mean half) and z = (z' - b) / a into conv2, so that
+    latents have the Wan-2.1 per-channel mean/std (`anima.latent`). Exact reparametrisation."""
+    from anima.latent import LATENT_MEAN, LATENT_STD
+
+    mean, std = latent_stats(vae, images)
+    target_mean = torch.tensor(LATENT_MEAN)
+    target_std = torch.tensor(LATENT_STD)
+    a = target_std / std.clamp_min(1e-6)
+    b = target_mean - a * mean
+    zd = vae.cfg.z_dim
+    w1, b1 = vae.conv1.weight, vae.conv1.bias  # [2z, 2z, 1, 1, 1], [2z]
+    w1[:zd] *= a.view(-1, 1, 1, 1, 1)
+    b1[:zd] = a * b1[:zd] + b
+    w2, b2 = vae.conv2.weight, vae.conv2.bias  # [z, z, 1, 1, 1]: input channel j sees z'_j
+    b2 -= (w2[:, :, 0, 0, 0] * (b / a)[None, :]).sum(dim=1)
+    w2 /= a.view(1, -1, 1, 1, 1)

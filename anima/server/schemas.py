@@ -1,0 +1,223 @@
+"""Request and response models. The OpenAPI document is generated from these, so they are the contract.
+
+A1111 models follow the field names and shapes of the AUTOMATIC1111 1.10 API; they accept (and
+report as ignored) any field anima does not use, because clients send every field A1111 knows.
+Static bounds here are the absolute ones; the server's configured limits (`security.Limits`) are
+usually tighter and answered with 400 and a message that names the limit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_PROMPT_CHARS = 20_000  # absolute; the configured limit may be lower
+MAX_SIDE = 8192
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx anima raises itself: one line that says what is wrong."""
+
+    detail: str
+
+
+# --------------------------------------------------------------------- A1111: generation
+class _A1111Common(BaseModel):
+    # Clients send every A1111 field; unknown ones are kept (to be reported in `info`), not refused.
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str | None = Field(
+        None, max_length=MAX_PROMPT_CHARS, description="omitted: the model card's negative prompt"
+    )
+    seed: int = Field(-1, ge=-1, le=2**64 - 1, description="-1: random")
+    sampler_name: str | None = Field(None, max_length=64, description="A1111 label or ComfyUI name")
+    sampler_index: str | None = Field(None, max_length=64, description="deprecated alias of sampler_name")
+    scheduler: str | None = Field(None, max_length=64)
+    batch_size: int = Field(1, ge=1, le=64)
+    n_iter: int = Field(1, ge=1, le=100)
+    steps: int | None = Field(None, ge=1, le=1000)
+    cfg_scale: float | None = Field(None, ge=0, le=100)
+    width: int | None = Field(None, ge=16, le=MAX_SIDE)
+    height: int | None = Field(None, ge=16, le=MAX_SIDE)
+    shift: float | None = Field(None, gt=0, le=100, description="anima extension: flow shift")
+    override_settings: dict[str, Any] | None = Field(
+        None, description="only sd_model_checkpoint is honoured; other keys are noted as ignored"
+    )
+    send_images: bool = True
+    save_images: bool = False
+
+
+class Txt2ImgRequest(_A1111Common):
+    pass
+
+
+class Img2ImgRequest(_A1111Common):
+    init_images: list[str] = Field(..., min_length=1, max_length=16, description="base64 images")
+    denoising_strength: float = Field(0.75, ge=0, le=1)
+    resize_mode: int = Field(0, ge=0, le=3, description="0 resize, 1 crop+resize, 2 resize+fill, 3 = 0")
+    mask: str | None = Field(None, description="base64 mask; white = repaint")
+    mask_blur: int | None = Field(None, ge=0, le=64)
+    mask_blur_x: int = Field(4, ge=0, le=64)
+    mask_blur_y: int = Field(4, ge=0, le=64)
+    inpainting_fill: int = Field(1, ge=0, le=3, description="0 fill, 1 original, 2 noise, 3 nothing")
+    inpaint_full_res: bool = Field(False, description="repaint only the masked region at full size")
+    inpaint_full_res_padding: int = Field(32, ge=0, le=1024)
+    inpainting_mask_invert: int = Field(0, ge=0, le=1)
+    include_init_images: bool = False
+
+
+class GenerationResponse(BaseModel):
+    """A1111's TextToImageResponse / ImageToImageResponse."""
+
+    images: list[str] = Field(description="base64 PNGs (with metadata)")
+    parameters: dict[str, Any]
+    info: str = Field(description="JSON text: seeds, infotexts, notes about ignored fields")
+
+
+# --------------------------------------------------------------------- A1111: state
+class ProgressState(BaseModel):
+    skipped: bool
+    interrupted: bool
+    job: str
+    job_count: int
+    job_timestamp: str
+    job_no: int
+    sampling_step: int
+    sampling_steps: int
+
+
+class ProgressResponse(BaseModel):
+    progress: float = Field(ge=0, le=1)
+    eta_relative: float
+    state: ProgressState
+    current_image: str | None = Field(None, description="base64 PNG preview of the running job")
+    textinfo: str | None = None
+
+
+class SamplerItem(BaseModel):
+    name: str
+    aliases: list[str]
+    options: dict[str, str]
+
+
+class SchedulerItem(BaseModel):
+    name: str
+    label: str
+    aliases: list[str] | None = None
+    default_rho: float = -1
+    need_inner_model: bool = False
+
+
+class SDModelItem(BaseModel):
+    title: str
+    model_name: str
+    hash: str | None
+    sha256: str | None
+    filename: str
+    config: str | None = None
+
+
+class LoraItem(BaseModel):
+    name: str
+    alias: str
+    path: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class PNGInfoRequest(BaseModel):
+    image: str = Field(..., description="base64 image, optionally a data: URL")
+
+
+class PNGInfoResponse(BaseModel):
+    info: str
+    items: dict[str, Any]
+    parameters: dict[str, Any]
+
+
+class OptionsUpdateResponse(BaseModel):
+    updated: list[str]
+    ignored: list[str]
+
+
+# --------------------------------------------------------------------- native API
+class RecipeIn(BaseModel):
+    """The settings `anima generate` accepts; omitted ones take the Recipe defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(..., max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    size: str | None = Field(None, max_length=32, description="WxH or a preset name (square, portrait, ...)")
+    width: int | None = Field(None, ge=16, le=MAX_SIDE)
+    height: int | None = Field(None, ge=16, le=MAX_SIDE)
+    steps: int | None = Field(None, ge=1, le=1000)
+    cfg: float | None = Field(None, ge=0, le=100)
+    sampler: str | None = Field(None, max_length=64)
+    scheduler: str | None = Field(None, max_length=64)
+    shift: float | None = Field(None, gt=0, le=100)
+    seed: int | None = Field(None, ge=0, le=2**64 - 1, description="omitted: random")
+    batch_size: int | None = Field(None, ge=1, le=64)
+    denoise: float | None = Field(None, gt=0, le=1)
+    model: str | None = Field(None, max_length=256)
+    loras: list[tuple[str, float]] = Field(default_factory=list, max_length=16)
+
+
+class InpaintIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mask: str = Field(..., description="base64 mask image; white = repaint")
+    blur: int = Field(4, ge=0, le=64)
+    invert: bool = False
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    recipe: RecipeIn
+    n_iter: int = Field(1, ge=1, le=100, description="run the recipe this many times (seed + i)")
+    init_image: str | None = Field(None, description="base64 image: img2img at recipe.denoise")
+    inpaint: InpaintIn | None = None
+    output_name: str | None = Field(
+        None, max_length=128, description="subfolder of the outputs folder (plain names only)"
+    )
+
+
+JobStatus = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
+
+
+class JobOut(BaseModel):
+    id: str
+    status: JobStatus
+    kind: str
+    created: float
+    started: float | None
+    finished: float | None
+    recipe: dict[str, Any]
+    n_iter: int
+    outputs: list[str] = Field(description="output paths relative to the outputs folder")
+    urls: list[str]
+    error: str | None
+    notes: list[str]
+    step: int
+    steps: int
+    position: int | None = Field(None, description="place in the queue (0 = next)")
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class ServerInfo(BaseModel):
+    models: list[str]
+    current_model: str
+    loras: list[str]
+    samplers: list[str]
+    schedulers: list[str]
+    size_presets: dict[str, list[int]] = Field(description="name -> [width, height]")
+    defaults: dict[str, Any]
+    limits: dict[str, int]

@@ -1,0 +1,263 @@
+"""The generation service: which models exist, which one is loaded, and running one recipe.
+
+Routes and the worker talk to a `GenerationService`; `PipelineService` is the real one, wrapping
+`anima.pipeline.Pipeline`. Tests build it from the tiny fixture files with `from_files`; another
+implementation (a remote GPU, a fake) only has to provide the same methods.
+
+Only the worker thread calls `run`, so at most one model is loaded and used at a time;
+`select_model` just records a name that the next `run` loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from anima.errors import AnimaError
+from anima.models_dir import ModelSet
+from anima.recipe import Recipe
+from anima.server.security import check_plain_name
+
+log = logging.getLogger(__name__)
+
+StepFn = Callable[[int, int], None]
+PreviewFn = Callable[[int, int, object], None]  # (step, total, uint8 [H,W,3] array)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    filename: str
+    hash: str | None
+
+
+class GenerationService(Protocol):
+    def models(self) -> list[ModelInfo]: ...
+    def current_model(self) -> str: ...
+    def select_model(self, name: str) -> str: ...
+    def loras(self) -> dict[str, Path]: ...
+    def resolve_lora(self, name: str) -> Path: ...
+    def refresh(self) -> None: ...
+    def samplers(self) -> list[str]: ...
+    def schedulers(self) -> list[str]: ...
+    def run(
+        self,
+        recipe: Recipe,
+        *,
+        init_image=None,
+        mask=None,
+        progress: StepFn | None = None,
+        preview: PreviewFn | None = None,
+        preview_every: int = 0,
+    ) -> tuple[list[tuple[object, Recipe]], list[str]]: ...
+
+
+class PipelineService:
+    """Models found on disk (or given explicitly), loaded lazily, one at a time."""
+
+    def __init__(
+        self,
+        models: Sequence[ModelSet],
+        *,
+        lora_dirs: Sequence[Path] = (),
+        device: str = "cpu",
+        dtype: str = "auto",
+        rescan: Callable[[], Sequence[ModelSet]] | None = None,
+    ) -> None:
+        if not models:
+            raise AnimaError("no Anima model found to serve; pass --dit/--text-encoder/--vae or --models-dir")
+        self._models = {m.name: m for m in models}
+        self._lora_dirs = tuple(Path(d) for d in lora_dirs)
+        self._loras = self._scan_loras()
+        self._device = device
+        self._dtype = dtype
+        self._rescan = rescan
+        self._lock = threading.Lock()
+        self._selected = next(iter(self._models))
+        self._loaded: tuple[str, object] | None = None  # (name, Pipeline)
+
+    @classmethod
+    def from_files(
+        cls,
+        dit: Path,
+        text_encoder: Path,
+        vae: Path,
+        *,
+        tokenizer_dir: Path,
+        lora_dirs: Sequence[Path] = (),
+        device: str = "cpu",
+        dtype: str = "auto",
+    ) -> PipelineService:
+        ms = ModelSet(
+            Path(dit).stem, Path(dit), Path(text_encoder), Path(vae),
+            Path(tokenizer_dir) / "qwen", Path(tokenizer_dir) / "t5", "explicit",
+        )  # fmt: skip
+        return cls([ms], lora_dirs=lora_dirs, device=device, dtype=dtype)
+
+    # ----------------------------------------------------------------- catalog
+    def models(self) -> list[ModelInfo]:
+        with self._lock:
+            loaded = self._loaded
+            out = []
+            for name, ms in self._models.items():
+                h = loaded[1].model_hash if loaded and loaded[0] == name else None
+                out.append(ModelInfo(name, str(ms.diffusers or ms.dit), h))
+            return out
+
+    def current_model(self) -> str:
+        with self._lock:
+            return self._selected
+
+    def check_model(self, name: str) -> str:
+        """A served model's name for `name` (exact, or an A1111 title 'name.safetensors [hash]')."""
+        check_plain_name(name, "model")
+        base = name.split(" [", 1)[0].strip()
+        base = base[: -len(".safetensors")] if base.endswith(".safetensors") else base
+        with self._lock:
+            if base in self._models:
+                return base
+            known = ", ".join(self._models)
+        raise AnimaError(f"model {name!r} is not served here; choose from: {known}")
+
+    def select_model(self, name: str) -> str:
+        name = self.check_model(name)
+        with self._lock:
+            self._selected = name
+        return name
+
+    def loras(self) -> dict[str, Path]:
+        with self._lock:
+            return dict(self._loras)
+
+    def resolve_lora(self, name: str) -> Path:
+        """A LoRA by name (file stem), found only among the files inside the LoRA folders and
+        checked (header only) to be a LoRA. Never a path: clients cannot point at other files."""
+        from anima.lora.file import check_lora
+
+        check_plain_name(name, "LoRA")
+        loras = self.loras()
+        if name not in loras:
+            raise AnimaError(f"LoRA {name!r} not found; known: {', '.join(sorted(loras)) or 'none'}")
+        return check_lora(loras[name])
+
+    def refresh(self) -> None:
+        found = list(self._rescan()) if self._rescan else []
+        loras = self._scan_loras()
+        with self._lock:
+            for ms in found:
+                self._models.setdefault(ms.name, ms)
+            self._loras = loras
+
+    def _scan_loras(self) -> dict[str, Path]:
+        out: dict[str, Path] = {}
+        for root in self._lora_dirs:
+            base = root.resolve()
+            for p in sorted(base.rglob("*.safetensors")) if base.is_dir() else []:
+                real = p.resolve()
+                if real.is_relative_to(base) and real.is_file():  # a symlink out of the folder is skipped
+                    out.setdefault(p.stem, real)
+        return out
+
+    def samplers(self) -> list[str]:
+        from anima import samplers
+
+        return list(samplers.SAMPLERS)
+
+    def schedulers(self) -> list[str]:
+        from anima import schedules
+
+        return list(schedules.SCHEDULERS)
+
+    # ----------------------------------------------------------------- running
+    def _pipeline(self, name: str):
+        with self._lock:
+            if self._loaded and self._loaded[0] == name:
+                return self._loaded[1]
+            ms = self._models[name]
+            self._loaded = None  # drop the old model before loading the next one
+        from anima.pipeline import Pipeline
+
+        log.info("loading model %s", name)
+        if ms.diffusers is not None:
+            pipe = Pipeline.from_pretrained(ms.diffusers, device=self._device, dtype=self._dtype)
+        else:
+            pipe = Pipeline.from_files(
+                ms.dit, ms.text_encoder, ms.vae, qwen_tokenizer=ms.qwen_tokenizer,
+                t5_tokenizer=ms.t5_tokenizer, device=self._device, dtype=self._dtype,
+            )  # fmt: skip
+        pipe.model_name = name
+        pipe.lora_resolver = self.resolve_lora  # names only, inside the LoRA folders (not paths)
+        with self._lock:
+            self._loaded = (name, pipe)
+        return pipe
+
+    def run(
+        self,
+        recipe: Recipe,
+        *,
+        init_image=None,
+        mask=None,
+        progress: StepFn | None = None,
+        preview: PreviewFn | None = None,
+        preview_every: int = 0,
+    ) -> tuple[list[tuple[object, Recipe]], list[str]]:
+        """Run one recipe -> ([(uint8 [H,W,3], recipe)] per batch image, the pipeline's notes).
+
+        `init_image` is a PIL RGB image at the recipe size; `mask` an 'L' image of the same size
+        (white = repaint); blur, grow and "only masked" come from the recipe's workflow settings.
+        """
+        import numpy as np
+        import torch
+
+        from anima.precision import SHORT_NAMES
+
+        name = self.check_model(recipe.model) if recipe.model else self.current_model()
+        pipe = self._pipeline(name)
+        recipe = recipe.with_(model=name, dtype=SHORT_NAMES[pipe.dtype])
+        init = pixel_mask = None
+        if init_image is not None:
+            arr = np.asarray(init_image.convert("RGB"), dtype=np.float32) / np.float32(255.0)
+            init = torch.from_numpy(arr)[None]
+        if mask is not None:
+            pixel_mask = torch.from_numpy(
+                np.asarray(mask.convert("L"), dtype=np.float32) / np.float32(255.0)
+            )[None]
+        on_latent = (
+            _previewer(pipe, preview, preview_every) if preview is not None and preview_every > 0 else None
+        )
+        result = pipe.generate(recipe, init_image=init, mask=pixel_mask, progress=progress, preview=on_latent)
+        return list(zip(result.uint8(), result.recipes, strict=True)), list(result.notes)
+
+
+PREVIEW_MIN_INTERVAL_S = 0.5  # a VAE decode can cost more than a small step: cap previews in time too
+
+
+def _previewer(pipe, sink: PreviewFn, every: int):
+    """preview(step, total, x0) for the pipeline: decode x0 at <= 32 latents a side every `every`
+    steps, at most once per PREVIEW_MIN_INTERVAL_S."""
+    import time
+
+    import torch.nn.functional as F
+
+    from anima.imageio import to_uint8
+    from anima.latent import denormalize_latent
+
+    last = [0.0]
+
+    def on_latent(step: int, total: int, x0) -> None:
+        if step % every or step >= total or time.monotonic() - last[0] < PREVIEW_MIN_INTERVAL_S:
+            return  # the last step's image is the result itself
+        z = denormalize_latent(x0[:1].float())
+        h, w = z.shape[-2:]
+        f = max(1, math.ceil(max(h, w) / 32))  # a small decode: previews must not slow sampling much
+        if f > 1:
+            z = F.interpolate(z[:, :, 0], size=(max(1, h // f), max(1, w // f)), mode="area")[:, :, None]
+        sink(step, total, to_uint8(pipe.decode_latent(z))[0])
+        last[0] = time.monotonic()
+
+    return on_latent

@@ -1,0 +1,156 @@
+"""Turning a request into a queued job: build the recipe, check every limit and name, store the
+input images, add the job. Nothing is written before every check has passed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from anima.errors import AnimaError
+from anima.recipe import Recipe, parse_size
+from anima.server import a1111, images
+from anima.server.jobs import Job, JobSpec, JobStore, new_job_id
+from anima.server.schemas import Img2ImgRequest, JobCreate, Txt2ImgRequest
+from anima.server.security import Limits, resolve_inside
+
+
+@dataclass(frozen=True)
+class Prepared:
+    spec: JobSpec
+    notes: list[str]
+    init: object | None = None  # PIL image at the recipe size
+    mask: object | None = None  # PIL 'L' image at the recipe size
+
+
+class Submitter:
+    def __init__(self, store: JobStore, service, limits: Limits, *, inputs_dir: Path, outputs_dir: Path,
+                 wake=lambda: None) -> None:  # fmt: skip
+        self.store = store
+        self.service = service
+        self.limits = limits
+        self.inputs_dir = Path(inputs_dir)
+        self.outputs_dir = Path(outputs_dir)
+        self._wake = wake
+
+    # ----------------------------------------------------------------- A1111
+    def prepare_txt2img(self, req: Txt2ImgRequest) -> Prepared:
+        recipe = a1111.recipe_from_request(req, self.service)
+        self._check(recipe, req.n_iter)
+        return Prepared(JobSpec(recipe, req.n_iter, source="a1111"), a1111.ignored_notes(req, img2img=False))
+
+    def prepare_img2img(self, req: Img2ImgRequest) -> Prepared:
+        notes = a1111.ignored_notes(req, img2img=True)
+        first = images.decode_image(req.init_images[0], "init_images[0]", self.limits)
+        if len(req.init_images) > 1:
+            notes.append(f"only the first of {len(req.init_images)} init_images is used")
+        # No size given: the init image's, snapped to the nearest multiple of 16.
+        size = (_snap16(first.width), _snap16(first.height))
+        if req.denoising_strength <= 0:
+            raise AnimaError("denoising_strength must be above 0 for img2img")
+        recipe = a1111.recipe_from_request(req, self.service, denoise=req.denoising_strength, size=size)
+        self._check(recipe, req.n_iter)
+        init = images.resize_for(images.to_rgb(first), recipe.width, recipe.height, req.resize_mode)
+        mask = None
+        if req.mask:
+            m = images.decode_image(req.mask, "mask", self.limits)
+            blur = req.mask_blur if req.mask_blur is not None else (req.mask_blur_x + req.mask_blur_y) // 2
+            mask = images.prepare_mask(
+                m, recipe.width, recipe.height, invert=bool(req.inpainting_mask_invert)
+            )
+            area = "only masked" if req.inpaint_full_res else "whole"
+            recipe = _with_workflow(
+                recipe, mask_blur=blur, inpaint_area=area, inpaint_padding=req.inpaint_full_res_padding
+            )
+            if req.inpainting_fill != 1:
+                notes.append(
+                    f"inpainting_fill={req.inpainting_fill} is not supported: "
+                    "the original is used under the mask"
+                )
+        spec = JobSpec(recipe, req.n_iter, init_image="", mask="" if mask else None, source="a1111")
+        return Prepared(spec, notes, init, mask)
+
+    # ----------------------------------------------------------------- native
+    def prepare_native(self, req: JobCreate) -> Prepared:
+        r = req.recipe
+        fields = r.model_dump(exclude_none=True, exclude={"size", "loras"})
+        if r.size is not None:
+            if r.width is not None or r.height is not None:
+                raise AnimaError("give either size or width/height, not both")
+            fields["width"], fields["height"] = parse_size(r.size)
+        if "seed" not in fields:
+            fields["seed"] = secrets.randbits(32)
+        if "model" in fields:
+            fields["model"] = self.service.check_model(fields["model"])
+        recipe = Recipe(**fields, loras=tuple(r.loras))
+        recipe.validate(self.service.samplers(), self.service.schedulers())
+        self._check(recipe, req.n_iter)
+        if req.output_name is not None:
+            resolve_inside(self.outputs_dir, req.output_name, "output")
+        init = mask = None
+        if req.inpaint is not None and req.init_image is None:
+            raise AnimaError("inpaint needs init_image")
+        if req.init_image is not None:
+            im = images.decode_image(req.init_image, "init_image", self.limits)
+            init = images.resize_for(images.to_rgb(im), recipe.width, recipe.height)
+            if req.inpaint is not None:
+                m = images.decode_image(req.inpaint.mask, "inpaint.mask", self.limits)
+                mask = images.prepare_mask(m, recipe.width, recipe.height, invert=req.inpaint.invert)
+                recipe = _with_workflow(recipe, mask_blur=req.inpaint.blur)
+        elif recipe.denoise < 1.0:
+            raise AnimaError("denoise below 1 needs init_image (img2img)")
+        spec = JobSpec(
+            recipe, req.n_iter, init_image="" if init else None, mask="" if mask else None,
+            output_name=req.output_name,
+        )  # fmt: skip
+        return Prepared(spec, [], init, mask)
+
+    # ----------------------------------------------------------------- common
+    def _check(self, recipe: Recipe, n_iter: int) -> None:
+        from anima.lora.use import split_prompt_loras
+
+        self.limits.check_recipe(recipe, n_iter)
+        # recipe.loras and <lora:name:w> prompt tags: names inside the LoRA folders only.
+        for name, _ in split_prompt_loras(recipe).loras:
+            self.service.resolve_lora(name)
+
+    def submit(self, prepared: Prepared) -> Job:
+        """Store inputs and queue the job. Refuses when the queue is full."""
+        if self.store.count("queued") >= self.limits.max_queued:
+            raise AnimaError(f"the queue is full ({self.limits.max_queued} jobs); try again later")
+        job_id = new_job_id()
+        spec = prepared.spec
+        if not spec.recipe.model:  # pin the model selected now: later option changes do not move it
+            spec = _replace(spec, recipe=spec.recipe.with_(model=self.service.current_model()))
+        if prepared.init is not None:
+            spec = _replace(spec, init_image=self._save_input(job_id, "init", prepared.init))
+        if prepared.mask is not None:
+            spec = _replace(spec, mask=self._save_input(job_id, "mask", prepared.mask))
+        job = self.store.add(spec, prepared.notes, job_id=job_id)
+        self._wake()
+        return job
+
+    def _save_input(self, job_id: str, what: str, image) -> str:
+        from anima.imageio import atomic_write
+
+        name = f"{job_id}-{what}.png"
+        atomic_write(self.inputs_dir / name, lambda fh: image.save(fh, format="PNG", compress_level=1))
+        return name
+
+
+def _with_workflow(recipe: Recipe, **settings) -> Recipe:
+    """`recipe` with workflow settings (mask blur, inpaint area...) recorded in its extra pairs."""
+    from anima.workflows.settings import Workflow
+
+    return Workflow.from_recipe(recipe).with_(**settings).validate().apply(recipe)
+
+
+def _snap16(v: int) -> int:
+    return max(16, (v + 8) // 16 * 16)
+
+
+def _replace(spec: JobSpec, **changes) -> JobSpec:
+    import dataclasses
+
+    return dataclasses.replace(spec, **changes)

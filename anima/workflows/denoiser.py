@@ -1,0 +1,85 @@
+"""The ``denoise(x, sigma) -> x0`` a sampler calls: per-step conditioning, guidance and NAG.
+
+The model is hidden behind ``model_x0(x, sigma, context) -> x0`` (the pipeline builds it from the
+DiT). Conditioning can change per step (prompt editing): `pos[i]` / `neg[i]` are the contexts of
+step i (0-based), usually a handful of distinct tensors repeated. The step of a call is found from
+its sigma: step i covers ``(sigmas[i + 1], sigmas[i]]``, so a second evaluation inside a step (heun,
+dpmpp_sde) at the next sigma counts as the next step's, and a sampler's own tweak of the first
+sigma (er_sde) stays in step 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from anima.guidance import Guider
+from anima.workflows.nag import NagControl
+
+ModelX0 = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class StepIndex:
+    """sigma -> 0-based step index of a schedule ``sigmas`` (n steps, n + 1 values)."""
+
+    def __init__(self, sigmas: torch.Tensor) -> None:
+        self._inner = [float(s) for s in sigmas[1:-1]]  # boundaries between steps
+        self.steps = len(sigmas) - 1
+
+    def __call__(self, sigma: torch.Tensor | float) -> int:
+        s = float(sigma.reshape(-1)[0]) if isinstance(sigma, torch.Tensor) else float(sigma)
+        tol = 1e-6 * max(1.0, abs(s))
+        return min(sum(1 for b in self._inner if b >= s - tol), self.steps - 1)
+
+
+def make_denoiser(
+    model_x0: ModelX0,
+    *,
+    pos: Sequence[torch.Tensor],
+    neg: Sequence[torch.Tensor],
+    sigmas: torch.Tensor,
+    guider: Guider,
+    nag: NagControl | None = None,
+    zero_init_steps: int = 0,
+) -> Denoise:
+    """Build the denoiser for one pass. `pos`/`neg` hold one [1, L, C] context per step.
+
+    With NAG the cond forward is guided by the step's negative context and runs apart from the
+    uncond forward (which is never NAG-guided); without it cond and uncond share one forward when
+    their contexts have the same length. `zero_init_steps` > 0 makes the first steps predict zero
+    velocity (x0 = x), CFG-Zero*'s zero-init.
+    """
+    step_of = StepIndex(sigmas)
+    if len(pos) != step_of.steps or len(neg) != step_of.steps:
+        raise ValueError(f"need one context per step ({step_of.steps}), got {len(pos)} and {len(neg)}")
+
+    def guided_cond(x: torch.Tensor, sigma: torch.Tensor, ctx: torch.Tensor, neg_ctx: torch.Tensor):
+        if nag is None:
+            return model_x0(x, sigma, ctx)
+        nag.active, nag.negative = True, neg_ctx
+        try:
+            return model_x0(x, sigma, ctx)
+        finally:
+            nag.active = False
+
+    @torch.inference_mode()
+    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        sigma = sigma.reshape(-1).expand(b) if sigma.numel() == 1 else sigma
+        i = step_of(sigma)
+        if i < zero_init_steps:
+            return x.clone()
+        p, n = pos[i].expand(b, -1, -1), neg[i].expand(b, -1, -1)
+        if not guider.needs_uncond:
+            return guided_cond(x, sigma, p, neg[i])
+        if nag is None and p.shape[1] == n.shape[1]:
+            # cond and uncond in one forward: one weight pass over memory instead of two.
+            both = model_x0(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([p, n]))
+            c, u = both.chunk(2)
+        else:
+            c, u = guided_cond(x, sigma, p, neg[i]), model_x0(x, sigma, n)
+        return guider(c, u, x, sigma)
+
+    return denoise

@@ -1,0 +1,228 @@
+"""Memory planner, text-encoder release and DiT block streaming, on the tiny model with budgets in MB.
+
+There is no GPU here: the "device" is the CPU, and the streamer's device copies are real copies, so
+the tests see exactly which tensors a block computes with and how many blocks are "on the device".
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gc
+import weakref
+
+import pytest
+import torch
+from conftest import TINY, TOKENIZERS
+
+from anima.errors import AnimaError
+from anima.memory import (
+    GB,
+    MARGIN,
+    ModelSizes,
+    apply_memory_plan,
+    budget_from_gb,
+    dit_activation_bytes,
+    plan_memory,
+)
+from anima.memory_stream import BlockStreamer
+from anima.model.dit import MiniTrainDIT
+from anima.pipeline import Pipeline
+from anima.recipe import Recipe
+
+MB = 2**20
+RECIPE = Recipe(prompt="1girl, red hair", width=128, height=128, steps=3, cfg=4.0, sampler="euler", seed=5)
+
+
+@pytest.fixture(scope="module")
+def pipe() -> Pipeline:
+    w = TINY / "weights"
+    return Pipeline.from_files(
+        w / "anima_tiny_dit.safetensors", w / "qwen3_tiny_te.safetensors", w / "wan21_tiny_vae.safetensors",
+        tokenizer_dir=TOKENIZERS, device="cpu", dtype="fp32",
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reference(pipe) -> torch.Tensor:
+    return pipe.generate(RECIPE).images
+
+
+@pytest.fixture(scope="module")
+def deep_pipe() -> Pipeline:
+    """The tiny pipeline with a 6-block DiT (blocks 2.. repeat the tiny blocks): deep enough that a
+    budget can hold some blocks but not all, with prefetch."""
+    w = TINY / "weights"
+    p = Pipeline.from_files(
+        w / "anima_tiny_dit.safetensors", w / "qwen3_tiny_te.safetensors", w / "wan21_tiny_vae.safetensors",
+        tokenizer_dir=TOKENIZERS, device="cpu", dtype="fp32",
+    )  # fmt: skip
+    cfg = dataclasses.replace(p.dit.cfg, num_blocks=6)
+    sd = p.dit.state_dict()
+    for k in [k for k in sd if k.startswith("blocks.")]:
+        j, rest = k.split(".", 2)[1:]
+        for copy_j in range(int(j) + 2, 6, 2):
+            sd[f"blocks.{copy_j}.{rest}"] = sd[k].clone() * (0.9 if "mlp" in rest else 1.0)
+    with torch.device("meta"):
+        deep = MiniTrainDIT(cfg)
+    deep.load_state_dict(sd, strict=True, assign=True)
+    p.dit = deep.eval()
+    return p
+
+
+@pytest.fixture(scope="module")
+def deep_reference(deep_pipe) -> torch.Tensor:
+    return deep_pipe.generate(RECIPE).images
+
+
+def _activations(pipe) -> int:
+    tokens = (RECIPE.width // 16) * (RECIPE.height // 16)
+    return dit_activation_bytes(pipe.dit.cfg, tokens, 2, pipe.dtype)
+
+
+# -- planning --------------------------------------------------------------------------------------
+
+
+def test_plan_decisions_follow_the_budget():
+    sizes = ModelSizes(dit_other=100 * MB, blocks=(50 * MB,) * 10, text_encoder=100 * MB, vae=80 * MB)
+    act = 40 * MB
+    everything = sizes.text_encoder + sizes.dit + sizes.vae + act + MARGIN
+    assert plan_memory(None, sizes, act).stream_blocks is False
+
+    roomy = plan_memory(everything + MB, sizes, act)
+    assert not roomy.release_text_encoder and not roomy.stream_blocks
+
+    no_te = plan_memory(everything - 10 * MB, sizes, act)  # the DiT fits once the TE is gone
+    assert no_te.release_text_encoder and not no_te.stream_blocks
+
+    tight = plan_memory(everything - sizes.text_encoder - 200 * MB, sizes, act)
+    assert tight.release_text_encoder and tight.stream_blocks
+    in_device = sizes.dit_other + sizes.vae + act + MARGIN + (tight.resident_blocks + 2) * 50 * MB
+    assert 0 < tight.resident_blocks < 10 and in_device <= tight.budget
+    assert "streamed" in tight.describe()
+
+    with pytest.raises(AnimaError, match="too small.*--weights int8"):
+        plan_memory(sizes.dit_other + sizes.vae + act + MARGIN + 60 * MB, sizes, act)
+    with pytest.raises(AnimaError, match="text encoder alone"):
+        plan_memory(200 * MB, sizes, act)
+
+
+def test_budget_flag_values():
+    cpu = torch.device("cpu")
+    assert budget_from_gb("4", cpu) == 4 * GB
+    assert budget_from_gb(None, cpu) is None and budget_from_gb("auto", cpu) is None
+    for bad in ("lots", "0", "-2"):
+        with pytest.raises(AnimaError, match="--vram-budget"):
+            budget_from_gb(bad, cpu)
+
+
+# -- text encoder released before sampling ------------------------------------------------------------
+
+
+def test_text_encoder_released_before_the_dit_runs(pipe, reference):
+    sizes = ModelSizes.of(pipe)
+    act = _activations(pipe)
+    budget = sizes.dit + sizes.vae + act + MARGIN + sizes.text_encoder // 2  # not everything fits
+    plan = plan_memory(budget, sizes, act)
+    assert plan.release_text_encoder and not plan.stream_blocks
+    saved = pipe.text_encoder
+    te_ref = weakref.ref(pipe.text_encoder)
+    seen: list[bool] = []
+    hook = pipe.dit.register_forward_pre_hook(lambda _m, _a: seen.append(te_ref() is None))
+    try:
+        apply_memory_plan(pipe, plan)
+        del saved
+        gc.collect()
+        out = pipe.generate(RECIPE).images
+        assert seen and all(seen)  # gone (weakref dead) at every DiT call
+        assert pipe.text_encoder is None and pipe.conditioner.text_encoder is None
+        assert torch.equal(out, reference)
+        # A new prompt reloads it from its file, encodes, and releases it again.
+        seen.clear()
+        other = pipe.generate(RECIPE.with_(prompt="a cat")).images
+        assert seen and pipe.text_encoder is None
+        assert not torch.equal(other, reference)
+    finally:
+        hook.remove()
+        pipe.memory_plan = None
+        pipe.text_encoder = pipe.conditioner.text_encoder = pipe.text_encoder_loader()
+
+
+# -- block streaming ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("resident", [0, 2])
+def test_streams_blocks_when_the_budget_is_smaller_than_the_dit(deep_pipe, deep_reference, resident):
+    pipe, reference = deep_pipe, deep_reference
+    sizes = ModelSizes.of(pipe)
+    act = _activations(pipe)
+    block = max(sizes.blocks)
+    fixed = sizes.dit_other + sizes.vae + act + MARGIN
+    budget = (
+        fixed + (resident + 2) * block + block // 3
+    )  # less than the DiT, room for `resident` + 2 in flight
+    assert budget < sizes.dit + fixed
+    plan = plan_memory(budget, sizes, act)
+    assert plan.stream_blocks and plan.resident_blocks == resident and plan.release_text_encoder
+
+    dit = pipe.dit
+    original = copy.deepcopy(dit.state_dict())
+    host = {id(p): p.data_ptr() for p in dit.blocks.parameters()}
+    during: list[tuple[int, bool]] = []
+
+    def check(j):
+        def hook(module, _args):  # runs after the streamer's pre-hook
+            moved = [p.data_ptr() != host[id(p)] for p in module.parameters()]
+            during.append((j, all(moved)))
+
+        return hook
+
+    streamer = apply_memory_plan(pipe, plan)
+    hooks = [b.register_forward_pre_hook(check(j)) for j, b in enumerate(dit.blocks)]  # after the streamer's
+    try:
+        assert isinstance(streamer, BlockStreamer)
+        out = pipe.generate(RECIPE).images
+    finally:
+        streamer.detach()
+        for h in hooks:
+            h.remove()
+        pipe.memory_plan = None
+        pipe.text_encoder = pipe.conditioner.text_encoder = pipe.text_encoder_loader()
+    assert torch.equal(out, reference)  # identical images
+    streamed = [ok for j, ok in during if j >= resident]
+    assert streamed and all(streamed)  # streamed blocks computed with device copies ...
+    assert not any(ok for j, ok in during if j < resident)  # ... resident ones with their own weights
+    assert streamer.stats.peak_streamed_bytes <= 2 * block  # prefetch 1: at most 2 streamed blocks at once
+    assert streamer.stats.loads >= RECIPE.steps * (len(dit.blocks) - resident)
+    # Afterwards every parameter is its host tensor again, values untouched, state dict unchanged.
+    assert all(p.data_ptr() == host[id(p)] for p in dit.blocks.parameters())
+    after = dit.state_dict()
+    assert list(after) == list(original) and all(torch.equal(after[k], original[k]) for k in original)
+
+
+def test_streamer_follows_parameters_added_after_attach(pipe):
+    """A LoRA-style wrapper added while streaming is active gets streamed and used."""
+    from torch import nn
+
+    dit = copy.deepcopy(pipe.dit)
+    x = torch.randn(1, 16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    sigma, ctx = torch.tensor([0.7]), torch.randn(1, 512, 128, generator=torch.Generator().manual_seed(1))
+
+    class Delta(nn.Module):
+        def __init__(self, base):
+            super().__init__()
+            self.base = base
+            self.delta = nn.Parameter(torch.full((base.out_features, base.in_features), 1e-3))
+
+        def forward(self, h):
+            return self.base(h) + nn.functional.linear(h, self.delta)
+
+    with torch.no_grad():
+        ref_model = copy.deepcopy(dit)
+        ref_model.blocks[1].mlp.layer2 = Delta(ref_model.blocks[1].mlp.layer2)
+        ref = ref_model(x, sigma, ctx)
+        with BlockStreamer(dit.blocks, "cpu", resident=0, prefetch=1) as streamer:
+            dit.blocks[1].mlp.layer2 = Delta(dit.blocks[1].mlp.layer2)
+            got = dit(x, sigma, ctx)
+        assert torch.equal(got, ref)
+        assert streamer.stats.loads >= 2
