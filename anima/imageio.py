@@ -257,6 +257,11 @@ def recipe_from_a1111(params: Mapping[str, str]) -> Recipe:
         fields["sampler"] = _comfy_name(sampler, _SAMPLER_NAMES)
     if scheduler and scheduler.lower() != "automatic":
         fields["scheduler"] = _comfy_name(scheduler, _SCHEDULER_NAMES)
+    params = dict(params)
+    if "Hires upscale" in params and "Denoising strength" in params:
+        # In an A1111 hires-fix PNG the denoising strength belongs to the second pass, not img2img.
+        strength = params.pop("Denoising strength")
+        params.setdefault("Hires denoise", strength)
     for key, value in params.items():
         if key in ("prompt", "negative_prompt", "Sampler", "Schedule type") or key in _DROPPED:
             continue

@@ -4,8 +4,8 @@ A run has two phases that never overlap: text conditioning (Qwen3 encoder + LLM 
 sampling (DiT, then the VAE decode). `plan_memory` decides, from byte sizes and activation
 estimates:
 
-- whether the text encoder is released once the prompts are encoded (it is reloaded from its file
-  only if a later prompt needs it): always when a budget is given and the whole set does not fit;
+- whether the text encoder stays on the device or runs on the CPU and is released once the prompts
+  are encoded (reloaded from its file for the next run): the latter when the whole set does not fit;
 - whether the DiT's blocks stay on the device or are streamed from host memory one at a time with
   prefetch (`anima.memory_stream.BlockStreamer`), and how many stay resident;
 - how much is left for the VAE decode, which the pipeline's tiling decision uses.
@@ -74,21 +74,22 @@ def dit_activation_bytes(cfg, tokens: int, batch: int, dtype: torch.dtype, conte
 @dataclass(frozen=True)
 class MemoryPlan:
     budget: int | None  # bytes; None: no limit (everything stays where it was loaded)
-    release_text_encoder: bool = False
+    release_text_encoder: bool = False  # free it (host memory) once the prompts are encoded
     stream_blocks: bool = False
     resident_blocks: int = 0  # blocks kept on the device when streaming (the first ones)
     prefetch: int = 1  # blocks copied ahead while the current one runs
     vae_budget: int | None = None  # bytes left for the VAE decode (None: ask the device)
     estimate: dict = field(default_factory=dict)  # bytes per part, for logs and --profile
+    text_encoder_on_host: bool = False  # run it on the CPU: it never takes device memory
 
     def describe(self) -> str:
         if self.budget is None:
             te = "; the text encoder is released after encoding" if self.release_text_encoder else ""
             return f"memory: no budget; every part stays on the device{te}"
         parts = [f"budget {self.budget / GB:.1f} GB"]
-        parts.append(
-            "text encoder released after encoding" if self.release_text_encoder else "text encoder kept"
-        )
+        where = "runs on the CPU" if self.text_encoder_on_host else "on the device"
+        after = ", released after encoding" if self.release_text_encoder else ""
+        parts.append(f"text encoder {where}{after}")
         if self.stream_blocks:
             parts.append(f"DiT blocks streamed ({self.resident_blocks} resident, prefetch {self.prefetch})")
         else:
@@ -108,19 +109,18 @@ def plan_memory(budget: int | None, sizes: ModelSizes, activations: int, *, pref
         "text_encoder": sizes.text_encoder, "dit": sizes.dit, "dit_activations": activations,
         "vae": sizes.vae, "margin": MARGIN,
     }  # fmt: skip
-    if sizes.text_encoder + sizes.dit_other + MARGIN > budget:
-        need = (sizes.text_encoder + sizes.dit_other + MARGIN) / GB
-        raise AnimaError(
-            f"--vram-budget {budget / GB:.1f} GB is too small: the text encoder alone needs {need:.1f} GB"
-        )
     sampling_fixed = sizes.dit_other + sizes.vae + activations + MARGIN
     everything = sizes.text_encoder + sizes.dit + sizes.vae + activations + MARGIN
-    release = everything > budget
-    room = budget - sampling_fixed - (0 if release else sizes.text_encoder)
-    if room >= sizes.dit - sizes.dit_other:
-        return MemoryPlan(
-            budget, release, False, n, prefetch, room - (sizes.dit - sizes.dit_other) + activations, estimate
-        )
+    # When not everything fits, the text encoder runs on the CPU (a few hundred tokens through 0.6 B
+    # parameters: about a second) and is freed after encoding, so the device holds only what sampling
+    # needs, and the DiT never has to leave the device for a text-encoding phase.
+    host_te = everything > budget
+    room = budget - sampling_fixed - (0 if host_te else sizes.text_encoder)
+    blocks = sizes.dit - sizes.dit_other
+    common = {"budget": budget, "release_text_encoder": host_te, "text_encoder_on_host": host_te,
+              "prefetch": prefetch, "estimate": estimate}  # fmt: skip
+    if room >= blocks:
+        return MemoryPlan(resident_blocks=n, vae_budget=room - blocks + activations, **common)
     in_flight = (prefetch + 1) * block
     if room < in_flight:
         need = (sampling_fixed + in_flight) / GB
@@ -130,7 +130,7 @@ def plan_memory(budget: int | None, sizes: ModelSizes, activations: int, *, pref
         )
     resident = min(n, (room - in_flight) // block) if block else n
     left = room - resident * block - in_flight + activations
-    return MemoryPlan(budget, release, True, int(resident), prefetch, left, estimate)
+    return MemoryPlan(stream_blocks=True, resident_blocks=int(resident), vae_budget=left, **common)
 
 
 def cpu_default_plan() -> MemoryPlan:
@@ -197,25 +197,28 @@ def apply_memory_plan(pipe, plan: MemoryPlan, device: torch.device | str | None 
     """Place a loaded pipeline's parts for `plan` on `device` (default: the pipeline's) and attach it.
 
     Load the pipeline on the CPU when a budget is tight (nothing is copied twice), then call this: the
-    adapter, VAE, text encoder, the DiT's non-block layers and its resident blocks move to the device;
-    streamed blocks stay in host memory behind a `BlockStreamer`, which is returned (None when not
-    streaming). The text encoder is released later, after encoding, when the plan says so.
+    adapter, VAE, the DiT's non-block layers and its resident blocks move to the device, the text
+    encoder too unless the plan runs it on the CPU; streamed blocks stay in host memory behind a
+    `BlockStreamer`, which is returned (None when not streaming). The text encoder is released
+    later, after encoding, when the plan says so.
     """
     from anima.memory_stream import BlockStreamer
 
     device = torch.device(device) if device is not None else pipe.device
     pipe.device = device
     pipe.conditioner.device = device
-    for part in (pipe.adapter, pipe.vae, pipe.text_encoder):
-        if part is not None:
-            part.to(device)
+    te_device = torch.device("cpu") if plan.text_encoder_on_host else device
+    for part in (pipe.adapter, pipe.vae):
+        part.to(device)
+    if pipe.text_encoder is not None:
+        pipe.text_encoder.to(te_device)
     for name, child in pipe.dit.named_children():
         if name != "blocks":
             child.to(device)
     loader = getattr(pipe, "text_encoder_loader", None)
     if isinstance(loader, functools.partial) and "device" in loader.keywords:
         pipe.text_encoder_loader = functools.partial(
-            loader.func, *loader.args, **{**loader.keywords, "device": device}
+            loader.func, *loader.args, **{**loader.keywords, "device": te_device}
         )
     pipe.memory_plan = plan
     if not plan.stream_blocks:

@@ -1,14 +1,19 @@
 """`python -m bench`: anima vs diffusers' AnimaModularPipeline vs the matmul floor, one process, one run.
 
-    python -m bench                      # bf16 + fp32, 256x256 (3 steps) and 512x512 (2 steps)
-    python -m bench --quick              # bf16, 256x256, 2 steps
-    python -m bench --dtypes bf16 --sizes 256 --steps 4
+    python -m bench                      # bf16 + fp32; pipelines at 256x256, steps at 256 and 512
+    python -m bench --quick              # bf16 only, 256x256
+    python -m bench --dtypes bf16 --sizes 256 --steps 3
+
+Two parts per dtype:
+
+1. end to end (`--e2e-size`, `--steps`): each library's whole text-to-image run, one library after
+   the other: load time, text encoding, per-step time, VAE decode, peak RSS.
+2. paired (`--sizes`, `--rounds`): anima's DiT step, diffusers' DiT step and the bare matmul floor,
+   then both VAE decodes, alternating round by round (bench/paired.py). These give the speed ratios:
+   on a shared CPU, phases run minutes apart see different loads.
 
 Writes bench/results/bench-<time>.json, latest.json and latest.png. The full-size random weights and
 their diffusers conversion are cached in ~/.cache/anima-bench (about 13 GB) and reused.
-
-The numbers are only comparable within one run: each phase records the load average and a short
-matmul rate (`machine`), because this machine's CPUs are shared.
 """
 
 from __future__ import annotations
@@ -34,24 +39,19 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--dtypes", default="bf16,fp32")
-    p.add_argument("--sizes", default="256,512", help="square sizes in pixels")
-    p.add_argument("--steps", default="256:3,512:2", help="N, or size:N pairs")
+    p.add_argument("--sizes", default="256,512", help="square sizes of the paired step/VAE timings")
+    p.add_argument("--e2e-size", type=int, default=256, help="square size of the end-to-end runs")
+    p.add_argument("--steps", type=int, default=3, help="sampling steps of the end-to-end runs")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of the paired timings (best kept)")
     p.add_argument("--cache", type=Path, default=assets.DEFAULT_CACHE)
     p.add_argument("--tokenizers", type=Path, default=TOKENIZERS)
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     p.add_argument("--skip-diffusers", action="store_true")
-    p.add_argument("--quick", action="store_true", help="bf16, 256x256, 2 steps")
+    p.add_argument("--quick", action="store_true", help="bf16 only, 256x256")
     args = p.parse_args(argv)
     if args.quick:
-        args.dtypes, args.sizes, args.steps = "bf16", "256", "2"
+        args.dtypes, args.sizes = "bf16", "256"
     return args
-
-
-def _steps_for(spec: str, size: int) -> int:
-    if ":" not in spec:
-        return int(spec)
-    table = dict(item.split(":") for item in spec.split(","))
-    return int(table.get(str(size), 2))
 
 
 def _phase(name: str, load, run, cases) -> dict:
@@ -78,12 +78,22 @@ def _phase(name: str, load, run, cases) -> dict:
     return out
 
 
+def _fits_two_dits(dtype: torch.dtype) -> bool:
+    """Two full DiTs (2 x 3.9 GB in bf16, 2 x 7.8 GB in fp32) plus headroom in available RAM?"""
+    need = 2 * 1.96e9 * torch.empty((), dtype=dtype).element_size() + 3e9
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024 > need
+    except OSError:
+        pass
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
-    from anima.config import DiTConfig
     from anima.precision import cpu_has_fast_bf16
-    from bench import runners
+    from bench import paired, runners
     from bench.chart import draw_chart
-    from bench.floor import floor_step, forward_tflop
 
     args = _parse(argv)
     torch.set_grad_enabled(False)
@@ -94,41 +104,41 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_diffusers:
         folder = assets.diffusers_folder(files, args.tokenizers, args.cache / "diffusers-full")
     sizes = [int(s) for s in args.sizes.split(",")]
-    cases = [runners.Case(s, s, _steps_for(args.steps, s)) for s in sizes]
-    cfg = DiTConfig()
+    e2e = [runners.Case(args.e2e_size, args.e2e_size, args.steps)]
     results: dict = {
         "machine": {
             "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
             "avx512_bf16": cpu_has_fast_bf16(), "torch": torch.__version__,
             "python": platform.python_version(),
-            "start": machine_load(), "note": "shared CPU: compare numbers within one run only",
+            "start": machine_load(), "note": "shared CPU: ratios come from the paired timings",
         },
         "phases": {}, "rows": [],
     }  # fmt: skip
     for dname in args.dtypes.split(","):
         dtype = DTYPES[dname]
-        print(f"[{dname}] anima", flush=True)
+        ph: dict = {}
+        print(f"[{dname}] end to end, anima", flush=True)
         load_a = functools.partial(
-            runners.load_anima, files, args.tokenizers, dtype, args.cache / "hashes.json", case=cases[-1]
+            runners.load_anima, files, args.tokenizers, dtype, args.cache / "hashes.json", case=e2e[0]
         )
-        ph = {"anima": _phase("anima", load_a, runners.run_anima, cases)}
+        ph["anima"] = _phase("anima", load_a, runners.run_anima, e2e)
         if folder is not None:
-            print(f"[{dname}] diffusers", flush=True)
+            print(f"[{dname}] end to end, diffusers", flush=True)
             load_d = functools.partial(runners.load_diffusers, folder, dtype)
-            ph["diffusers"] = _phase("diffusers", load_d, runners.run_diffusers, cases)
-        floors = []
-        for case in cases:
-            tokens = (case.width // 16) * (case.height // 16)
-            full = floor_step(cfg, tokens, dtype)
-            cached = floor_step(cfg, tokens, dtype, include_context_kv=False)
-            floors.append({
-                "size": f"{case.width}x{case.height}", "full_s": round(full, 3), "cached_s": round(cached, 3),
-                "tflop_per_step": round(forward_tflop(cfg, tokens, batch=2), 3), "machine": machine_load(),
-            })  # fmt: skip
-            print(f"  floor {case.width}x{case.height}: {full:.2f} s/step ({cached:.2f} s w/o context K/V)")
-        ph["floor"] = floors
+            ph["diffusers"] = _phase("diffusers", load_d, runners.run_diffusers, e2e)
+        print(f"[{dname}] paired steps", flush=True)
+        release_memory()
+        with_theirs = folder if folder is not None and _fits_two_dits(dtype) else None
+        if folder is not None and with_theirs is None:
+            print("  (not enough free RAM for both DiTs: diffusers' step is taken from the end-to-end run)")
+        ph["paired_steps"] = paired.paired_dit(files, with_theirs, dtype, sizes, args.rounds)
+        release_memory()
+        if folder is not None:
+            ph["paired_vae"] = paired.paired_vae(files, folder, dtype, sizes, args.rounds)
+            release_memory()
+        ph["machine_after"] = machine_load()
         results["phases"][dname] = ph
-        results["rows"] += [_row(dname, ph, i) for i in range(len(cases))]
+        results["rows"] += [_row(dname, ph, i) for i in range(len(sizes))]
     results["total_s"] = round(time.perf_counter() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -141,25 +151,33 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _row(dname: str, ph: dict, i: int) -> dict:
-    a = ph["anima"]["runs"][i]
-    fl = ph["floor"][i]
+    st = ph["paired_steps"][i]
     row = {
-        "dtype": dname, "size": a["size"], "steps": a["steps"],
-        "anima_per_step_s": a["per_step_s"], "floor_full_s": fl["full_s"], "floor_cached_s": fl["cached_s"],
-        "anima_vs_floor_full": round(a["per_step_s"] / fl["full_s"], 3),
-        "anima_vs_floor_cached": round(a["per_step_s"] / fl["cached_s"], 3),
-        "anima_vae_s": a["vae_decode_s"], "anima_text_s": a["text_encode_s"],
-        "anima_load_s": ph["anima"]["load_s"], "anima_peak_rss_gb": ph["anima"]["peak_rss_gb"],
+        "dtype": dname, "size": st["size"],
+        "anima_per_step_s": st["anima_step_s"], "floor_full_s": st["floor_step_s"],
+        "floor_cached_s": st["floor_cached_step_s"], "anima_vs_floor_full": st["anima_vs_floor"],
+        "anima_vs_floor_cached": st["anima_vs_floor_cached"],
     }  # fmt: skip
+    if "diffusers_step_s" in st:
+        row["diffusers_per_step_s"] = st["diffusers_step_s"]
+        row["step_speedup_vs_diffusers"] = st["anima_vs_diffusers"]
+    if "paired_vae" in ph:
+        v = ph["paired_vae"][i]
+        row.update(
+            anima_vae_s=v["anima_vae_s"], diffusers_vae_s=v["diffusers_vae_s"], vae_speedup=v["vae_speedup"]
+        )
+    a = ph["anima"]
+    row.update(
+        anima_load_s=a["load_s"],
+        anima_peak_rss_gb=a["peak_rss_gb"],
+        anima_text_s=a["runs"][0]["text_encode_s"],
+    )
     if "diffusers" in ph:
-        d = ph["diffusers"]["runs"][i]
-        row.update({
-            "diffusers_per_step_s": d["per_step_s"], "diffusers_vae_s": d["vae_decode_s"],
-            "diffusers_text_s": d["text_encode_s"], "diffusers_load_s": ph["diffusers"]["load_s"],
-            "diffusers_peak_rss_gb": ph["diffusers"]["peak_rss_gb"],
-            "step_speedup_vs_diffusers": round(d["per_step_s"] / a["per_step_s"], 3),
-            "vae_speedup_vs_diffusers": round(d["vae_decode_s"] / a["vae_decode_s"], 3),
-        })  # fmt: skip
+        d = ph["diffusers"]
+        row.update(
+            diffusers_load_s=d["load_s"], diffusers_peak_rss_gb=d["peak_rss_gb"],
+            diffusers_text_s=d["runs"][0]["text_encode_s"],
+        )  # fmt: skip
     return row
 
 
@@ -172,10 +190,12 @@ def _print_summary(results: dict) -> None:
         )
         if "diffusers_per_step_s" in r:
             line += (
-                f"; diffusers {r['diffusers_per_step_s']:.2f} s/step -> "
-                f"{r['step_speedup_vs_diffusers']:.2f}x; VAE {r['vae_speedup_vs_diffusers']:.2f}x; "
-                f"peak RSS {r['anima_peak_rss_gb']:.1f} vs {r['diffusers_peak_rss_gb']:.1f} GB"
+                f"; diffusers {r['diffusers_per_step_s']:.2f} s/step -> {r['step_speedup_vs_diffusers']:.2f}x"
             )
+        if "vae_speedup" in r:
+            line += f"; VAE {r['vae_speedup']:.2f}x"
+        if "diffusers_peak_rss_gb" in r:
+            line += f"; peak RSS {r['anima_peak_rss_gb']:.1f} vs {r['diffusers_peak_rss_gb']:.1f} GB"
         print(line)
 
 

@@ -109,6 +109,10 @@ def timed_modules(**parts: list[torch.nn.Module]) -> Iterator[dict[str, PartTime
         for m in modules:
             handles.append(m.register_forward_pre_hook(timers[name].pre, with_kwargs=True))
             handles.append(m.register_forward_hook(timers[name].post, with_kwargs=True))
+    # Hold no reference to the modules while the run goes on: a pipeline that frees a part mid-run
+    # (anima releases its text encoder before sampling) must really free it.
+    parts.clear()
+    modules = m = None  # noqa: F841 (drop the loop variables' last references too)
     try:
         yield timers
     finally:

@@ -63,6 +63,9 @@ def test_nothing_below_the_front_ends_imports_them() -> None:
 
 
 def test_import_is_light() -> None:
-    code = "import sys, anima, anima.cli, anima.recipe; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    code = (
+        "import sys, anima, anima.cli, anima.recipe; "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -276,3 +276,15 @@ def test_modules_import_light() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_a1111_hires_png_denoise_goes_to_the_hires_pass() -> None:
+    from anima.imageio import parse_a1111_parameters, recipe_from_a1111
+
+    text = (
+        "1girl\nNegative prompt: bad\nSteps: 20, Sampler: Euler, CFG scale: 4, Seed: 5, Size: 512x512, "
+        "Denoising strength: 0.45, Hires upscale: 1.5, Hires upscaler: Lanczos"
+    )
+    recipe = recipe_from_a1111(parse_a1111_parameters(text))
+    assert recipe.denoise == 1.0
+    assert dict(recipe.extra)["Hires denoise"] == "0.45"

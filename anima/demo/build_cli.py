@@ -5,7 +5,7 @@ The same command is ``anima train --demo``. Steps (all seeded):
 1. render the shapes dataset (`anima.demo.dataset`): 400 training combinations x `per_combo` images;
 2. fit the two tokenizers on the caption vocabulary (`anima.demo.tokenizer_train`);
 3. write the random, frozen Qwen3-style text encoder and the starting DiT + adapter (`anima.demo.spec`);
-4. train the tiny Wan VAE on the images (`anima.demo.vae_train`);
+4. train the tiny Wan VAE on the images, with its two-channel position code (`anima.demo.vae_train`);
 5. train DiT + adapter with ``anima train`` (network = full) on the cached latents;
 6. write everything, with a README that labels it a demo, into the output folder
    (by default the package's ``anima/demo/model``), then score it with the evaluator.
@@ -30,12 +30,13 @@ from anima.demo import FILE_NAMES, MODEL_DIR
 class BuildConfig:
     seed: int = 0
     per_combo: int = 8
-    vae_dim: int = 8
-    vae_steps: int = 1500
+    vae_dim: int = 12
+    vae_steps: int = 3000
     vae_batch: int = 16
-    dit_steps: int = 4000
+    vae_latent_noise: float = 0.05
+    dit_steps: int = 6000
     dit_batch: int = 32
-    dit_lr: float = 1e-3
+    dit_lr: float = 2e-3
     warmup: int = 100
     ema_decay: float = 0.998
     caption_dropout: float = 0.1
@@ -133,7 +134,11 @@ def build(cfg: BuildConfig, out_dir: Path, work_dir: Path, say=print) -> dict:
     vae_scenes = dataset.scenes(dataset.all_combos(dataset.ALL_SHAPES), 2, cfg.seed + 7)
     images = torch.from_numpy(np.stack([np.asarray(dataset.render(s)) for s, _ in vae_scenes]))
     vae_cfg = VAETrainConfig(
-        dim=vae_config(cfg.vae_dim).dim, steps=cfg.vae_steps, batch_size=cfg.vae_batch, seed=cfg.seed
+        dim=vae_config(cfg.vae_dim).dim,
+        steps=cfg.vae_steps,
+        batch_size=cfg.vae_batch,
+        latent_noise=cfg.vae_latent_noise,
+        seed=cfg.seed,
     )
     vae = train_vae(images, vae_cfg, _every(say, "VAE", max(cfg.vae_steps // 10, 1)))
     save(vae.state_dict(), out_dir / FILE_NAMES["vae"], metadata={"format": "pt", "anima_demo": "DEMO VAE"})
@@ -191,6 +196,13 @@ bottom left, bottom right.
 Files: `{dit}` (DiT + adapter), `{te}` (text encoder, random and frozen), `{vae}` (VAE),
 `tokenizer/qwen` and `tokenizer/t5` (tiny tokenizers fitted on the captions). Rebuild it with
 `python -m anima.demo.build_cli`; score it with `python -m anima.demo.evaluate`.
+
+Demo-specific choices (see `anima/demo/*.py` for the reasons): the text encoder is random and
+frozen (the adapter's own token embedding carries word identity); latent channels 0 and 1 of the
+VAE hold a fixed coordinate code that the decoder ignores, because the DiT has no absolute position
+embedding and a model this small would otherwise not learn "top left"; the VAE saw every shape
+including stars, while the DiT and the text side never saw the word "star" (it is left for the
+LoRA example, `python -m anima.demo.lora_cli`).
 
 Build record:
 

@@ -4,11 +4,16 @@ The four parts have the real architecture and key names, only narrower and shall
 ordinary loaders read them (configs inferred from shapes) and every tool treats them like a real
 Anima model. Vocabulary sizes come from the demo tokenizers.
 
+Why these sizes: 64x64 images give an 8x8 latent and a 4x4 token grid. The heads are 64 wide (two
+per block) rather than 32 because the DiT's 3-D RoPE gives each spatial axis head_dim // 6 * 2
+channels with NTK-stretched frequencies: at 32 only one rotation frequency per axis is useful on a
+4-token grid, at 64 there are two to three. The context width (64) is the adapter's width.
+
 Initialisation for training from scratch (written to files so the trainer loads them like any base):
 
 - DiT: adaLN-Zero (the second linear of every AdaLN modulation and the final projection start at
   zero, so every block starts as the identity and the model predicts v = 0); other linears
-  N(0, 1/fan_in); norms 1, except the cross-attention q/k norms at 2, which lets the few prompt
+  N(0, 1/fan_in); norms 1, except the cross-attention q/k norms at 2.5, which lets the few prompt
   tokens compete with the ~500 zero padding rows from the first step (the same reason the
   tiny fixture scales them).
 - Adapter: embeddings N(0, 1), linears N(0, 1/fan_in), biases 0, norms 1.

@@ -12,6 +12,17 @@ they make a step 4x cheaper on the CPU. Two details make the latents diffusion-f
   deviation of the real Wan-2.1 VAE. `anima.latent.normalize_latent` (fixed Wan statistics) then
   maps them to zero mean, unit variance, exactly what the DiT is trained on. Decoding is unchanged
   by the fold (up to float rounding).
+
+**Position code.** The DiT has no absolute position embedding: its only positional signal is the
+relative 3-D RoPE of self-attention, so "top left" can only be learned by noticing, through
+attention, where the image borders are. A tiny model learns that quickly when the data rewards it
+densely and hardly at all from one small shape per image (measured: position stayed at chance after
+1500 steps). So the first `position_channels` latent channels of the demo VAE carry a fixed
+coordinate code, the same for every image (x in channel 0, y in channel 1): the encoder is trained
+to output it on whole images, and the decoder ignores those channels (their post-quant-conv
+weights are zero and stay zero). Every latent the DiT learns from then contains a dense, trivially
+learnable position reference. The images are unchanged; the VAE is still a Wan-2.1 VAE by
+architecture and keys.
 """
 
 from __future__ import annotations
@@ -34,6 +45,8 @@ class VAETrainConfig:
     lr: float = 2e-3
     latent_noise: float = 0.1  # std of the noise added to latents before decoding, in latent-std units
     latent_l2: float = 1e-4
+    position_channels: int = 2  # latent channels holding the fixed coordinate code (0: none)
+    position_batch: int = 4  # whole images per step that teach the encoder the code
     seed: int = 0
 
 
@@ -61,6 +74,14 @@ def init_vae(cfg: VAEConfig, seed: int) -> torch.nn.Module:
     return vae
 
 
+def position_code(size: tuple[int, int], channels: int = 2) -> torch.Tensor:
+    """[channels, h, w] fixed coordinate code: x in channel 0, y in channel 1, unit standard deviation."""
+    h, w = size
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    grids = [xs / xs.std(), ys / ys.std()]
+    return torch.stack(grids[:channels]) if channels else torch.zeros(0, h, w)
+
+
 def _encode_raw(vae: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """[B, 3, H, W] in [-1, 1] -> latent mean [B, z, h, w] (the 4-D path `WanVAE.encode` wraps)."""
     return vae.conv1(vae.encoder(x))[:, : vae.cfg.z_dim]
@@ -73,6 +94,9 @@ def train_vae(
 ) -> torch.nn.Module:
     """images: uint8 [N, H, W, 3]. Returns the trained, calibrated VAE (fp32, eval mode)."""
     vae = init_vae(VAEConfig(dim=cfg.dim), cfg.seed)
+    pc = cfg.position_channels
+    with torch.no_grad():
+        vae.conv2.weight[:, :pc] = 0  # the decoder never reads the position code
     vae.train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -90,9 +114,19 @@ def train_vae(
         z = _encode_raw(vae, x)
         scale = z.detach().std()
         noisy = z + cfg.latent_noise * scale * torch.randn(z.shape, generator=g)
+        # Zero inputs give the code columns of conv2 zero gradients, so they stay zero.
+        noisy = torch.cat([torch.zeros_like(noisy[:, :pc]), noisy[:, pc:]], dim=1)
         y = vae.decoder(vae.conv2(noisy))
         rec = (y - x).abs().mean() + (y - x).square().mean()
-        loss = rec + cfg.latent_l2 * z.square().mean()
+        loss = rec + cfg.latent_l2 * z[:, pc:].square().mean()
+        if pc:
+            # Whole images only: a crop cannot know where in the image it was cut from.
+            full = images[torch.randint(0, n, (cfg.position_batch,), generator=g)]
+            full = (full.permute(0, 3, 1, 2).float() / 127.5 - 1.0).contiguous(
+                memory_format=torch.channels_last
+            )
+            code = _encode_raw(vae, full)[:, :pc]
+            loss = loss + (code - position_code(code.shape[-2:], pc)).square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

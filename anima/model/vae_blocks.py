@@ -94,7 +94,8 @@ class ResidualBlock(nn.Module):
         self.shortcut = CausalConv3d(in_dim, out_dim, (1, 1, 1)) if in_dim != out_dim else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.residual(x) + self.shortcut(x)
+        out = self.residual(x)  # a fresh conv output: add in place, one full-size buffer fewer
+        return out.add_(self.shortcut(x))
 
 
 class AttentionBlock(nn.Module):
@@ -115,7 +116,7 @@ class AttentionBlock(nn.Module):
         q, k, v = qkv.unbind(3)
         out = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(C)
         out = out.reshape(n, h, w, c).permute(0, 3, 1, 2)
-        return x + self.proj(out)
+        return self.proj(out).add_(x)
 
 
 class Resample(nn.Module):
@@ -145,3 +146,4 @@ class Resample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Single frame: Wan skips time_conv on the first chunk (see module docstring).
         return self.resample(x)
+

@@ -40,7 +40,7 @@ class SampleWriter:
     def write(self, step: int) -> list[Path]:
         from anima.imageio import save_png, to_uint8
         from anima.recipe import Recipe
-        from anima.train.trainer import swapped_in
+        from anima.train.ema import swapped_in
 
         cfg = self.cfg
         if not cfg.sample_prompts:

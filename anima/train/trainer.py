@@ -36,6 +36,7 @@ from anima.errors import AnimaError
 from anima.train import checkpoint as ckpt
 from anima.train.config import TrainConfig
 from anima.train.data import BatchOrder, mix_seed, process_caption
+from anima.train.ema import EMA, swapped_in
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,8 @@ class Trainer:
         cfg = self.cfg
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.device = _device(cfg.device)
-        if self.world > 1 and not dist.is_initialized():
+        self._owns_process_group = self.world > 1 and not dist.is_initialized()
+        if self._owns_process_group:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.rank = dist.get_rank() if self.world > 1 else 0
         if cfg.threads:
@@ -113,7 +115,7 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
-        self.ema = {n: p.detach().clone() for n, p in self.trainable.named.items()} if cfg.ema_decay else {}
+        self.ema = EMA(self.trainable.named, cfg.ema_decay)
         self.step = 0
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -275,11 +277,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        if self.ema:
-            decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step))
-            with torch.no_grad():
-                for n, p in self.trainable.named.items():
-                    self.ema[n].lerp_(p.detach(), 1 - decay)
+        self.ema.update(self.step)
         return total
 
     # ------------------------------------------------------------------ state
@@ -293,7 +291,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "ema": {n: t.clone() for n, t in self.ema.items()},
+            "ema": self.ema.state_dict(),
             "rng": ckpt.rng_state(),
         }
 
@@ -305,11 +303,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        if self.ema:
-            if state["ema"].keys() != self.ema.keys():
-                raise AnimaError(f"{path}: checkpoint has no EMA for this run (was ema_decay changed?)")
-            for n, t in state["ema"].items():
-                self.ema[n].copy_(t)
+        self.ema.load_state_dict(state["ema"])
         ckpt.set_rng_state(state["rng"])
         self.step = int(state["step"])
         if self.step * self.cfg.grad_accum * self.world != state["next_micro"]:
@@ -341,7 +335,7 @@ class Trainer:
             if self.rank == 0
             else None
         )
-        samples = SampleWriter(cfg, self.models, self.trainable, self.ema) if self.rank == 0 else None
+        samples = SampleWriter(cfg, self.models, self.trainable, self.ema.shadow) if self.rank == 0 else None
         smoothed, t_last = None, time.perf_counter()
         images_per_step = cfg.batch_size * cfg.grad_accum * self.world
         try:
@@ -383,6 +377,10 @@ class Trainer:
         self.save_checkpoint()
         result = self._save_result()
         self._barrier()
+        if self._owns_process_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
         return result
 
     def _barrier(self) -> None:
@@ -412,24 +410,5 @@ class Trainer:
         }
         if cfg.network != "full":
             metadata.update({"ss_network_dim": str(cfg.rank), "ss_network_alpha": str(cfg.effective_alpha)})
-        with swapped_in(self.trainable.named, self.ema):
+        with swapped_in(self.trainable.named, self.ema.shadow):
             return self.trainable.save_result(path, metadata)
-
-
-class swapped_in:
-    """Context manager: temporarily copy `values` (e.g. the EMA) into `params`; no-op when empty."""
-
-    def __init__(self, params: dict[str, torch.nn.Parameter], values: dict[str, torch.Tensor]) -> None:
-        self.params, self.values, self.saved = params, values, {}
-
-    def __enter__(self) -> None:
-        with torch.no_grad():
-            for n, t in self.values.items():
-                self.saved[n] = self.params[n].detach().clone()
-                self.params[n].copy_(t)
-
-    def __exit__(self, *exc: object) -> None:
-        with torch.no_grad():
-            for n, t in self.saved.items():
-                self.params[n].copy_(t)
-        self.saved = {}

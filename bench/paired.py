@@ -1,0 +1,120 @@
+"""Interleaved (paired) timing: anima's DiT step, diffusers' DiT step and the matmul floor, round by round.
+
+On a shared CPU the load changes from minute to minute, so comparing phases run one after the other
+mostly compares the load. Here the three contenders alternate within each round and the best round
+of each is kept, so all three see the same conditions. The same is done for the VAE decode.
+
+anima's step is one batched cond+uncond forward with the cross-attention K/V prepared once (as its
+pipeline runs it; the preparation is timed apart as `kv_prepare_s`); diffusers' step is its two
+batch-1 forwards (as ClassifierFreeGuidance runs them). Weights are touched once before timing so
+that page faults of the memory-mapped files are not counted.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from bench.floor import floor_step
+from bench.runners import _cosmos_without_torchvision
+
+
+def _touch(module: torch.nn.Module) -> None:
+    for p in module.parameters():
+        p.detach().sum()
+
+
+def _best(fns: dict, rounds: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {k: min(v) for k, v in times.items()}
+
+
+@torch.inference_mode()
+def paired_dit(files, folder: Path | None, dtype: torch.dtype, sizes: list[int], rounds: int) -> list[dict]:
+    """folder None: anima and the floor only (e.g. when two fp32 DiTs do not fit in RAM)."""
+    from diffusers import CosmosTransformer3DModel
+
+    from anima.loading import load_dit
+
+    dit, _adapter = load_dit(files.dit, dtype=dtype)
+    _touch(dit)
+    theirs = None
+    if folder is not None:
+        theirs = CosmosTransformer3DModel.from_pretrained(str(folder / "transformer"), torch_dtype=dtype)
+        _touch(theirs.eval())
+    g = torch.Generator().manual_seed(0)
+    return [_dit_case(dit, theirs, size, dtype, rounds, g) for size in sizes]
+
+
+def _dit_case(dit, theirs, size: int, dtype: torch.dtype, rounds: int, g: torch.Generator) -> dict:
+    x = torch.randn(1, 16, 1, size // 8, size // 8, generator=g)
+    pos = torch.randn(1, 512, dit.cfg.crossattn_emb_channels, generator=g).to(dtype)
+    neg = torch.randn(1, 512, dit.cfg.crossattn_emb_channels, generator=g).to(dtype)
+    both, x2, sigma2 = torch.cat([pos, neg]), torch.cat([x, x]).to(dtype), torch.full((2,), 0.8)
+    t0 = time.perf_counter()
+    cache = dit.prepare_context(both)
+    kv_s = time.perf_counter() - t0
+    mask = torch.zeros(1, 1, size, size, dtype=dtype)
+    xd, td = x.to(dtype), torch.full((1,), 0.8, dtype=dtype)
+
+    def diffusers_step() -> None:
+        for ctx in (pos, neg):
+            theirs(
+                hidden_states=xd, timestep=td, encoder_hidden_states=ctx, padding_mask=mask, return_dict=False
+            )
+
+    tokens = (size // 16) ** 2
+    fns = {
+        "anima": lambda: dit(x2, sigma2, both, context_cache=cache),
+        "floor": lambda: floor_step(dit.cfg, tokens, dtype, repeats=1),
+        "floor_cached": lambda: floor_step(dit.cfg, tokens, dtype, repeats=1, include_context_kv=False),
+    }
+    if theirs is not None:
+        fns["diffusers"] = diffusers_step
+    with _cosmos_without_torchvision():
+        best = _best(fns, rounds)
+    row = {
+        "size": f"{size}x{size}", "rounds": rounds, "kv_prepare_s": round(kv_s, 3),
+        **{f"{k}_step_s": round(v, 3) for k, v in best.items()},
+        "anima_vs_floor": round(best["anima"] / best["floor"], 3),
+        "anima_vs_floor_cached": round(best["anima"] / best["floor_cached"], 3),
+    }  # fmt: skip
+    theirs_s = ""
+    if theirs is not None:
+        row["anima_vs_diffusers"] = round(best["diffusers"] / best["anima"], 3)
+        theirs_s = f"diffusers {best['diffusers']:.2f} s, "
+    print(f"  paired {size}x{size}: anima {best['anima']:.2f} s, {theirs_s}floor {best['floor']:.2f} s "
+          f"({best['floor_cached']:.2f} s w/o context K/V) per step", flush=True)  # fmt: skip
+    return row
+
+
+@torch.inference_mode()
+def paired_vae(files, folder: Path, dtype: torch.dtype, sizes: list[int], rounds: int) -> list[dict]:
+    from diffusers import AutoencoderKLQwenImage
+
+    from anima.loading import load_vae
+
+    ours = load_vae(files.vae, dtype=dtype)
+    theirs = AutoencoderKLQwenImage.from_pretrained(str(folder / "vae"), torch_dtype=dtype).eval()
+    return [_vae_case(ours, theirs, size, dtype, rounds) for size in sizes]
+
+
+def _vae_case(ours, theirs, size: int, dtype: torch.dtype, rounds: int) -> dict:
+    z = torch.randn(1, 16, 1, size // 8, size // 8, generator=torch.Generator().manual_seed(1))
+    fns = {"anima": lambda: ours.decode(z), "diffusers": lambda: theirs.decode(z.to(dtype)).sample}
+    for fn in fns.values():  # first calls: oneDNN primitive creation
+        fn()
+    best = _best(fns, rounds)
+    print(f"  paired VAE {size}x{size}: anima {best['anima']:.2f} s, diffusers {best['diffusers']:.2f} s")
+    return {
+        "size": f"{size}x{size}", "anima_vae_s": round(best["anima"], 3),
+        "diffusers_vae_s": round(best["diffusers"], 3),
+        "vae_speedup": round(best["diffusers"] / best["anima"], 3),
+    }  # fmt: skip
