@@ -12,39 +12,10 @@ from diffusers.models.transformers import transformer_cosmos
 from test_dit import CASES, build, tiny_dit_state
 
 from anima.config import DiTConfig
+from anima.diffusers_keys import dit_to_diffusers
 
-# Spec §1.6: substring renames, applied in this order after stripping `net.`.
-RENAMES = [
-    ("t_embedder.1", "time_embed.t_embedder"),
-    ("t_embedding_norm", "time_embed.norm"),
-    ("blocks", "transformer_blocks"),
-    ("adaln_modulation_self_attn.1", "norm1.linear_1"),
-    ("adaln_modulation_self_attn.2", "norm1.linear_2"),
-    ("adaln_modulation_cross_attn.1", "norm2.linear_1"),
-    ("adaln_modulation_cross_attn.2", "norm2.linear_2"),
-    ("adaln_modulation_mlp.1", "norm3.linear_1"),
-    ("adaln_modulation_mlp.2", "norm3.linear_2"),
-    ("self_attn", "attn1"),
-    ("cross_attn", "attn2"),
-    ("q_proj", "to_q"),
-    ("k_proj", "to_k"),
-    ("v_proj", "to_v"),
-    ("output_proj", "to_out.0"),
-    ("q_norm", "norm_q"),
-    ("k_norm", "norm_k"),
-    ("mlp.layer1", "ff.net.0.proj"),
-    ("mlp.layer2", "ff.net.2"),
-    ("x_embedder.proj.1", "patch_embed.proj"),
-    ("final_layer.adaln_modulation.1", "norm_out.linear_1"),
-    ("final_layer.adaln_modulation.2", "norm_out.linear_2"),
-    ("final_layer.linear", "proj_out"),
-]
-
-
-def to_diffusers_key(key: str) -> str:
-    for old, new in RENAMES:
-        key = key.replace(old, new)
-    return key
+# Spec §1.6 renames, from the product's one table; diffusers' strict load checks it.
+to_diffusers_key = dit_to_diffusers
 
 
 def diffusers_model(sd: dict[str, torch.Tensor], cfg: DiTConfig):
