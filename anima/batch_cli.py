@@ -47,10 +47,12 @@ def add_batch_args(p: argparse.ArgumentParser) -> None:
     add_render_args(p)
 
 
-def recipe_defaults(args: argparse.Namespace) -> dict[str, Any]:
+def recipe_defaults(args: argparse.Namespace, model_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Recipe fields from the flags, over the model's own defaults (see `resolve_model`)."""
     from anima.recipe import parse_size
 
-    out = {k: getattr(args, k) for k in _DEFAULT_FLAGS if getattr(args, k, None) is not None}
+    out = {k: v for k, v in (model_defaults or {}).items() if k != "dtype"}
+    out |= {k: getattr(args, k) for k in _DEFAULT_FLAGS if getattr(args, k, None) is not None}
     if args.size:
         out["width"], out["height"] = parse_size(args.size)
     if getattr(args, "quality", "none") == "default" and "negative_prompt" not in out:
@@ -68,19 +70,28 @@ def with_quality(args: argparse.Namespace, prompt: str) -> str:
     return apply_quality(prompt, None, quality_preset("default"))[0]
 
 
-def pipeline_spec(args: argparse.Namespace):
-    """Resolve the model flags into a PipelineSpec (paths checked, nothing loaded)."""
+def resolve_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The model flags -> (PipelineSpec, the model's own recipe defaults); paths checked, nothing
+    loaded. With no model anywhere and none asked for, the bundled DEMO model (said on stderr)."""
     from anima.batch import PipelineSpec
-    from anima.model_selection import resolve_files
+    from anima.model_selection import DEMO_SOURCE, model_recipe_defaults, resolve_files
 
-    files = resolve_files(args)
+    files = resolve_files(args, demo_fallback=True)
     if args.dtype not in ("auto", "fp32", "bf16", "fp16"):
         raise AnimaError(f"--dtype must be fp32, bf16, fp16 or auto, got {args.dtype!r}")
-    return PipelineSpec(
+    model_defaults = model_recipe_defaults(files)
+    dtype = args.dtype
+    if files.source == DEMO_SOURCE:
+        from anima.demo import NOTICE
+
+        print(f"anima: {NOTICE}", file=sys.stderr)
+        dtype = str(model_defaults["dtype"]) if dtype == "auto" else dtype
+    spec = PipelineSpec(
         dit=str(files.dit or ""), text_encoder=str(files.text_encoder or ""), vae=str(files.vae or ""),
         qwen_tokenizer=str(files.qwen_tokenizer or ""), t5_tokenizer=str(files.t5_tokenizer or ""),
-        diffusers=str(files.diffusers or ""), device=args.device, dtype=args.dtype,
+        diffusers=str(files.diffusers or ""), device=args.device, dtype=dtype,
     )  # fmt: skip
+    return spec, model_defaults
 
 
 def run_dtype(spec) -> str:
@@ -122,14 +133,13 @@ def run_batch(args: argparse.Namespace) -> int:
     from anima.batch import read_jobs, run_jobs, with_keys
     from anima.batch_store import OutputStore
 
-    defaults = recipe_defaults(args)
-    jobs, errors = read_jobs(args.jobs, defaults)
+    spec, model_defaults = resolve_model(args)
+    jobs, errors = read_jobs(args.jobs, recipe_defaults(args, model_defaults))
     jobs = [replace(j, recipe=j.recipe.with_(prompt=with_quality(args, j.recipe.prompt))) for j in jobs]
     out = args.out or args.jobs.with_suffix("").with_name(args.jobs.stem + "_out")
     store = OutputStore(out)
     for e in errors:
         print(f"anima: error: {e}", file=sys.stderr)
-    spec = pipeline_spec(args)
     dtype = run_dtype(spec)
     jobs = [replace(j, recipe=j.recipe.with_(dtype=dtype)) for j in jobs]
     jobs = with_keys(jobs, spec.fingerprint(), dtype)

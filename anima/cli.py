@@ -24,7 +24,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vae", type=Path, help="Qwen-Image VAE (qwen_image_vae.safetensors)")
     g.add_argument("--tokenizer-dir", type=Path, help="folder with qwen/ and t5/ tokenizer folders")
     g.add_argument("--diffusers", type=Path, help="a diffusers-format Anima folder")
-    g.add_argument("--model", help="a model name from `anima models`")
+    g.add_argument("--model", help="a model name from `anima models` ('demo': the bundled demo model)")
     g.add_argument("--models-dir", type=Path, help="models folder (default: $ANIMA_MODELS_DIR)")
     g.add_argument("--comfyui", type=Path, action="append", default=[], help="a ComfyUI install to search")
 
@@ -83,8 +83,10 @@ def _add_prompt_tool_parsers(sub) -> None:
     from anima.prompt_cli import add_prompt_args
 
     add_prompt_args(sub.add_parser("prompt", help="lint or format a prompt, look up artist names"))
-    for name, add, text in (("explore", add_explore_args, "render an artist style gallery"),
-                            ("batch", add_batch_args, "generate many recipes with one loaded model")):
+    for name, add, text in (
+        ("explore", add_explore_args, "render an artist style gallery"),
+        ("batch", add_batch_args, "generate many recipes with one loaded model"),
+    ):
         p = sub.add_parser(name, help=text)
         add(p)
         _add_model_args(p)

@@ -44,7 +44,7 @@ def run_explore(args: argparse.Namespace) -> int:
 
     from anima import samplers, schedules
     from anima.batch import run_jobs, with_keys
-    from anima.batch_cli import make_executor, pipeline_spec, recipe_defaults, run_dtype, with_quality
+    from anima.batch_cli import make_executor, recipe_defaults, resolve_model, run_dtype, with_quality
     from anima.batch_store import OutputStore
     from anima.explore import build_gallery, compare_jobs, compare_sheet, index_jobs, parse_seeds
     from anima.prompt_tools import ArtistIndex
@@ -57,7 +57,8 @@ def run_explore(args: argparse.Namespace) -> int:
     if (args.artists is None) == (args.compare is None):
         raise AnimaError("give either --artists FILE or --compare TAG TAG ...")
     seeds = parse_seeds(args.seeds)
-    base = Recipe(prompt=with_quality(args, args.prompt), **recipe_defaults(args))
+    spec, model_defaults = resolve_model(args)
+    base = Recipe(prompt=with_quality(args, args.prompt), **recipe_defaults(args, model_defaults))
     base.validate(samplers.SAMPLERS.keys(), schedules.SCHEDULERS.keys())
     if args.compare:
         jobs = compare_jobs(base, args.compare, seeds, args.mix)
@@ -67,7 +68,6 @@ def run_explore(args: argparse.Namespace) -> int:
         jobs = index_jobs(base, index, seeds, args.limit)
         title = args.title or f"styles: {args.artists.name}"
     store = OutputStore(args.out or Path("explore_out"))
-    spec = pipeline_spec(args)
     dtype = run_dtype(spec)
     jobs = with_keys(
         [replace(j, recipe=j.recipe.with_(dtype=dtype)) for j in jobs], spec.fingerprint(), dtype

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import secrets
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from anima.errors import AnimaError
@@ -56,9 +57,10 @@ _RECIPE_FLAGS = (
 )  # fmt: skip
 
 
-def recipe_from_args(args: argparse.Namespace):
+def recipe_from_args(args: argparse.Namespace, model_defaults: Mapping[str, object] | None = None):
     """Flags (and --from-png) -> a validated Recipe. Flags given explicitly win over a --preset,
-    which wins over the PNG. Workflow flags land in ``recipe.extra`` (see `Workflow`)."""
+    which wins over the model's own defaults (the demo model's 64x64), which win over the PNG.
+    Workflow flags land in ``recipe.extra`` (see `Workflow`)."""
     from anima import samplers, schedules
     from anima.imageio import read_recipe
     from anima.recipe import Recipe, parse_size
@@ -71,7 +73,7 @@ def recipe_from_args(args: argparse.Namespace):
         raise AnimaError("give the prompt either as an argument or with --prompt, not both")
     preset_recipe, preset_workflow = preset_defaults(getattr(args, "preset", None))
     explicit = {k: getattr(args, k) for k in _RECIPE_FLAGS if getattr(args, k) is not None}
-    changes = {**preset_recipe, **explicit}
+    changes = {**(model_defaults or {}), **preset_recipe, **explicit}
     if args.size:
         if args.width is not None or args.height is not None:
             raise AnimaError("give either --size or --width/--height, not both")
@@ -103,7 +105,7 @@ def _size_explicit(args: argparse.Namespace) -> bool:
     return bool(args.size or args.width is not None or args.height is not None or args.from_png)
 
 
-def plan_from_args(args: argparse.Namespace):
+def plan_from_args(args: argparse.Namespace, model_defaults: Mapping[str, object] | None = None):
     """Everything checked, nothing loaded: -> (Job, sources(recipe) -> Sources)."""
     import json
 
@@ -114,7 +116,7 @@ def plan_from_args(args: argparse.Namespace):
     from anima.workflows.sources import resolve_sources
 
     check_counts(args)
-    recipe = recipe_from_args(args)
+    recipe = recipe_from_args(args, model_defaults)
     recipe, first = resolve_sources(
         recipe, init_path=args.init_image, mask_path=args.mask, size_explicit=_size_explicit(args)
     )
@@ -153,14 +155,23 @@ def run_generate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from anima.imageio import output_paths, save_png
-    from anima.model_selection import resolve_files
+    from anima.model_selection import DEMO_SOURCE, model_recipe_defaults, resolve_files
     from anima.precision import SHORT_NAMES, parse_dtype, resolve_dtype
     from anima.workflows.jobs import render
 
-    job, sources = plan_from_args(args)
+    # Checks the paths exist and are the right kinds (headers only); with no model anywhere and
+    # none asked for, the bundled DEMO model, with the settings it was trained for.
+    files = resolve_files(args, demo_fallback=True)
+    model_defaults = model_recipe_defaults(files)
+    job, sources = plan_from_args(args, model_defaults)
+    if files.source == DEMO_SOURCE:  # said once every flag has been checked
+        from anima.demo import NOTICE
+
+        print(f"anima: {NOTICE}", file=sys.stderr)
     first = job.recipes[0]
     # A reproduction must run in the precision the image was made in (bf16 != fp32 bit for bit).
-    dtype_name = args.dtype or (first.dtype if args.from_png else "auto")
+    auto = str(model_defaults.get("dtype", "auto"))
+    dtype_name = args.dtype or (first.dtype if args.from_png else auto)
     if dtype_name != "auto":
         parse_dtype(dtype_name)
     out = args.output or _default_output(first.seed)
@@ -168,13 +179,14 @@ def run_generate(args: argparse.Namespace) -> int:
         raise AnimaError(f"--output must end in .png, got '{out}'")
     if out.parent.exists() and not out.parent.is_dir():
         raise AnimaError(f"{out.parent}: not a folder")
-    files = resolve_files(args)  # checks the paths exist and are the right kinds (headers only)
     from anima.lora.use import check_job_loras
 
     lora_resolver = check_job_loras(args, job.recipes)  # every LoRA found and checked (headers only)
     from anima.perf_options import PerfOptions, apply_perf
 
     perf = PerfOptions.from_args(args)  # speed/memory flags, checked before loading
+    if args.from_png:
+        perf = perf.with_recipe_extra(dict(first.extra), args)
 
     from anima.pipeline import Pipeline
 
@@ -195,7 +207,13 @@ def run_generate(args: argparse.Namespace) -> int:
     big = max(job.recipes, key=lambda r: r.width * r.height * r.batch_size)
     for note in apply_perf(pipe, perf, device, width=big.width, height=big.height, batch=big.batch_size):
         print(note, file=sys.stderr)
-    job = replace(job, recipes=tuple(r.with_(dtype=SHORT_NAMES[dtype]) for r in job.recipes))
+    recorded = perf.recipe_extra()  # what changes the image goes into the PNG's recipe
+    job = replace(
+        job,
+        recipes=tuple(
+            r.with_(dtype=SHORT_NAMES[dtype], extra={**dict(r.extra), **recorded}) for r in job.recipes
+        ),
+    )
     seeds = sorted({r.seed for r in job.recipes})
     print(f"seed: {seeds[0]}" if len(seeds) == 1 else f"seeds: {seeds[0]}..{seeds[-1]}", file=sys.stderr)
     bar = _progress_bar(args.no_progress)

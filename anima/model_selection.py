@@ -41,11 +41,41 @@ def search_places(args: argparse.Namespace) -> dict:
 
 
 def _explicit(args: argparse.Namespace) -> dict:
-    return {"dit": args.dit, "text_encoder": args.text_encoder, "vae": args.vae}
+    # `anima models` with no subcommand has no model flags at all.
+    return {k: getattr(args, k, None) for k in ("dit", "text_encoder", "vae")}
 
 
-def resolve_files(args: argparse.Namespace) -> ModelSet:
-    """The model set to load, with tokenizers; every path checked (headers only) before loading."""
+DEMO_SOURCE = "demo"
+DEMO_NAMES = ("demo", "anima-demo")  # --model names that pick the bundled DEMO model
+_MODEL_FLAGS = ("dit", "text_encoder", "vae", "diffusers", "model")
+
+
+def demo_model_set() -> ModelSet:
+    """The bundled DEMO model (anima/demo/model) as a model set; AnimaError if it is incomplete."""
+    from anima.demo import default_model
+
+    m = default_model()
+    return ModelSet(m.name, m.dit, m.text_encoder, m.vae, m.qwen_tokenizer, m.t5_tokenizer, DEMO_SOURCE)
+
+
+def model_recipe_defaults(files: ModelSet) -> dict[str, object]:
+    """Recipe settings a model needs unless the user says otherwise (the demo only knows 64x64)."""
+    if files.source != DEMO_SOURCE:
+        return {}
+    from anima.demo import RECIPE_DEFAULTS
+
+    return dict(RECIPE_DEFAULTS)
+
+
+def resolve_files(args: argparse.Namespace, *, demo_fallback: bool = False) -> ModelSet:
+    """The model set to load, with tokenizers; every path checked (headers only) before loading.
+
+    ``--model demo`` picks the bundled DEMO model. With `demo_fallback`, a command that names no
+    model and finds none gets it too (source ``"demo"``) instead of an error, so a fresh install
+    can generate something.
+    """
+    if getattr(args, "model", None) in DEMO_NAMES:
+        return demo_model_set()
     places = search_places(args)
     tok_dir = getattr(args, "tokenizer_dir", None)
     if tok_dir is not None and not Path(tok_dir).is_dir():
@@ -68,6 +98,8 @@ def resolve_files(args: argparse.Namespace) -> ModelSet:
         tokenizer_dir=tok_dir,
         data_dir=places["data_dir"],
     )
+    if not sets and demo_fallback and not any(getattr(args, k, None) for k in _MODEL_FLAGS):
+        return demo_model_set()
     chosen = choose(sets, getattr(args, "model", None))
     if chosen.diffusers is None and (chosen.qwen_tokenizer is None or chosen.t5_tokenizer is None):
         raise AnimaError(
@@ -87,11 +119,13 @@ def list_models(args: argparse.Namespace) -> list[str]:
         tokenizer_dir=getattr(args, "tokenizer_dir", None),
         data_dir=places["data_dir"],
     )
+    demo = _demo_line()
     if not sets:
         return [
             "no Anima model found.",
             "searched: " + ", ".join(str(p) for p in _searched(places)),
             "use --models-dir DIR, --comfyui DIR, or `anima models download --accept-license`",
+            *([demo + " (used when no model is found)"] if demo else []),
         ]
     lines = []
     for s in sets:
@@ -105,7 +139,15 @@ def list_models(args: argparse.Namespace) -> list[str]:
                 f"    text encoder: {s.text_encoder}",
                 f"    vae:          {s.vae}",
             ]
-    return lines
+    return lines + ([demo] if demo else [])
+
+
+def _demo_line() -> str | None:
+    try:
+        m = demo_model_set()
+    except AnimaError:
+        return None
+    return f"{m.name}  [{DEMO_SOURCE}]  bundled DEMO model (tiny, coloured shapes; not Anima): --model demo"
 
 
 def _searched(places: dict) -> list[Path]:

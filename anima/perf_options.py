@@ -40,6 +40,11 @@ def add_perf_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fp16-accumulation", action="store_true", help="fp16 accumulation in CUDA matmuls")
 
 
+EXTRA_WEIGHTS = "Weights"
+EXTRA_STEP_CACHE = "Step cache"
+EXTRA_FP16_ACC = "FP16 accumulation"
+
+
 @dataclass(frozen=True)
 class PerfOptions:
     weights: str | None = None
@@ -72,6 +77,35 @@ class PerfOptions:
             if not ok:
                 raise AnimaError(f"--vram-budget takes a number of GB or 'auto', got '{opts.vram_budget}'")
         return opts
+
+    def recipe_extra(self) -> dict[str, str]:
+        """The options that change the image, as recipe `extra` settings (A1111 infotext keys), so a
+        PNG says how it was made and ``--from-png`` makes it the same way."""
+        out = {}
+        if self.weights:
+            out[EXTRA_WEIGHTS] = self.weights
+        if self.step_cache is not None:
+            out[EXTRA_STEP_CACHE] = f"{self.step_cache:g}"
+        if self.fp16_accumulation:
+            out[EXTRA_FP16_ACC] = "on"
+        return out
+
+    def with_recipe_extra(self, extra: dict[str, str], args: argparse.Namespace) -> PerfOptions:
+        """Options recorded in a recipe (``--from-png``) for those the flags leave unset."""
+        from dataclasses import replace
+
+        changes: dict[str, object] = {}
+        if getattr(args, "weights", None) is None and extra.get(EXTRA_WEIGHTS) in ("int8", "fp8"):
+            changes["weights"] = extra[EXTRA_WEIGHTS]
+        if getattr(args, "step_cache", None) is None and EXTRA_STEP_CACHE in extra:
+            try:
+                changes["step_cache"] = float(extra[EXTRA_STEP_CACHE])
+            except ValueError:
+                bad = extra[EXTRA_STEP_CACHE]
+                raise AnimaError(f"bad '{EXTRA_STEP_CACHE}' in the recipe: {bad!r}") from None
+        if extra.get(EXTRA_FP16_ACC) == "on":
+            changes["fp16_accumulation"] = True
+        return replace(self, **changes) if changes else self
 
     def load_device(self, device: torch.device) -> torch.device:
         """Where to load the weights: the host when a budget will place them part by part."""

@@ -41,8 +41,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtypes", default="bf16,fp32")
     p.add_argument("--sizes", default="256,512", help="square sizes of the paired step/VAE timings")
     p.add_argument("--e2e-size", type=int, default=256, help="square size of the end-to-end runs")
-    p.add_argument("--steps", type=int, default=3, help="sampling steps of the end-to-end runs")
-    p.add_argument("--rounds", type=int, default=2, help="rounds of the paired timings (best kept)")
+    p.add_argument("--steps", type=int, default=2, help="sampling steps of the end-to-end runs")
+    p.add_argument(
+        "--rounds", type=int, default=1, help="rounds of the paired timings, best kept (2 on a busy machine)"
+    )
     p.add_argument("--cache", type=Path, default=assets.DEFAULT_CACHE)
     p.add_argument("--tokenizers", type=Path, default=TOKENIZERS)
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")

@@ -11,29 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, TOKENIZERS
+from conftest import TINY, TINY_MODEL_ARGS, TOKENIZERS, isolate_home
 from PIL import Image
 
 from anima.cli import main
 
 W = TINY / "weights"
-MODEL = [
-    "--dit", str(W / "anima_tiny_dit.safetensors"),
-    "--text-encoder", str(W / "qwen3_tiny_te.safetensors"),
-    "--vae", str(W / "wan21_tiny_vae.safetensors"),
-    "--tokenizer-dir", str(TOKENIZERS),
-]  # fmt: skip
+MODEL = TINY_MODEL_ARGS
 FAST = ["--size", "64x64", "--steps", "2", "--dtype", "fp32", "--no-progress", "--sampler", "euler"]
 
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Discovery must not see the developer's real ComfyUI / HF cache / data folder.
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("ANIMA_HOME", str(tmp_path / "anima-home"))
-    monkeypatch.delenv("ANIMA_MODELS_DIR", raising=False)
-    monkeypatch.chdir(tmp_path)
+    isolate_home(tmp_path, monkeypatch)
 
 
 def test_generate_writes_png_with_metadata(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -48,6 +48,44 @@ def test_evaluator_reads_every_rendered_scene_back() -> None:
     assert detect(big).matches(scenes[0].combo)
 
 
+def _polygon_image(points: list[tuple[float, float]], blur: float = 0.0):
+    from PIL import Image, ImageDraw, ImageFilter
+
+    img = Image.new("RGB", (64, 64), dataset.COLOURS["blue"])
+    ImageDraw.Draw(img).polygon(points, fill=dataset.COLOURS["red"])
+    return img.filter(ImageFilter.GaussianBlur(blur)) if blur else img
+
+
+def _regular(n: int, r_out: float, r_in: float | None = None) -> list[tuple[float, float]]:
+    """A regular n-gon (r_in None) or an n-pointed star, point up, centred at (32, 32)."""
+    import math
+
+    k = 2 * n if r_in else n
+    return [
+        (
+            32 + (r_out if i % 2 == 0 or not r_in else r_in) * math.cos(-math.pi / 2 + 2 * math.pi * i / k),
+            32 + (r_out if i % 2 == 0 or not r_in else r_in) * math.sin(-math.pi / 2 + 2 * math.pi * i / k),
+        )
+        for i in range(k)
+    ]
+
+
+def test_star_is_told_by_its_points_not_by_its_corners() -> None:
+    # Soft stars (blurred: rounded points, as a 64x64 model draws them) are still stars.
+    for blur in (0.0, 1.0, 1.5):
+        assert detect(_polygon_image(_regular(5, 14, 7), blur)).shape == "star", blur
+    # A pentagon has five corners but no points; four- and six-pointed stars are not "star" either.
+    assert detect(_polygon_image(_regular(5, 14))).shape != "star"
+    assert detect(_polygon_image(_regular(4, 14, 6))).shape != "star"
+    assert detect(_polygon_image(_regular(6, 14, 8))).shape != "star"
+    # A blurred circle, square and triangle keep their kinds.
+    for shape in dataset.SHAPES:
+        scene = dataset.Scene("red", shape, "blue", "centre")
+        from PIL import ImageFilter
+
+        assert detect(dataset.render(scene).filter(ImageFilter.GaussianBlur(1.0))).shape == shape
+
+
 def test_evaluator_says_when_something_is_wrong() -> None:
     blank = np.full((64, 64, 3), 0.5, dtype=np.float32)
     d = detect(blank)

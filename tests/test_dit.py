@@ -286,3 +286,34 @@ def test_bf16_runs_plain(model, fx, contexts):
     ref = fx["c1.velocity"]
     rel = ((v - ref).abs().max() / ref.abs().max()).item()
     assert math.isfinite(rel) and rel < 0.03  # measured ~9e-3
+
+
+@torch.no_grad()
+def test_fp16_adaln_stays_fp32_with_a_lora_on_it(state, fx, contexts):
+    """A LoRA on an AdaLN modulation layer must not drop the fp16 model's fp32 conditioning path."""
+    from anima.lora.apply import apply_loras
+    from anima.lora.file import lora_from_tensors
+
+    d = state["t_embedding_norm.weight"].shape[0]
+    w = state["blocks.0.adaln_modulation_mlp.2.weight"]  # [3d, r]
+    r = w.shape[1]
+    up = torch.zeros_like(w)
+    up[2 * d :] = w[2 * d :] * 1e5  # the LoRA, not the base, pushes the gate out of fp16's range
+    name = "diffusion_model.blocks.0.adaln_modulation_mlp.2"
+    lora = lora_from_tensors(
+        {
+            f"{name}.lora_A.weight": torch.eye(r),
+            f"{name}.lora_B.weight": up,
+            f"{name}.alpha": torch.tensor(float(r)),
+        }
+    )
+    m32 = build(state)
+    m16 = copy.deepcopy(m32).half()
+    x, sigma, context = fx["c0.x"], fx["c0.sigma"], contexts["c0"]
+    with apply_loras({"dit": m32}, [(lora, 1.0)]):
+        v32 = m32(x, sigma, context)
+    with apply_loras({"dit": m16}, [(lora, 1.0)]):
+        v16 = m16(x, sigma, context)
+    assert (v32 - m32(x, sigma, context)).abs().max() > 1e-2  # the LoRA does change the output
+    assert torch.isfinite(v16).all()
+    assert ((v16 - v32).abs().max() / v32.abs().max()).item() < 5e-3

@@ -26,6 +26,8 @@ MODEL = [
     "--vae", str(W / "wan21_tiny_vae.safetensors"), "--tokenizer-dir", str(TOKENIZERS), "--dtype", "fp32",
 ]  # fmt: skip
 FAST = ["--size", "32x32", "--steps", "2", "--sampler", "euler", "--cfg", "1", "--no-progress"]
+# The bundled demo model at its own settings (64x64, fp32), fewer steps.
+DEMO = ["--model", "demo", "--steps", "8", "--no-progress"]
 ARTISTS = [
     "dairi", "ebifurya", "hammer \\(sunset beach\\)", "haruyama kazunori", "itomugi-kun", "yaegashi nan",
     "mizuki hitoshi", "bkub", "kou hiyoyo", "naga u", "ojipon", "tani takeshi", "pageratta", "inoino",
@@ -41,12 +43,12 @@ def write_artists(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """20 artists x 2 seeds rendered with the tiny fixture model (the demo model is not shipped yet)."""
+    """20 artists x 2 seeds rendered with the bundled demo model."""
     root = tmp_path_factory.mktemp("explore")
     artists = write_artists(root / "artists.txt")
     out = root / "gallery"
-    argv = ["explore", "--artists", str(artists), "--prompt", "1girl, solo, smile", "--seeds", "1,2"]
-    assert main([*argv, "--limit", "20", "--out", str(out), *FAST, *MODEL]) == 0
+    argv = ["explore", "--artists", str(artists), "--prompt", "{artist}, red circle, blue background"]
+    assert main([*argv, "--seeds", "1,2", "--limit", "20", "--out", str(out), *DEMO]) == 0
     return out
 
 
@@ -85,22 +87,15 @@ def test_gallery_over_20_artists(gallery: Path) -> None:
     assert '"@hammer \\\\(sunset beach\\\\)"' in page  # the data is embedded: no server needed
     manifest = json.loads((gallery / "manifest.json").read_text())
     assert len(manifest["jobs"]) == 40 and {j["status"] for j in manifest["jobs"]} == {"done"}
+    for p in (gallery / "images").glob("*.png"):
+        with Image.open(p) as im:  # made by the demo model, at its own size
+            assert im.size == (64, 64) and json.loads(im.info["anima_recipe"])["model"] == "anima-demo-dit"
 
 
 def test_rerun_renders_nothing(gallery: Path, capsys: pytest.CaptureFixture) -> None:
     artists = write_artists(gallery.parent / "artists2.txt")
-    argv = [
-        "explore",
-        "--artists",
-        str(artists),
-        "--prompt",
-        "1girl, solo, smile",
-        "--seeds",
-        "1,2",
-        "--limit",
-        "20",
-    ]
-    assert main([*argv, "--out", str(gallery), *FAST, *MODEL]) == 0
+    argv = ["explore", "--artists", str(artists), "--prompt", "{artist}, red circle, blue background"]
+    assert main([*argv, "--seeds", "1,2", "--limit", "20", "--out", str(gallery), *DEMO]) == 0
     assert "0 rendered, 40 already done" in capsys.readouterr().out
 
 
@@ -129,7 +124,7 @@ def test_killed_run_restarts_with_each_image_rendered_once(tmp_path: Path) -> No
     out = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "anima.cli", "explore", "--artists", str(artists), "--prompt", "1girl",
-        "--seeds", "1,2", "--limit", "3", "--out", str(out), *FAST, *MODEL,
+        "--seeds", "1,2", "--limit", "3", "--out", str(out), *DEMO,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     index = out / "index.jsonl"

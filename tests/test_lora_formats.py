@@ -50,20 +50,20 @@ def _forward(models: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
 def _by_hand(
     models: dict[str, torch.nn.Module], deltas: list[tuple[Delta, float]]
 ) -> dict[str, torch.Tensor]:
-    """Forward with W += Σ s·ΔW written into the weights, then the weights put back."""
-    saved = {}
+    """Forward with W + Σ s·ΔW (summed in fp32) as the weights, then the weights put back."""
+    saved: dict[tuple[str, str], torch.nn.Parameter] = {}
     with torch.no_grad():
         for delta, s in deltas:
             for (part, path), d in delta.items():
-                w = models[part].get_submodule(path).weight
-                saved.setdefault((part, path), w.detach().clone())
-                w += s * d
+                module = models[part].get_submodule(path)
+                w0 = saved.setdefault((part, path), module.weight)
+                current = module.weight if module.weight is not w0 else w0.float()
+                module.weight = torch.nn.Parameter(current + s * d, requires_grad=False)
     try:
         return _forward(models)
     finally:
-        with torch.no_grad():
-            for (part, path), w0 in saved.items():
-                models[part].get_submodule(path).weight.copy_(w0)
+        for (part, path), w0 in saved.items():
+            models[part].get_submodule(path).weight = w0
 
 
 def _rand(g: torch.Generator, *shape: int, std: float = 0.2, dtype=torch.float32) -> torch.Tensor:

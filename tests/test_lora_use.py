@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, TOKENIZERS
+from conftest import TINY, TINY_MODEL_ARGS, TOKENIZERS, isolate_home
 
 from anima.cli import main
 from anima.errors import AnimaError
@@ -105,12 +105,7 @@ def test_pipeline_unknown_lora_is_an_error(pipe: Pipeline) -> None:
         pipe.generate(_recipe(loras=(("no-such-lora", 1.0),)))
 
 
-MODEL = [
-    "--dit", str(W / "anima_tiny_dit.safetensors"),
-    "--text-encoder", str(W / "qwen3_tiny_te.safetensors"),
-    "--vae", str(W / "wan21_tiny_vae.safetensors"),
-    "--tokenizer-dir", str(TOKENIZERS),
-]  # fmt: skip
+MODEL = TINY_MODEL_ARGS
 FAST = [
     "--size",
     "64x64",
@@ -128,11 +123,7 @@ FAST = [
 
 @pytest.fixture()
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("ANIMA_HOME", str(tmp_path / "anima-home"))
-    monkeypatch.delenv("ANIMA_MODELS_DIR", raising=False)
-    monkeypatch.chdir(tmp_path)
+    isolate_home(tmp_path, monkeypatch)
     models = tmp_path / "models"
     save_lora(_lora(2), models / "loras" / "style" / "mystyle.safetensors", "comfy")
     return models

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import TINY, TOKENIZERS
+from conftest import TINY, TINY_MODEL_ARGS, isolate_home
+from PIL import Image
 
 from anima.cli import main
 
 W = TINY / "weights"
-MODEL = [
-    "--dit", str(W / "anima_tiny_dit.safetensors"),
-    "--text-encoder", str(W / "qwen3_tiny_te.safetensors"),
-    "--vae", str(W / "wan21_tiny_vae.safetensors"),
-    "--tokenizer-dir", str(TOKENIZERS),
-]  # fmt: skip
+MODEL = TINY_MODEL_ARGS
 FAST = [
     "--size",
     "64x64",
@@ -33,11 +31,7 @@ FAST = [
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("ANIMA_HOME", str(tmp_path / "anima-home"))
-    monkeypatch.delenv("ANIMA_MODELS_DIR", raising=False)
-    monkeypatch.chdir(tmp_path)
+    isolate_home(tmp_path, monkeypatch)
 
 
 def test_flags_run_and_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -60,6 +54,15 @@ def test_flags_run_and_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     table = err[err.index("part") :].splitlines()
     assert [line.split()[0] for line in table[1:4]] == ["text", "dit", "vae"]
     assert "peak RSS" in table[0]
+    # What changes the image is in the PNG, and --from-png makes it the same way again.
+    with Image.open(out) as im:
+        recipe = json.loads(im.info["anima_recipe"])
+        assert "Weights: int8" in im.info["parameters"] and "Step cache: 0.1" in im.info["parameters"]
+    assert recipe["extra"]["Weights"] == "int8" and recipe["extra"]["Step cache"] == "0.1"
+    again = tmp_path / "b.png"
+    assert main(["generate", "--from-png", str(out), *MODEL, "--no-progress", "-o", str(again)]) == 0
+    assert "DiT layers in int8" in capsys.readouterr().err
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))
 
 
 @pytest.mark.parametrize(

@@ -149,10 +149,10 @@ def _polygon(shape: str, cx: float, cy: float, r: float, rotation: float) -> lis
         return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
     if shape == "triangle":  # upright, base as wide as it is tall
         return [(cx, cy - r), (cx + r, cy + r * 0.85), (cx - r, cy + r * 0.85)]
-    if shape == "star":  # five points, inner radius 0.45 of the outer
+    if shape == "star":  # five broad points (inner radius half the outer: an 8x8 latent keeps them)
         pts = []
         for k in range(10):
-            rad = r * 1.1 if k % 2 == 0 else r * 0.45
+            rad = r * 1.2 if k % 2 == 0 else r * 0.6
             a = rotation + math.pi * k / 5 - math.pi / 2
             pts.append((cx + rad * math.cos(a), cy + rad * math.sin(a) + r * 0.08))
         return pts

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -80,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     from anima.demo.runner import evaluate_model
 
     p = argparse.ArgumentParser(prog="python -m anima.demo.lora_cli", description=__doc__.split("\n")[0])
-    p.add_argument("--work", type=Path, default=Path("demo-star"), help="scratch folder")
+    p.add_argument(
+        "--work", type=Path, default=Path(tempfile.gettempdir()) / "anima-demo-star", help="scratch folder"
+    )
     p.add_argument("--model-dir", type=Path, help="demo model folder (default: the bundled one)")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--rank", type=int, default=16)

@@ -114,7 +114,14 @@ def write_initial(out_dir: str | Path, qwen_vocab: int, t5_vocab: int, seed: int
         g = torch.Generator().manual_seed(seed * 1000 + i)
         tensors = {k: _init(k, s, g) for k, s in sorted(shapes[part].items())}
         path = out / name
-        save(tensors, path, metadata={"format": "pt", "anima_demo": "tiny DEMO model, not Anima"})
+        save(
+            tensors,
+            path,
+            metadata={
+                "format": "pt",
+                "anima_demo": "tiny DEMO model trained on coloured shapes (anima.demo); not Anima",
+            },
+        )
         paths.append(path)
     return paths[0], paths[1]
 

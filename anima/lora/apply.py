@@ -54,6 +54,8 @@ class AdaptedLinear(nn.Module):
         super().__init__()
         self._inner = (inner,)
         self.stack = stack
+        if isinstance(getattr(inner, "compute_dtype", None), torch.dtype):
+            self.compute_dtype = inner.compute_dtype  # a LoRA stacked on top computes the same way
         self.in_features, self.out_features = inner.in_features, inner.out_features
         # Same Parameter objects under the same names: state_dict(), .to() and dtype checks see the base.
         for name in ("weight", "bias"):
@@ -207,7 +209,7 @@ def apply_loras(
             parent, attr = _parent(models[target.part], target.path)
             module = getattr(parent, attr)
             if merge:
-                if type(module) is not nn.Linear:  # wrapped by runtime LoRAs, or quantised
+                if not isinstance(module, nn.Linear):  # wrapped by runtime LoRAs, or quantised
                     raise AnimaError(
                         f"cannot merge a LoRA into {target} ({type(module).__name__}); use runtime mode"
                     )
@@ -216,7 +218,9 @@ def apply_loras(
                     total = w.float()
                     for adapter, strength in stack:
                         total = total + adapter.delta_weight() * strength
-                    new = nn.Parameter(total.to(w.dtype), requires_grad=w.requires_grad)
+                    # A layer that casts its weight per call (the text encoder's) keeps the fp32 sum.
+                    dtype = total.dtype if getattr(module, "casts_weight", False) else w.dtype
+                    new = nn.Parameter(total.to(dtype), requires_grad=w.requires_grad)
                 module.weight = new
                 applied.slots.append(_Slot(parent, attr, module, weight=w))
             else:

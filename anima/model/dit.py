@@ -57,11 +57,12 @@ def timestep_sinusoid(sigma: torch.Tensor, dim: int) -> torch.Tensor:
 def _linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     """Bias-free linear evaluated in x.dtype (a no-op cast unless fp16 weights meet fp32 inputs).
 
-    A replaced layer (LoRA wrapper, quantised weights) runs its own forward in its own dtype.
+    A replaced layer runs its own forward: a LoRA wrapper computes in x's dtype too (so the fp32
+    AdaLN path of an fp16 model stays fp32 with LoRAs on it), quantised weights cast x themselves.
     """
     if type(layer) is nn.Linear:
         return F.linear(x, layer.weight.to(x.dtype))
-    return layer(x.to(module_dtype(layer))).to(x.dtype)
+    return layer(x).to(x.dtype)
 
 
 def module_dtype(module: nn.Module) -> torch.dtype:
@@ -327,4 +328,3 @@ class MiniTrainDIT(nn.Module):
             stream = step_cache.run(stream, context, lambda s: run(s, 0, 1), lambda s: run(s, 1, n))
         y = self.final_layer(stream, cond)
         return self.unpatchify(y, grid)[:, :, :t, :h, :w].to(x.dtype)
-

@@ -146,4 +146,3 @@ class Resample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Single frame: Wan skips time_conv on the first chunk (see module docstring).
         return self.resample(x)
-

@@ -118,7 +118,7 @@ def encode_captions(
         t5 = tokenizer.t5_word_ids(caption) + [tokenizer.t5_eos_id]
         ids = torch.tensor([qwen], dtype=torch.long, device=device)
         with torch.set_grad_enabled(grad):
-            embeds = text_encoder.embed_tokens(ids).to(text_encoder.norm.weight.dtype)
+            embeds = text_encoder.embed_tokens(ids).to(text_encoder.compute_dtype)
             hidden = text_encoder(inputs_embeds=embeds, use_cache=False).last_hidden_state[0]
         out.append((hidden.float(), torch.tensor(t5, dtype=torch.long)))
     return out
