@@ -18,6 +18,7 @@ from torch import nn
 from anima import diffusers_keys, file_kinds
 from anima.config import AdapterConfig, DiTConfig, TextEncoderConfig, VAEConfig
 from anima.errors import AnimaError
+from anima.mapped_pages import file_mappings, release
 from anima.safetensors_io import Header, load_mmap, read_header
 
 StateDict = dict[str, torch.Tensor]
@@ -91,7 +92,13 @@ def _strict_build(
                 f"{path}: not a supported {what}: '{k}' has shape {tuple(sd[k].shape)}, "
                 f"expected {tuple(v.shape)} for the inferred config"
             )
-    converted = {k: _convert(v, device, dtype) for k, v in sd.items()}
+    converted = {}
+    mappings = None
+    for k, v in sd.items():
+        converted[k] = c = _convert(v, device, dtype)
+        if c.data_ptr() != v.data_ptr():  # a copy: the mapped source pages are no longer needed
+            mappings = file_mappings() if mappings is None else mappings
+            release(v, mappings)
     module.load_state_dict(converted, strict=True, assign=True)
     module.requires_grad_(False)
     module.eval()
