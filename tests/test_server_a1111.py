@@ -60,9 +60,9 @@ def test_txt2img_returns_images_with_metadata(api):
 
 
 def test_txt2img_notes_unknown_and_unsupported_fields(api):
-    result = api.txt2img(prompt="x", seed=1, enable_hr=True, restore_faces=True, **SMALL)
+    result = api.txt2img(prompt="x", seed=1, restore_faces=True, **SMALL)
     notes = " ".join(result.info["notes"])
-    assert "enable_hr" in notes and "restore_faces" in notes
+    assert "restore_faces" in notes
     raw = api.custom_post(
         "txt2img", {"prompt": "x", "seed": 1, "my_extension_field": [1, 2], **SMALL}, baseurl=True
     )
@@ -193,3 +193,27 @@ def test_skip_drops_one_iteration_only(server, api):
     result = box["result"]
     assert len(result.images) == 1  # the second iteration ran
     assert result.info["status"] == "done"
+
+
+def test_txt2img_hires_fix(api):
+    """A1111's hires fields drive anima's hires workflow (recorded in the PNG like a CLI run)."""
+    from anima.workflows.settings import Workflow
+
+    hr = {"enable_hr": True, "hr_scale": 1.5, "hr_second_pass_steps": 2, "denoising_strength": 0.6}
+    result = api.txt2img(prompt="1girl", seed=3, hr_upscaler="Latent", **hr, **SMALL)
+    assert result.image.size == (96, 96)
+    assert [n.split(":")[0] for n in result.info["notes"]] == ["hires fix"]  # the plan, nothing ignored
+    recipe = json.loads(result.image.info["anima_recipe"])
+    wf = Workflow.from_extra(tuple(recipe["extra"].items()))
+    assert (wf.hires_scale, wf.hires_steps, wf.hires_denoise) == (1.5, 2, 0.6)
+    assert wf.hires_upscaler == "latent-bilinear"
+    assert "Hires upscale: 1.5" in result.image.info["parameters"]
+    # hr_resize_x wins over hr_scale; a model upscaler becomes Lanczos, and the notes say so.
+    resized = api.txt2img(
+        prompt="1girl", seed=3, enable_hr=True, hr_resize_x=128, hr_upscaler="R-ESRGAN 4x+", **SMALL
+    )
+    assert resized.image.size == (128, 128)
+    assert any("R-ESRGAN 4x+" in n and "lanczos" in n for n in resized.info["notes"])
+    # Over the server's size limit (256): refused, naming the final size.
+    with pytest.raises(Exception, match="hires fix to 320x320"):
+        api.txt2img(prompt="1girl", seed=3, enable_hr=True, hr_scale=5, **SMALL)

@@ -33,7 +33,8 @@ _INERT: Mapping[str, tuple] = {
     "firstpass_image": (None, ""), "initial_noise_multiplier": (1, 1.0, None), "latent_mask": (None, ""),
     "image_cfg_scale": None, "sampler_index": None, "include_init_images": None,
 }  # fmt: skip
-# Hires-fix settings only matter with enable_hr (noted on its own); txt2img's denoising_strength too.
+# Hires-fix settings: used with enable_hr by `anima.server.a1111_hires` (which notes what it cannot
+# honour); txt2img's denoising_strength is the hires pass's.
 _HIRES = {
     "denoising_strength", "firstphase_width", "firstphase_height", "hr_scale", "hr_upscaler",
     "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name",
@@ -99,9 +100,8 @@ def ignored_notes(req, *, img2img: bool) -> list[str]:
     """Notes for every field that has no effect here (see the module docstring)."""
     notes = []
     extra = dict(req.model_extra or {})
-    hires = bool(extra.get("enable_hr"))
-    if hires:
-        notes.append("enable_hr (hires fix) is not supported: the image is generated at the base size")
+    if img2img and extra.get("enable_hr"):
+        notes.append("enable_hr (hires fix) applies to txt2img only and was ignored")
     for key, value in extra.items():
         if key in _HIRES and not (img2img and key == "denoising_strength"):
             continue

@@ -44,7 +44,26 @@ class Limits:
         return asdict(self)
 
     def check_recipe(self, recipe, n_iter: int = 1) -> None:
-        """Raise `AnimaError` naming the first limit `recipe` (run `n_iter` times) exceeds."""
+        """Raise `AnimaError` naming the first limit `recipe` (run `n_iter` times) exceeds; a hires
+        fix is checked at its final size."""
+        from anima.workflows.hires import plan_passes
+        from anima.workflows.settings import Workflow
+
+        wf = Workflow.from_recipe(recipe)
+        if wf.hires:
+            w, h = plan_passes(
+                recipe.width,
+                recipe.height,
+                wf.hires_scale,
+                max_step=wf.hires_max_step,
+                max_side=wf.hires_max_side,
+            ).final
+            if wf.hires_steps > self.max_steps:
+                raise AnimaError(
+                    f"hires steps {wf.hires_steps} is over this server's limit of {self.max_steps}"
+                )
+            if max(w, h) > self.max_side or w * h > self.max_pixels:
+                raise AnimaError(f"hires fix to {w}x{h} is over this server's size limits")
         for what, value in (("width", recipe.width), ("height", recipe.height)):
             if value > self.max_side:
                 raise AnimaError(f"{what} {value} is over this server's limit of {self.max_side}")

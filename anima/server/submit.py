@@ -36,9 +36,21 @@ class Submitter:
 
     # ----------------------------------------------------------------- A1111
     def prepare_txt2img(self, req: Txt2ImgRequest) -> Prepared:
+        from anima.server.a1111_hires import hires_settings
+
         recipe = a1111.recipe_from_request(req, self.service)
+        hires, hires_notes = hires_settings(
+            req.model_extra or {},
+            recipe.width,
+            recipe.height,
+            self.service.samplers(),
+            self.service.schedulers(),
+        )
+        if hires:
+            recipe = _with_workflow(recipe, **hires)
         self._check(recipe, req.n_iter)
-        return Prepared(JobSpec(recipe, req.n_iter, source="a1111"), a1111.ignored_notes(req, img2img=False))
+        notes = hires_notes + a1111.ignored_notes(req, img2img=False)
+        return Prepared(JobSpec(recipe, req.n_iter, source="a1111"), notes)
 
     def prepare_img2img(self, req: Img2ImgRequest) -> Prepared:
         notes = a1111.ignored_notes(req, img2img=True)
