@@ -229,7 +229,8 @@ frozen (the adapter's own token embedding carries word identity); latent channel
 VAE hold a fixed coordinate code that the decoder ignores, because the DiT has no absolute position
 embedding and a model this small would otherwise not learn "top left"; the VAE saw every shape
 including stars, while the DiT and the text side never saw the word "star" (it is left for the
-LoRA example, `python -m anima.demo.lora_cli`).
+LoRA example, `python -m anima.demo.lora_cli`); after the joint VAE training, its decoder was trained
+alone on the frozen encoder's latents, which made reconstructed stars sharp enough to read back.
 
 Build record:
 
