@@ -99,7 +99,6 @@ def _train_config(cfg: BuildConfig, work: Path, out: Path, init_dit: Path):
 
 def build(cfg: BuildConfig, out_dir: Path, work_dir: Path, say=print) -> dict:
     """Run every step; returns a summary (timings, sizes) that also goes into the model README."""
-    import numpy as np
     import torch
 
     from anima.demo import dataset
@@ -138,7 +137,7 @@ def build(cfg: BuildConfig, out_dir: Path, work_dir: Path, say=print) -> dict:
     # draw a star would make the LoRA experiment meaningless). Only the DiT and the text side are
     # kept from ever seeing "star".
     vae_scenes = dataset.scenes(dataset.all_combos(dataset.ALL_SHAPES), 2, cfg.seed + 7)
-    images = torch.from_numpy(np.stack([np.asarray(dataset.render(s)) for s, _ in vae_scenes]))
+    images = dataset.render_batch(vae_scenes)
     vae_cfg = VAETrainConfig(
         dim=vae_config(cfg.vae_dim).dim,
         steps=cfg.vae_steps,
@@ -147,15 +146,13 @@ def build(cfg: BuildConfig, out_dir: Path, work_dir: Path, say=print) -> dict:
         decoder_steps=cfg.vae_decoder_steps,
         seed=cfg.seed,
     )
-    vae = train_vae(
-        images, replace(vae_cfg, decoder_steps=0), _every(say, "VAE", max(cfg.vae_steps // 10, 1))
-    )
+    vae = train_vae(images, vae_cfg, _every(say, "VAE", max(cfg.vae_steps // 10, 1)))
     if cfg.vae_decoder_steps:
         say(f"  polishing the VAE decoder ({cfg.vae_decoder_steps} steps, encoder frozen)")
         # Stars weighted up: their points are the finest detail the decoder has to draw.
         combos = dataset.all_combos(dataset.ALL_SHAPES) + dataset.all_combos([dataset.NEW_SHAPE]) * 2
         dec_scenes = dataset.scenes(combos, 2, cfg.seed + 77)
-        dec_images = torch.from_numpy(np.stack([np.asarray(dataset.render(s)) for s, _ in dec_scenes]))
+        dec_images = dataset.render_batch(dec_scenes)
         polish_decoder(
             vae, dec_images, vae_cfg, _every(say, "VAE decoder", max(cfg.vae_decoder_steps // 10, 1))
         )

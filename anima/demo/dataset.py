@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,6 +175,14 @@ def render(scene: Scene, size: int = 64, supersample: int = 4):
     else:
         draw.polygon(_polygon(scene.shape, cx, cy, r, scene.rotation), fill=fill)
     return img.resize((size, size), Image.Resampling.BOX)
+
+
+def render_batch(scenes: Iterable[tuple[Scene, str]]):
+    """uint8 tensor [N, 64, 64, 3] of the scenes of (scene, caption) pairs, as the VAE trains on them."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.stack([np.asarray(render(s)) for s, _ in scenes]))
 
 
 def random_scene(combo: tuple[str, str, str, str], rng: random.Random, jitter: float = 0.03) -> Scene:

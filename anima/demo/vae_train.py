@@ -46,7 +46,7 @@ class VAETrainConfig:
     latent_noise: float = 0.1  # std of the noise added to latents before decoding, in latent-std units
     latent_l2: float = 1e-4
     position_channels: int = 2  # latent channels holding the fixed coordinate code (0: none)
-    decoder_steps: int = 2000  # second phase: decoder only, encoder frozen (see `polish_decoder`)
+    decoder_steps: int = 2000  # `polish_decoder`: decoder only, encoder frozen
     decoder_batch: int = 8
     decoder_lr: float = 1e-3
     seed: int = 0
@@ -93,37 +93,54 @@ def _encode_raw(vae: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return vae.conv1(vae.encoder(x))[:, : vae.cfg.z_dim]
 
 
+def _pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1], channels-last (faster convs on CPU)."""
+    return (images.permute(0, 3, 1, 2).float() / 127.5 - 1.0).contiguous(memory_format=torch.channels_last)
+
+
+def _decode_noisy(
+    vae: torch.nn.Module, z: torch.Tensor, scale: torch.Tensor, cfg: VAETrainConfig, g: torch.Generator
+) -> torch.Tensor:
+    """Decode `z` plus Gaussian noise of std ``latent_noise * scale``, with the position code zeroed."""
+    pc = cfg.position_channels
+    noisy = z + cfg.latent_noise * scale * torch.randn(z.shape, generator=g)
+    # Zero inputs give the code columns of conv2 zero gradients, so they stay zero.
+    noisy = torch.cat([torch.zeros_like(noisy[:, :pc]), noisy[:, pc:]], dim=1)
+    return vae.decoder(vae.conv2(noisy))
+
+
+def _reconstruction_loss(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return (y - x).abs().mean() + (y - x).square().mean()
+
+
+def _warmup_cosine(opt: torch.optim.Optimizer, warmup: int, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.5 + 0.5 * math.cos(math.pi * s / steps))
+    )
+
+
 def train_vae(
     images: torch.Tensor,
     cfg: VAETrainConfig,
     progress: Callable[[int, int, float], None] | None = None,
-    decoder_images: torch.Tensor | None = None,
 ) -> torch.nn.Module:
-    """images: uint8 [N, H, W, 3]. Returns the trained, calibrated VAE (fp32, eval mode).
-
-    `decoder_images` (default: `images`) are what the decoder-only phase trains on."""
+    """images: uint8 [N, H, W, 3]. Returns the jointly trained, calibrated VAE (fp32, eval mode);
+    `polish_decoder` is the second phase."""
     vae = init_vae(VAEConfig(dim=cfg.dim), cfg.seed)
     pc = cfg.position_channels
     with torch.no_grad():
         vae.conv2.weight[:, :pc] = 0  # the decoder never reads the position code
     vae.train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 50) * (0.5 + 0.5 * math.cos(math.pi * s / cfg.steps))
-    )
+    sched = _warmup_cosine(opt, 50, cfg.steps)
     g = torch.Generator().manual_seed(cfg.seed + 1)
     n = images.shape[0]
     for step in range(cfg.steps):
         idx = torch.randint(0, n, (cfg.batch_size,), generator=g)
-        x = images[idx].permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = _pixels(images[idx])
         z = _encode_raw(vae, x)
-        scale = z.detach().std()
-        noisy = z + cfg.latent_noise * scale * torch.randn(z.shape, generator=g)
-        # Zero inputs give the code columns of conv2 zero gradients, so they stay zero.
-        noisy = torch.cat([torch.zeros_like(noisy[:, :pc]), noisy[:, pc:]], dim=1)
-        y = vae.decoder(vae.conv2(noisy))
-        rec = (y - x).abs().mean() + (y - x).square().mean()
+        y = _decode_noisy(vae, z, z.detach().std(), cfg, g)
+        rec = _reconstruction_loss(y, x)
         loss = rec + cfg.latent_l2 * z[:, pc:].square().mean()
         if pc:
             loss = loss + (z[:, :pc] - position_code(z.shape[-2:], pc)).square().mean()
@@ -135,8 +152,6 @@ def train_vae(
             progress(step + 1, cfg.steps, rec.item())
     vae.eval().requires_grad_(False)
     calibrate(vae, images)
-    if cfg.decoder_steps:
-        polish_decoder(vae, images if decoder_images is None else decoder_images, cfg, progress)
     return vae
 
 
@@ -154,32 +169,26 @@ def polish_decoder(
     The encoder, hence every latent the DiT is trained on and the calibration, is untouched.
     """
     pc = cfg.position_channels
-    x_all = (images.permute(0, 3, 1, 2).float() / 127.5 - 1.0).contiguous(memory_format=torch.channels_last)
+    x_all = _pixels(images)
     with torch.no_grad():
         z_all = torch.cat([_encode_raw(vae, x_all[i : i + 64]) for i in range(0, len(x_all), 64)])
     params = [*vae.conv2.parameters(), *vae.decoder.parameters()]
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0, betas=(0.9, 0.99))
-    steps = cfg.decoder_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 30) * (0.5 + 0.5 * math.cos(math.pi * s / steps))
-    )
+    sched = _warmup_cosine(opt, 30, cfg.decoder_steps)
     g = torch.Generator().manual_seed(cfg.seed + 2)
     vae.decoder.train()
-    for step in range(steps):
+    for step in range(cfg.decoder_steps):
         idx = torch.randint(0, len(x_all), (cfg.decoder_batch,), generator=g)
         x, z = x_all[idx], z_all[idx]
-        noisy = z + cfg.latent_noise * z[:, pc:].std() * torch.randn(z.shape, generator=g)
-        noisy = torch.cat([torch.zeros_like(noisy[:, :pc]), noisy[:, pc:]], dim=1)
-        y = vae.decoder(vae.conv2(noisy))
-        rec = (y - x).abs().mean() + (y - x).square().mean()
+        rec = _reconstruction_loss(_decode_noisy(vae, z, z[:, pc:].std(), cfg, g), x)
         opt.zero_grad(set_to_none=True)
         rec.backward()
         opt.step()
         sched.step()
         if progress is not None:
-            progress(step + 1, steps, rec.item())
+            progress(step + 1, cfg.decoder_steps, rec.item())
     vae.eval().requires_grad_(False)
 
 
@@ -190,10 +199,7 @@ def latent_stats(
     """Per-channel mean and std of the encoder's latents over uint8 `images` [N, H, W, 3]."""
     zs = []
     for i in range(0, len(images), batch):
-        x = images[i : i + batch].permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        zs.append(
-            _encode_raw(vae, x.contiguous(memory_format=torch.channels_last)).transpose(0, 1).flatten(1)
-        )
+        zs.append(_encode_raw(vae, _pixels(images[i : i + batch])).transpose(0, 1).flatten(1))
     z = torch.cat(zs, dim=1)
     return z.mean(dim=1), z.std(dim=1)
 
