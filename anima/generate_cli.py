@@ -186,7 +186,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
     perf = PerfOptions.from_args(args)  # speed/memory flags, checked before loading
     if args.from_png:
-        perf = perf.with_recipe_extra(dict(first.extra), args)
+        perf = perf.with_recipe_extra(dict(first.extra))
 
     from anima.pipeline import Pipeline
 

@@ -26,9 +26,12 @@ if TYPE_CHECKING:  # torch is imported lazily: building the CLI parser must stay
     import torch
 
 
+WEIGHT_FORMATS = ("int8", "fp8")
+
+
 def add_perf_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("speed and memory")
-    g.add_argument("--weights", choices=("int8", "fp8"), help="store the DiT's block weights in 8 bits")
+    g.add_argument("--weights", choices=WEIGHT_FORMATS, help="store the DiT's block weights in 8 bits")
     g.add_argument("--vram-budget", metavar="GB", help="device memory to plan for: a number of GB or 'auto'")
     g.add_argument("--profile", action="store_true", help="report time and peak memory of each part")
     g.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (slow first step)")
@@ -57,26 +60,31 @@ class PerfOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> PerfOptions:
-        from anima.model.attention import resolve_backend
-
         get = functools.partial(getattr, args)
-        opts = cls(
+        return cls(
             weights=get("weights", None), vram_budget=get("vram_budget", None),
             profile=bool(get("profile", False)), compile=bool(get("compile", False)),
             attention=get("attention", None) or "auto", step_cache=get("step_cache", None),
             fp16_accumulation=bool(get("fp16_accumulation", False)),
-        )  # fmt: skip
-        resolve_backend(opts.attention)
-        if opts.step_cache is not None and not 0 < opts.step_cache < 1:
-            raise AnimaError(f"--step-cache takes a threshold in (0, 1), e.g. 0.1; got {opts.step_cache}")
-        if opts.vram_budget not in (None, "auto"):
+        ).checked()  # fmt: skip
+
+    def checked(self) -> PerfOptions:
+        """Self, or AnimaError naming the first bad option (flags and recorded recipes alike)."""
+        from anima.model.attention import resolve_backend
+
+        resolve_backend(self.attention)
+        if self.weights not in (None, *WEIGHT_FORMATS):
+            raise AnimaError(f"--weights takes {' or '.join(WEIGHT_FORMATS)}, got '{self.weights}'")
+        if self.step_cache is not None and not 0 < self.step_cache < 1:
+            raise AnimaError(f"--step-cache takes a threshold in (0, 1), e.g. 0.1; got {self.step_cache}")
+        if self.vram_budget not in (None, "auto"):
             try:
-                ok = float(opts.vram_budget) > 0
+                ok = float(self.vram_budget) > 0
             except ValueError:
                 ok = False
             if not ok:
-                raise AnimaError(f"--vram-budget takes a number of GB or 'auto', got '{opts.vram_budget}'")
-        return opts
+                raise AnimaError(f"--vram-budget takes a number of GB or 'auto', got '{self.vram_budget}'")
+        return self
 
     def recipe_extra(self) -> dict[str, str]:
         """The options that change the image, as recipe `extra` settings (A1111 infotext keys), so a
@@ -90,14 +98,14 @@ class PerfOptions:
             out[EXTRA_FP16_ACC] = "on"
         return out
 
-    def with_recipe_extra(self, extra: dict[str, str], args: argparse.Namespace) -> PerfOptions:
+    def with_recipe_extra(self, extra: dict[str, str]) -> PerfOptions:
         """Options recorded in a recipe (``--from-png``) for those the flags leave unset."""
         from dataclasses import replace
 
         changes: dict[str, object] = {}
-        if getattr(args, "weights", None) is None and extra.get(EXTRA_WEIGHTS) in ("int8", "fp8"):
+        if self.weights is None and EXTRA_WEIGHTS in extra:
             changes["weights"] = extra[EXTRA_WEIGHTS]
-        if getattr(args, "step_cache", None) is None and EXTRA_STEP_CACHE in extra:
+        if self.step_cache is None and EXTRA_STEP_CACHE in extra:
             try:
                 changes["step_cache"] = float(extra[EXTRA_STEP_CACHE])
             except ValueError:
@@ -105,7 +113,12 @@ class PerfOptions:
                 raise AnimaError(f"bad '{EXTRA_STEP_CACHE}' in the recipe: {bad!r}") from None
         if extra.get(EXTRA_FP16_ACC) == "on":
             changes["fp16_accumulation"] = True
-        return replace(self, **changes) if changes else self
+        if not changes:
+            return self
+        try:
+            return replace(self, **changes).checked()
+        except AnimaError as e:
+            raise AnimaError(f"the recipe's recorded settings: {e}") from None
 
     def load_device(self, device: torch.device) -> torch.device:
         """Where to load the weights: the host when a budget will place them part by part."""

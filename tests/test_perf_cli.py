@@ -81,3 +81,26 @@ def test_bad_flags_fail_in_one_line_and_write_nothing(tmp_path, capsys, flags, m
     err = capsys.readouterr().err.strip().splitlines()
     assert any(message in line for line in err), err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("recorded", "message"),
+    [
+        ({"Step cache": "5"}, "--step-cache takes a threshold"),
+        ({"Step cache": "often"}, "bad 'Step cache'"),
+        ({"Weights": "nf4"}, "--weights takes int8 or fp8"),
+    ],
+)
+def test_bad_recorded_settings_fail_in_one_line(tmp_path, capsys, recorded, message) -> None:
+    """A PNG's recorded perf settings get the same checks as the flags."""
+    from anima.imageio import save_png
+    from anima.recipe import Recipe
+
+    png = tmp_path / "made.png"
+    recipe = Recipe(prompt="cat", width=64, height=64, steps=2, sampler="euler", extra=recorded)
+    save_png(png, np.zeros((64, 64, 3), dtype=np.uint8), recipe)
+    out = tmp_path / "again.png"
+    assert main(["generate", "--from-png", str(png), *MODEL, "--no-progress", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "recipe" in err[0] and message in err[0], err
+    assert not out.exists()
