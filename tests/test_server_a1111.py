@@ -217,3 +217,12 @@ def test_txt2img_hires_fix(api):
     # Over the server's size limit (256): refused, naming the final size.
     with pytest.raises(Exception, match="hires fix to 320x320"):
         api.txt2img(prompt="1girl", seed=3, enable_hr=True, hr_scale=5, **SMALL)
+    # Bad hires values are refused by the workflow's own checks, naming the setting.
+    for bad, message in (
+        ({"hr_scale": 9}, "hires scale must be in 1..8"),
+        ({"hr_second_pass_steps": -1}, "hires steps must be an integer"),
+        ({"denoising_strength": 0}, "hires denoise must be in"),
+        ({"hr_resize_x": -5}, "hr_resize_x must be a whole number"),
+    ):
+        with pytest.raises(Exception, match=message):
+            api.txt2img(prompt="1girl", seed=3, enable_hr=True, **bad, **SMALL)

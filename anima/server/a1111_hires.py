@@ -48,15 +48,10 @@ def hires_settings(
     if name.strip().lower() not in _EXACT:
         notes.append(f"hr_upscaler {name!r} is not available here: used {upscaler}")
     settings["hires_upscaler"] = upscaler
-    steps = extra.get("hr_second_pass_steps") or 0
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-        raise AnimaError(f"hr_second_pass_steps must be a whole number >= 0, got {steps!r}")
-    settings["hires_steps"] = steps
+    # Ranges and types of these are checked by `Workflow.validate` when they are applied.
+    settings["hires_steps"] = extra.get("hr_second_pass_steps") or 0
     denoise = extra.get("denoising_strength")
-    denoise = DEFAULT_DENOISE if denoise is None else denoise
-    if isinstance(denoise, bool) or not isinstance(denoise, int | float) or not 0 < denoise <= 1:
-        raise AnimaError(f"denoising_strength must be in (0, 1] for hires fix, got {denoise!r}")
-    settings["hires_denoise"] = float(denoise)
+    settings["hires_denoise"] = DEFAULT_DENOISE if denoise is None else denoise
     sampler_label = extra.get("hr_sampler_name")
     if sampler_label in ("Use same sampler", ""):
         sampler_label = None
@@ -76,8 +71,9 @@ def hires_settings(
     return settings, notes
 
 
-def _scale(extra: Mapping[str, Any], width: int, height: int, notes: list[str]) -> float:
-    """A1111: hr_resize_x/y (0 = keep the aspect) win over hr_scale (default 2)."""
+def _scale(extra: Mapping[str, Any], width: int, height: int, notes: list[str]) -> Any:
+    """A1111: hr_resize_x/y (0 = keep the aspect) win over hr_scale (default 2; range checked by
+    `Workflow.validate`)."""
     rx, ry = extra.get("hr_resize_x") or 0, extra.get("hr_resize_y") or 0
     for key, v in (("hr_resize_x", rx), ("hr_resize_y", ry)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -89,10 +85,5 @@ def _scale(extra: Mapping[str, Any], width: int, height: int, notes: list[str]) 
             notes.append(
                 f"hr_resize {rx}x{ry} changes the aspect ratio: scaled by {scale:.3g} instead (no crop)"
             )
-    else:
-        scale = extra.get("hr_scale", 2.0)
-        if isinstance(scale, bool) or not isinstance(scale, int | float):
-            raise AnimaError(f"hr_scale must be a number, got {scale!r}")
-    if not 1.0 <= scale <= 8.0:
-        raise AnimaError(f"hires fix scale must be between 1 and 8, got {scale:g}")
-    return float(scale)
+        return scale
+    return extra.get("hr_scale", 2.0)
