@@ -74,18 +74,16 @@ def resolve_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The model flags -> (PipelineSpec, the model's own recipe defaults); paths checked, nothing
     loaded. With no model anywhere and none asked for, the bundled DEMO model (said on stderr)."""
     from anima.batch import PipelineSpec
-    from anima.model_selection import DEMO_SOURCE, model_recipe_defaults, resolve_files
+    from anima.model_selection import model_notice, model_recipe_defaults, resolve_files
 
     files = resolve_files(args, demo_fallback=True)
     if args.dtype not in ("auto", "fp32", "bf16", "fp16"):
         raise AnimaError(f"--dtype must be fp32, bf16, fp16 or auto, got {args.dtype!r}")
     model_defaults = model_recipe_defaults(files)
-    dtype = args.dtype
-    if files.source == DEMO_SOURCE:
-        from anima.demo import NOTICE
-
-        print(f"anima: {NOTICE}", file=sys.stderr)
-        dtype = str(model_defaults["dtype"]) if dtype == "auto" else dtype
+    dtype = str(model_defaults.get("dtype", "auto")) if args.dtype == "auto" else args.dtype
+    notice = model_notice(files)
+    if notice:
+        print(notice, file=sys.stderr)
     spec = PipelineSpec(
         dit=str(files.dit or ""), text_encoder=str(files.text_encoder or ""), vae=str(files.vae or ""),
         qwen_tokenizer=str(files.qwen_tokenizer or ""), t5_tokenizer=str(files.t5_tokenizer or ""),

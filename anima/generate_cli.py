@@ -155,7 +155,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from anima.imageio import output_paths, save_png
-    from anima.model_selection import DEMO_SOURCE, model_recipe_defaults, resolve_files
+    from anima.model_selection import model_notice, model_recipe_defaults, resolve_files
     from anima.precision import SHORT_NAMES, parse_dtype, resolve_dtype
     from anima.workflows.jobs import render
 
@@ -164,10 +164,9 @@ def run_generate(args: argparse.Namespace) -> int:
     files = resolve_files(args, demo_fallback=True)
     model_defaults = model_recipe_defaults(files)
     job, sources = plan_from_args(args, model_defaults)
-    if files.source == DEMO_SOURCE:  # said once every flag has been checked
-        from anima.demo import NOTICE
-
-        print(f"anima: {NOTICE}", file=sys.stderr)
+    notice = model_notice(files)
+    if notice:  # said once every flag has been checked
+        print(notice, file=sys.stderr)
     first = job.recipes[0]
     # A reproduction must run in the precision the image was made in (bf16 != fp32 bit for bit).
     auto = str(model_defaults.get("dtype", "auto"))

@@ -58,6 +58,15 @@ def demo_model_set() -> ModelSet:
     return ModelSet(m.name, m.dit, m.text_encoder, m.vae, m.qwen_tokenizer, m.t5_tokenizer, DEMO_SOURCE)
 
 
+def model_notice(files: ModelSet) -> str | None:
+    """A line to tell the user about the chosen set: the demo says that it is one."""
+    if files.source != DEMO_SOURCE:
+        return None
+    from anima.demo import NOTICE
+
+    return f"anima: {NOTICE}"
+
+
 def model_recipe_defaults(files: ModelSet) -> dict[str, object]:
     """Recipe settings a model needs unless the user says otherwise (the demo only knows 64x64)."""
     if files.source != DEMO_SOURCE:
