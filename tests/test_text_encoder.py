@@ -115,3 +115,15 @@ def test_loader_builds_this_module(fx: dict) -> None:
 def test_rejects_bad_ids(te: Qwen3TextEncoder) -> None:
     with pytest.raises(ValueError):
         te.encode(torch.zeros(1, 0, dtype=torch.long))
+
+
+def test_special_token_ids_only_when_the_vocabulary_has_them() -> None:
+    from dataclasses import replace
+
+    from anima.demo.spec import text_encoder_config
+    from anima.model.text_encoder import qwen3_config
+
+    small = text_encoder_config(346)  # the demo's vocabulary: no <|endoftext|>, and no warning
+    assert qwen3_config(small).eos_token_id is None and qwen3_config(small).bos_token_id is None
+    full = qwen3_config(replace(small, vocab_size=151936))
+    assert full.eos_token_id == full.bos_token_id == 151643

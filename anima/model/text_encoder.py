@@ -21,9 +21,14 @@ from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
 from anima.config import TextEncoderConfig
 
+QWEN3_EOS_ID = 151643  # <|endoftext|>, Qwen3's bos and eos
+
 
 def qwen3_config(cfg: TextEncoderConfig) -> Qwen3Config:
     """The transformers config for `cfg`: every field explicit, nothing read from a hub."""
+    # The encoder never uses special tokens; a small vocabulary (the demo's) has no id for them, and
+    # transformers warns on every build about an id outside the vocabulary.
+    special = QWEN3_EOS_ID if QWEN3_EOS_ID < cfg.vocab_size else None
     return Qwen3Config(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.hidden_size,
@@ -41,8 +46,8 @@ def qwen3_config(cfg: TextEncoderConfig) -> Qwen3Config:
         use_sliding_window=False,
         tie_word_embeddings=True,
         use_cache=False,
-        bos_token_id=151643,
-        eos_token_id=151643,
+        bos_token_id=special,
+        eos_token_id=special,
         attn_implementation="sdpa",
     )
 
