@@ -99,8 +99,12 @@ class MemoryPlan:
         return "memory: " + ", ".join(parts)
 
 
-def plan_memory(budget: int | None, sizes: ModelSizes, activations: int, *, prefetch: int = 1) -> MemoryPlan:
-    """Decide placement for `budget` bytes of device memory (see the module docstring)."""
+def plan_memory(
+    budget: int | None, sizes: ModelSizes, activations: int, *, prefetch: int = 1, quantized: bool = False
+) -> MemoryPlan:
+    """Decide placement for `budget` bytes of device memory (see the module docstring).
+
+    `quantized`: the DiT already has 8-bit weights (the error then does not suggest them)."""
     if budget is None:
         return MemoryPlan(budget=None)
     n = len(sizes.blocks)
@@ -124,9 +128,14 @@ def plan_memory(budget: int | None, sizes: ModelSizes, activations: int, *, pref
     in_flight = (prefetch + 1) * block
     if room < in_flight:
         need = (sampling_fixed + in_flight) / GB
+        tries = (
+            "a smaller image or a larger budget"
+            if quantized
+            else "--weights int8, a smaller image, or a larger budget"
+        )
         raise AnimaError(
             f"--vram-budget {budget / GB:.2f} GB is too small for this model and size (streaming needs "
-            f"{need:.2f} GB); try --weights int8, a smaller image, or a larger budget"
+            f"{need:.2f} GB); try {tries}"
         )
     resident = min(n, (room - in_flight) // block) if block else n
     left = room - resident * block - in_flight + activations

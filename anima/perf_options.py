@@ -156,7 +156,7 @@ def apply_perf(
 
         tokens = -(-height // 16) * -(-width // 16)
         act = dit_activation_bytes(pipe.dit.cfg, tokens, 2 * batch, pipe.dtype)
-        plan = plan_memory(budget, ModelSizes.of(pipe), act)
+        plan = plan_memory(budget, ModelSizes.of(pipe), act, quantized=bool(opts.weights))
         pipe.block_streamer = apply_memory_plan(pipe, plan, device)  # kept alive with the pipeline
         streaming = plan.stream_blocks
         notes.append(plan.describe())
@@ -186,14 +186,15 @@ def apply_perf(
     return notes
 
 
-def compile_dit(pipe, *, width: int, height: int, batch: int) -> str:
+def compile_dit(pipe, *, width: int, height: int, batch: int, options: dict | None = None) -> str:
     """torch.compile each DiT block in place (names and state dict unchanged) and warm it up once at
-    the run's shapes, so the compile time is reported apart from the sampling time."""
+    the run's shapes, so the compile time is reported apart from the sampling time. `options`: Inductor
+    options of this compile only (e.g. ``{"coordinate_descent_tuning": True}``)."""
     import torch
 
     dit = pipe.dit
     for block in dit.blocks:
-        block.compile()
+        block.compile(options=options)
     x = torch.zeros(2 * batch, 16, 1, height // 8, width // 8, device=pipe.device, dtype=pipe.dtype)
     sigma = torch.full((2 * batch,), 0.5, device=pipe.device)
     ctx = torch.zeros(2 * batch, 512, dit.cfg.crossattn_emb_channels, device=pipe.device, dtype=pipe.dtype)

@@ -291,7 +291,7 @@ class Pipeline:
         inpaint.ensure_finite(images, "the decoded image")
         if pixel_mask is not None:
             images = inpaint.composite(images, init_image, pixel_mask)
-        return Result(images=images, latents=x, recipes=[recipe] * b, notes=notes)
+        return Result(images=images, latents=x.cpu(), recipes=[recipe] * b, notes=notes)
 
     def _sample(self, recipe, wf, spec: SamplingPass, latent, noise, lmask, hooks, contexts, *, first: bool):
         """One sampling pass from `latent` (model space) at `spec`'s steps, denoise and sampler."""
@@ -319,8 +319,12 @@ class Pipeline:
         denoise = make_denoiser(
             model_x0, pos=pos, neg=neg, sigmas=sigmas, guider=guider, nag=nag, zero_init_steps=zero_init
         )
+        # The sampling state lives with the DiT: on a GPU, no host round trip (and no host-side
+        # sampler arithmetic with the GPU idle) per step. Noise is still drawn on the CPU (seeds).
+        dev = torch.device(self.device)
+        latent, noise = latent.to(dev), noise.to(dev)
         if lmask is not None:
-            denoise = masked_denoiser(denoise, latent, noise, lmask)
+            denoise = masked_denoiser(denoise, latent, noise, lmask.to(dev))
         s0 = sigmas[0]
         x = s0 * noise + (1.0 - s0) * latent  # flow-matching noise scaling (spec 2.9)
         step_noise = samplers.noise_source_for(spec.sampler, x, sigmas, recipe.seed)
@@ -348,10 +352,10 @@ class Pipeline:
         return [cache[p] for p in prompts]
 
     def _model_x0(self, x: torch.Tensor, sigma: torch.Tensor, ctx: torch.Tensor, run=None) -> torch.Tensor:
-        """The DiT as an x0 predictor: x0 = x - sigma * v (fp32, CPU). `run`: `RunCaches` of the pass."""
+        """The DiT as an x0 predictor: x0 = x - sigma * v in fp32, on x's device. `run`: `RunCaches`."""
         kw = run.kwargs(ctx) if run is not None else {}
         v = self.dit(x.to(self.device, self.dtype), sigma.to(self.device, torch.float32), ctx, **kw)
-        return x - v.float().cpu() * sigma.view(-1, 1, 1, 1, 1)
+        return x - v.float().to(x.device) * sigma.to(x.device).view(-1, 1, 1, 1, 1)
 
     def _run_caches(self):
         """Cross-attention K/V computed once per context and pass (exact), plus the opt-in step cache."""

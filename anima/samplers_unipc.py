@@ -49,8 +49,10 @@ def _lambda(sigma: torch.Tensor) -> torch.Tensor:
     return log_mean_coeff - log_std
 
 
-def _expand(v: torch.Tensor, ndim: int) -> torch.Tensor:
-    return v[(...,) + (None,) * (ndim - 1)]
+def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-sample coefficient [B] as [B, 1, ...] on the state's device. The coefficients are computed
+    from the schedule on the CPU (the same numbers whatever device the state lives on)."""
+    return v[(...,) + (None,) * (like.ndim - 1)].to(like.device)
 
 
 class _UniPC:
@@ -62,14 +64,14 @@ class _UniPC:
 
     def data_prediction(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x0 from the VP state: eps at the unscaled state, then x0 = (x - std eps) / alpha."""
-        sigma = t.view(t.shape[:1] + (1,) * (x.ndim - 1))
+        sigma = _expand(t, x)
         x_in = x * ((sigma**2 + 1.0) ** 0.5)
         denoised = self.denoise(x_in, t)
         if self.callback is not None:
             self.callback(self.calls, x_in, denoised, t[0])
         self.calls += 1
         eps = (x_in - denoised) / sigma
-        return (x - _expand(_std(t), x.ndim) * eps) / _expand(_alpha(t), x.ndim)
+        return (x - _expand(_std(t), x) * eps) / _expand(_alpha(t), x)
 
     def update(
         self,
@@ -81,7 +83,6 @@ class _UniPC:
         use_corrector: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One multistep UniPC-B(h) step (predictor, then corrector with a model call at the new point)."""
-        ndim = x.ndim
         t_prev_0 = t_prev[-1]
         lambda_prev_0 = _lambda(t_prev_0)
         lambda_t = _lambda(t)
@@ -115,7 +116,7 @@ class _UniPC:
             factorial *= i + 1
             h_phi_k = h_phi_k / hh64 - 1 / factorial
         r_mat = torch.stack(rows)
-        b = torch.stack(b_list).to(device=x.device, dtype=hh.dtype)
+        b = torch.stack(b_list).to(dtype=hh.dtype)
 
         d1_stack = torch.stack(d1s, dim=1) if d1s else None
         rhos_p = None
@@ -132,22 +133,22 @@ class _UniPC:
                 else torch.linalg.solve(r_mat, b)
             )
 
-        x_t_ = _expand(sigma_t / sigma_prev_0, ndim) * x - _expand(alpha_t * h_phi_1, ndim) * model_prev_0
+        x_t_ = _expand(sigma_t / sigma_prev_0, x) * x - _expand(alpha_t * h_phi_1, x) * model_prev_0
         if d1_stack is not None:
-            pred_res = torch.tensordot(d1_stack, rhos_p, dims=([1], [0]))
-            x_t = x_t_ - _expand(alpha_t * b_h, ndim) * pred_res
+            pred_res = torch.tensordot(d1_stack, rhos_p.to(x.device), dims=([1], [0]))
+            x_t = x_t_ - _expand(alpha_t * b_h, x) * pred_res
         else:
-            x_t = x_t_ - _expand(alpha_t * b_h, ndim) * 0
+            x_t = x_t_ - _expand(alpha_t * b_h, x) * 0
 
         model_t = None
         if use_corrector:
             model_t = self.data_prediction(x_t, t)
             if d1_stack is not None:
-                corr_res = torch.tensordot(d1_stack, rhos_c[:-1], dims=([1], [0]))
+                corr_res = torch.tensordot(d1_stack, rhos_c[:-1].to(x.device), dims=([1], [0]))
             else:
                 corr_res = 0
             d1_t = model_t - model_prev_0
-            x_t = x_t_ - _expand(alpha_t * b_h, ndim) * (corr_res + rhos_c[-1] * d1_t)
+            x_t = x_t_ - _expand(alpha_t * b_h, x) * (corr_res + rhos_c[-1].to(x.device) * d1_t)
         return x_t, model_t
 
     def sample(self, x: torch.Tensor, timesteps: torch.Tensor, order: int) -> torch.Tensor:

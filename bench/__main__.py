@@ -4,7 +4,8 @@
     python -m bench --quick              # bf16 only, 256x256
     python -m bench --dtypes bf16 --sizes 256 --steps 3
 
-Two parts per dtype:
+Where torch sees a CUDA GPU this runs `python -m bench.gpu` instead (1024x1024, 30 steps; `--cpu`
+keeps the CPU benchmark). On a CPU, two parts per dtype:
 
 1. end to end (`--e2e-size`, `--steps`): each library's whole text-to-image run, one library after
    the other: load time, text encoding, per-step time, VAE decode, peak RSS.
@@ -50,6 +51,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     p.add_argument("--skip-diffusers", action="store_true")
     p.add_argument("--quick", action="store_true", help="bf16 only, 256x256")
+    p.add_argument("--cpu", action="store_true", help="the CPU benchmark even where a CUDA GPU is present")
     args = p.parse_args(argv)
     if args.quick:
         args.dtypes, args.sizes = "bf16", "256"
@@ -98,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     from bench.chart import draw_chart
 
     args = _parse(argv)
+    if torch.cuda.is_available() and not args.cpu:  # on a GPU: 1024x1024, 30 steps (bench/gpu.py)
+        from bench import gpu
+
+        return gpu.main(["--tokenizers", str(args.tokenizers), "--out", str(args.out)])
     torch.set_grad_enabled(False)
     started = time.perf_counter()
     print("preparing weights (cached in", args.cache, ")", flush=True)

@@ -58,3 +58,44 @@ def draw_chart(results: dict, path: Path) -> Path:
     draw.text((x + 20, 736), load, fill=(90, 90, 90))
     img.save(path)
     return path
+
+
+def draw_gpu_chart(results: dict, path: Path) -> Path:
+    """`python -m bench.gpu` results: end-to-end seconds per setup, and peak VRAM per memory setup.
+    Sections that did not run (or failed) are left out."""
+    sec = results.get("sections", {})
+
+    def get(name: str, *keys: str):
+        v = sec.get(name, {})
+        for k in keys:
+            v = v.get(k) if isinstance(v, dict) else None
+        return v if isinstance(v, int | float) else None
+
+    times = [
+        ("eager", {"anima": get("e2e", "end_to_end", "wall_s")}),
+        ("--compile", {"anima": get("compile", "wall_s")}),
+        ("diffusers", {"diffusers": get("diffusers", "wall_s")}),
+        ("matmul floor", {"floor": get("floor", "floor_run_s")}),
+        ("int8", {"anima": get("weights_int8", "wall_s")}),
+        ("fp8", {"anima": get("weights_fp8", "wall_s")}),
+        ("fp16", {"anima": get("fp16", "fp16", "wall_s")}),
+        ("step cache .1", {"anima": get("step_cache", "0.1", "wall_s")}),
+    ]
+    vram = [
+        ("no budget", {"anima": get("e2e", "end_to_end", "peak_vram_gb")}),
+        ("8 GB bf16", {"anima": get("budget_8gb", "peak_vram_gb")}),
+        ("4 GB int8", {"anima": get("budget_4gb_int8", "peak_vram_gb")}),
+        ("3 GB stream", {"anima": get("streaming", "bf16_3gb", "peak_vram_gb")}),
+        ("2.2 GB int8 st.", {"anima": get("streaming", "int8_2.2gb", "peak_vram_gb")}),
+        ("diffusers", {"diffusers": get("diffusers", "peak_vram_gb")}),
+    ]
+    times = [g for g in times if any(v is not None for v in g[1].values())]
+    vram = [g for g in vram if any(v is not None for v in g[1].values())]
+    env = sec.get("env", {})
+    head = f"{env.get('gpu', env.get('device', '?'))}, {env.get('size')}px, {env.get('steps')} steps, CFG 4"
+    img = Image.new("RGB", (1100, 760), "white")
+    draw = ImageDraw.Draw(img)
+    _panel(draw, (10, 10, 1090, 380), f"end to end, seconds after warm-up ({head})", times)
+    _panel(draw, (10, 390, 1090, 750), "peak VRAM allocated during a run, GB", vram)
+    img.save(path)
+    return path

@@ -20,12 +20,12 @@ import torch.nn.functional as F
 from anima.config import DiTConfig
 
 
-def _weights(cfg: DiTConfig, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _weights(cfg: DiTConfig, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
     d, r, c = cfg.model_channels, cfg.adaln_lora_dim, cfg.crossattn_emb_channels
     g = torch.Generator().manual_seed(0)
 
     def w(o: int, i: int) -> torch.Tensor:
-        return (torch.randn(o, i, generator=g) / i**0.5).to(dtype)
+        return (torch.randn(o, i, generator=g) / i**0.5).to(device, dtype)
 
     return {
         "q": w(d, d), "k": w(d, d), "v": w(d, d), "o": w(d, d),
@@ -39,18 +39,20 @@ def _weights(cfg: DiTConfig, dtype: torch.dtype) -> dict[str, torch.Tensor]:
 @torch.inference_mode()
 def floor_step(
     cfg: DiTConfig, tokens: int, dtype: torch.dtype, *, batch: int = 2, context_len: int = 512,
-    include_context_kv: bool = True, repeats: int = 2,
+    include_context_kv: bool = True, repeats: int = 2, device: torch.device | str = "cpu",
 ) -> float:  # fmt: skip
-    """Seconds for the bare products of one DiT forward (best of `repeats`)."""
-    wt = _weights(cfg, dtype)
+    """Seconds for the bare products of one DiT forward (best of `repeats`; on a GPU after one
+    untimed warm-up, each timing ending in a synchronize)."""
+    device = torch.device(device)
+    wt = _weights(cfg, dtype, device)
     d, h, hd = cfg.model_channels, cfg.num_heads, cfg.head_dim
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(batch, tokens, d, generator=gen).to(dtype)
-    ctx = torch.randn(batch, context_len, cfg.crossattn_emb_channels, generator=gen).to(dtype)
-    emb = torch.randn(batch, 1, d, generator=gen).to(dtype)
+    x = torch.randn(batch, tokens, d, generator=gen).to(device, dtype)
+    ctx = torch.randn(batch, context_len, cfg.crossattn_emb_channels, generator=gen).to(device, dtype)
+    emb = torch.randn(batch, 1, d, generator=gen).to(device, dtype)
     ck = F.linear(ctx, wt["ck"]).unflatten(-1, (h, hd)).transpose(1, 2)
     cv = F.linear(ctx, wt["cv"]).unflatten(-1, (h, hd)).transpose(1, 2)
-    patches = torch.randn(batch, tokens, 68, generator=gen).to(dtype)
+    patches = torch.randn(batch, tokens, 68, generator=gen).to(device, dtype)
 
     def heads(t: torch.Tensor) -> torch.Tensor:
         return t.unflatten(-1, (h, hd)).transpose(1, 2)
@@ -73,10 +75,18 @@ def floor_step(
         F.linear(F.linear(emb, wt["a1"]), wt["fa2"])
         F.linear(x, wt["final"])
 
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    if device.type == "cuda":
+        once()  # kernel selection and cuBLAS workspaces happen on the first call
     best = float("inf")
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         once()
+        sync()
         best = min(best, time.perf_counter() - t0)
     return best
 

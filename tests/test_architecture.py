@@ -14,7 +14,7 @@ LEAVES = {
     "anima.config", "anima.errors", "anima.guidance", "anima.prompt_weights", "anima.latent",
     "anima.noise", "anima.schedules", "anima.safetensors_io", "anima.file_kinds", "anima.diffusers_keys",
 }  # fmt: skip
-FRONT_ENDS = ("anima.cli", "anima.server", "anima.train", "anima.generate_cli")
+FRONT_ENDS = ("anima.cli", "anima.__main__", "anima.server", "anima.train", "anima.generate_cli")
 
 
 def _module_name(path: Path) -> str:

@@ -104,6 +104,9 @@ def test_plan_decisions_follow_the_budget():
 
     with pytest.raises(AnimaError, match="too small.*--weights int8"):
         plan_memory(sizes.dit_other + sizes.vae + act + MARGIN + 60 * MB, sizes, act)
+    with pytest.raises(AnimaError, match="too small") as already_8bit:
+        plan_memory(sizes.dit_other + sizes.vae + act + MARGIN + 60 * MB, sizes, act, quantized=True)
+    assert "--weights" not in str(already_8bit.value)
 
 
 def test_budget_flag_values():

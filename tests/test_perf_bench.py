@@ -47,3 +47,24 @@ def test_chart_is_written(tmp_path):
     path = draw_chart({"rows": rows, "machine": {"note": "test"}}, tmp_path / "c.png")
     with Image.open(path) as im:
         assert im.size[0] >= 900 and im.size[1] == 760
+
+
+def test_gpu_benchmark_dry_run_on_the_tiny_model(tmp_path):
+    """`python -m bench.gpu` runs by hand on a lent GPU only; its CPU dry run keeps it from rotting."""
+    import json
+
+    from conftest import TOKENIZERS
+
+    from bench import gpu
+
+    only = "env,weights,e2e,floor,step_cache,release,budget_8gb,weights_int8,fp16"
+    argv = ["--device", "cpu", "--preset", "tiny", "--size", "64", "--steps", "2", "--only", only,
+            "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
+            "--tokenizers", str(TOKENIZERS)]  # fmt: skip
+    assert gpu.main(argv) == 0
+    assert torch.is_grad_enabled()  # the script does not switch autograd off for the process
+    res = json.loads(next((tmp_path / "out").glob("gpu-*.json")).read_text())["sections"]
+    assert set(res) == set(only.split(","))
+    assert not [name for name, r in res.items() if "error" in r], res
+    assert res["e2e"]["end_to_end"]["finite"] and res["weights_int8"]["psnr_db"] > 30
+    assert next((tmp_path / "out").glob("gpu-*.png")).stat().st_size > 0

@@ -14,8 +14,9 @@ from torch import nn
 
 from anima.errors import AnimaError
 from anima.model import attention as attn_mod
+from anima.model import dit_cache
 from anima.model.dit import Attention, fuse_qkv
-from anima.model.dit_cache import FirstBlockCache
+from anima.model.dit_cache import FirstBlockCache, RunCaches
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,35 @@ def test_context_cache_equals_plain_path(model, inputs):
     # Reused on a later step (another sigma and latent), still equal to the plain path.
     x2, s2 = x.flip(-1), sigma * 0.5
     assert torch.equal(model(x2, s2, context, context_cache=cache), model(x2, s2, context))
+
+
+@torch.no_grad()
+def test_context_cache_leaves_blocks_stored_elsewhere_to_their_forward(model, inputs):
+    """A block streamed from host memory has its weights on the device only inside its forward, so
+    the per-prompt K/V must not touch them before (on a GPU this was a device-mismatch crash). The
+    meta device stands in for "not where the context is"."""
+    x, sigma, context = inputs
+    m = copy.deepcopy(model)
+    m.blocks[1].to("meta")
+    cache = m.prepare_context(context)
+    assert cache.kv[0] is not None and cache.kv[1] is None
+    m.blocks[1].load_state_dict(model.blocks[1].state_dict(), assign=True)  # "streamed in"
+    assert torch.equal(m(x, sigma, context, context_cache=cache), model(x, sigma, context))
+
+
+def test_run_caches_find_a_context_again_without_reading_it(model, inputs, monkeypatch):
+    """The same tensor object again is a hit by identity: no fingerprint, which on a GPU would read the
+    context back to the host every step. Equal content in a new tensor is still a hit by content."""
+    _x, _sigma, context = inputs
+    run = RunCaches(model)
+    first = run.context_cache(context)
+    reads = []
+    fingerprint = dit_cache._fingerprint
+    monkeypatch.setattr(dit_cache, "_fingerprint", lambda c: reads.append(1) or fingerprint(c))
+    assert run.context_cache(context) is first and reads == []
+    assert run.context_cache(context.clone()) is first and len(reads) == 1
+    other = run.context_cache(context.flip(0))
+    assert other is not first and not torch.equal(other.context, first.context)
 
 
 @torch.no_grad()

@@ -105,6 +105,20 @@ def _const_denoiser(c: torch.Tensor):
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_sampler_state_stays_on_its_device(name):
+    """On a GPU the sampling state lives on the GPU while sigmas and noise come from the CPU; a CPU
+    tensor mixed into the state's arithmetic crashes there (uni_pc did). The meta device stands in
+    for the GPU: it refuses the same mixes, with no GPU needed."""
+    sampler = SAMPLERS[name]
+    ms = FlowModelSampling()
+    sigmas = get_sigmas(ms, "simple", 5, discard_penultimate=sampler.discard_penultimate)
+    x = torch.zeros(1, 16, 1, 4, 4, device="meta")
+    source = make_noise_source(sampler.noise_kind, x, sigmas, 5)
+    out = sampler(lambda x, sigma: x * 0.5, x, sigmas, model_sampling=ms, noise=source)
+    assert out.device.type == "meta" and out.shape == x.shape
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_constant_x0_lands_on_x0(name):
     """Point-mass data: the true x0 is known; every sampler must end on it (UniPC at sigma 0.001)."""
     sampler = SAMPLERS[name]

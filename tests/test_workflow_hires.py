@@ -70,6 +70,10 @@ def test_latent_upscalers() -> None:
     assert up_s.norm(dim=1).max() <= flat.norm(dim=1).max() + 1e-4
     with pytest.raises(AnimaError):
         upscale_latent(z, 9, 15, "esrgan")
+    # On a GPU the latent lives there: nothing of the CPU may mix in (bislerp's indices did). The meta
+    # device refuses the same mixes as a GPU would.
+    for method in ("latent-bislerp", "latent-nearest-exact", "latent-bilinear"):
+        assert upscale_latent(z.to("meta"), 9, 15, method).device.type == "meta"
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,11 @@ from anima.model.rope import Rope3D
 _EPS = 1e-6
 
 
+def _lives_on(module: nn.Module, device: torch.device) -> bool:
+    """Are all of the module's tensors on `device`?"""
+    return all(t.device == device for t in (*module.parameters(), *module.buffers()))
+
+
 class TimeCond(NamedTuple):
     """Timestep conditioning (spec §2.5)."""
 
@@ -281,11 +286,16 @@ class MiniTrainDIT(nn.Module):
 
         Pass the result as ``context_cache=`` with the same context on every sampling step. Build it
         after LoRAs/patches are applied (it runs the live k/v projections) and again whenever they
-        change. Blocks whose `cross_attn` is wrapped get no entry and run the plain path.
+        change. Blocks whose `cross_attn` is wrapped get no entry and run the plain path; so do blocks
+        whose weights live on another device (streamed from host memory, `anima.memory_stream`): their
+        weights reach the context's device only inside their own forward, which then projects itself.
         """
         context = context.to(self.compute_dtype)
         kv = tuple(
-            b.cross_attn.project_kv(context) if type(b.cross_attn) is Attention else None for b in self.blocks
+            b.cross_attn.project_kv(context)
+            if type(b.cross_attn) is Attention and _lives_on(b.cross_attn, context.device)
+            else None
+            for b in self.blocks
         )
         return ContextCache(context=context, kv=kv)
 

@@ -52,6 +52,7 @@ def make_denoiser(
     velocity (x0 = x), CFG-Zero*'s zero-init.
     """
     step_of = StepIndex(sigmas)
+    batched: dict[tuple[int, int, int], torch.Tensor] = {}  # pos/neg hold their tensors: ids stay valid
     if len(pos) != step_of.steps or len(neg) != step_of.steps:
         raise ValueError(f"need one context per step ({step_of.steps}), got {len(pos)} and {len(neg)}")
 
@@ -75,8 +76,13 @@ def make_denoiser(
         if not guider.needs_uncond:
             return guided_cond(x, sigma, p, neg[i])
         if nag is None and p.shape[1] == n.shape[1]:
-            # cond and uncond in one forward: one weight pass over memory instead of two.
-            both = model_x0(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([p, n]))
+            # cond and uncond in one forward: one weight pass over memory instead of two. The batched
+            # context is built once per distinct pair, so the model's per-context caches see the same
+            # tensor every step.
+            key = (id(pos[i]), id(neg[i]), b)
+            if key not in batched:
+                batched[key] = torch.cat([p, n])
+            both = model_x0(torch.cat([x, x]), torch.cat([sigma, sigma]), batched[key])
             c, u = both.chunk(2)
         else:
             c, u = guided_cond(x, sigma, p, neg[i]), model_x0(x, sigma, n)

@@ -79,8 +79,8 @@ def _slerp_lerp_axis(z: torch.Tensor, size: int, dim: int) -> torch.Tensor:
     pos = pos.clamp(0, n - 1)
     i0 = pos.floor().long()
     i1 = (i0 + 1).clamp(max=n - 1)
-    t = (pos - i0).to(z.dtype)
-    a, b = z.index_select(dim, i0), z.index_select(dim, i1)
+    t = (pos - i0).to(z.device, z.dtype)
+    a, b = z.index_select(dim, i0.to(z.device)), z.index_select(dim, i1.to(z.device))
     shape = [1, 1, 1, 1]
     shape[dim] = size
     t = t.view(shape)

@@ -56,4 +56,4 @@ class StepHooks:
         if self.progress is not None:
             self.progress(i + 1, self.total)
         if self.preview is not None:
-            self.preview(i + 1, self.total, x0)
+            self.preview(i + 1, self.total, x0.cpu())  # the sampling state may live on a GPU
