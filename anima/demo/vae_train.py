@@ -119,6 +119,14 @@ def _warmup_cosine(opt: torch.optim.Optimizer, warmup: int, steps: int) -> torch
     )
 
 
+def _step(opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LambdaLR, loss: torch.Tensor) -> None:
+    """One optimiser and schedule step on `loss` (both training phases)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+
+
 def train_vae(
     images: torch.Tensor,
     cfg: VAETrainConfig,
@@ -144,10 +152,7 @@ def train_vae(
         loss = rec + cfg.latent_l2 * z[:, pc:].square().mean()
         if pc:
             loss = loss + (z[:, :pc] - position_code(z.shape[-2:], pc)).square().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        _step(opt, sched, loss)
         if progress is not None:
             progress(step + 1, cfg.steps, rec.item())
     vae.eval().requires_grad_(False)
@@ -183,10 +188,7 @@ def polish_decoder(
         idx = torch.randint(0, len(x_all), (cfg.decoder_batch,), generator=g)
         x, z = x_all[idx], z_all[idx]
         rec = _reconstruction_loss(_decode_noisy(vae, z, z[:, pc:].std(), cfg, g), x)
-        opt.zero_grad(set_to_none=True)
-        rec.backward()
-        opt.step()
-        sched.step()
+        _step(opt, sched, rec)
         if progress is not None:
             progress(step + 1, cfg.decoder_steps, rec.item())
     vae.eval().requires_grad_(False)
