@@ -130,3 +130,27 @@ def best_of(pipe, rec, device: torch.device, n: int) -> tuple[dict, torch.Tensor
         if best is None or r["wall_s"] < best["wall_s"]:
             best = r
     return best, img
+
+
+def top_kernels(fn, device: torch.device, rows: int = 18) -> list[str]:
+    """The profiler table of one call of `fn`, top `rows` by self device time (CPU time off CUDA)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        fn()
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=70)
+    return table.splitlines()
+
+
+def median_s(fn, device: torch.device, n: int = 5) -> float:
+    times = []
+    for _ in range(n):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[n // 2]

@@ -12,30 +12,7 @@ import time
 
 import torch
 
-from bench.gpu_measure import free, sync
-
-
-def _top_kernels(fn, device: torch.device, rows: int = 18) -> list[str]:
-    from torch.profiler import ProfilerActivity, profile
-
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=acts) as prof:
-        fn()
-        sync(device)
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    table = prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=70)
-    return table.splitlines()
-
-
-def _median_s(fn, device: torch.device, n: int = 5) -> float:
-    times = []
-    for _ in range(n):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[n // 2]
+from bench.gpu_measure import free, median_s, sync, top_kernels
 
 
 def probe(files, size: int, device: torch.device, dtype: torch.dtype = torch.bfloat16) -> dict:
@@ -62,8 +39,8 @@ def probe(files, size: int, device: torch.device, dtype: torch.dtype = torch.bfl
             warm = time.perf_counter() - t0
             err = ((y.float() - ref.float()).norm() / ref.float().norm()).item()
             out[name] = {
-                "warmup_s": round(warm, 2), "forward_s": round(_median_s(fn, device), 4),
-                "rel_diff_vs_eager": err, "kernels": _top_kernels(fn, device),
+                "warmup_s": round(warm, 2), "forward_s": round(median_s(fn, device), 4),
+                "rel_diff_vs_eager": err, "kernels": top_kernels(fn, device),
             }  # fmt: skip
         except Exception as e:  # noqa: BLE001 (recorded; the other variants still run)
             out[name] = {"error": f"{type(e).__name__}: {e}"[:2000]}

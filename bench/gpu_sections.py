@@ -12,7 +12,19 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bench.gpu_measure import best_of, diff, free, gb, load, peak, reset_peak, sync, timed
+from bench.gpu_measure import (
+    best_of,
+    diff,
+    free,
+    gb,
+    load,
+    median_s,
+    peak,
+    reset_peak,
+    sync,
+    timed,
+    top_kernels,
+)
 
 
 @dataclass
@@ -118,27 +130,19 @@ def _sdpa_kernels(cfg, tokens: int, device: torch.device) -> dict:
 
 def profile(ctx: Context) -> dict:
     """Where one CFG step's DiT forward spends its time: the top kernels by self device time."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
     dit, size = ctx.pipe.dit, ctx.args.size
     dt = ctx.pipe.dtype
     x = torch.randn(2, 16, 1, size // 8, size // 8, device=ctx.device, dtype=dt)
     sigma = torch.full((2,), 0.5, device=ctx.device)
     c = torch.randn(2, 512, dit.cfg.crossattn_emb_channels, device=ctx.device, dtype=dt)
     cache = dit.prepare_context(c)
-    dit(x, sigma, c, context_cache=cache)
-    sync(ctx.device)
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ctx.device.type == "cuda" else [])
-    with torch_profile(activities=acts) as prof:
+
+    def forward() -> None:
         dit(x, sigma, c, context_cache=cache)
-        sync(ctx.device)
-    key = "self_cuda_time_total" if ctx.device.type == "cuda" else "self_cpu_time_total"
-    table = prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60)
-    t0 = time.perf_counter()
-    dit(x, sigma, c, context_cache=cache)
-    sync(ctx.device)
-    return {"forward_s": round(time.perf_counter() - t0, 4), "table": table.splitlines()}
+
+    forward()  # warm-up
+    table = top_kernels(forward, ctx.device, rows=25)
+    return {"forward_s": round(median_s(forward, ctx.device, n=3), 4), "table": table}
 
 
 def step_cache(ctx: Context) -> dict:
@@ -232,14 +236,26 @@ def fp16(ctx: Context) -> dict:
     return out
 
 
-def compiled(ctx: Context) -> dict:
+def _compiled(ctx: Context, options: dict | None) -> dict:
+    """`--compile` (with Inductor `options`): compile and warm-up time, then the best of two runs."""
+    from anima.perf_options import compile_dit
+
     free(ctx.device)
-    pipe, notes, load_s = _load(ctx, compile=True)
+    pipe, notes, load_s = _load(ctx)
+    size = ctx.args.size
+    t0 = time.perf_counter()
+    note = compile_dit(pipe, width=size, height=size, batch=1, options=options)
+    compile_s = time.perf_counter() - t0
     r, img = best_of(pipe, ctx.recipe, ctx.device, 2)
     del pipe
     torch._dynamo.reset()
     free(ctx.device)
-    return {"notes": notes, "load_and_compile_s": round(load_s, 1), **r, **diff(img, ctx.ref)}
+    return {"notes": [*notes, note], "load_s": round(load_s, 1), "compile_s": round(compile_s, 1), **r,
+            **diff(img, ctx.ref)}  # fmt: skip
+
+
+def compiled(ctx: Context) -> dict:
+    return _compiled(ctx, None)
 
 
 def cli(ctx: Context) -> dict:
@@ -265,19 +281,7 @@ def cli(ctx: Context) -> dict:
 
 def compiled_tuned(ctx: Context) -> dict:
     """`--compile` with Inductor's coordinate-descent tuning of its own (non-matmul) kernels."""
-    from anima.perf_options import compile_dit
-
-    free(ctx.device)
-    pipe, notes, load_s = _load(ctx)
-    size = ctx.args.size
-    t0 = time.perf_counter()
-    note = compile_dit(pipe, width=size, height=size, batch=1, options={"coordinate_descent_tuning": True})
-    compile_s = time.perf_counter() - t0
-    r, img = best_of(pipe, ctx.recipe, ctx.device, 2)
-    del pipe
-    torch._dynamo.reset()
-    free(ctx.device)
-    return {"notes": [*notes, note], "compile_s": round(compile_s, 1), **r, **diff(img, ctx.ref)}
+    return _compiled(ctx, {"coordinate_descent_tuning": True})
 
 
 def numerics(ctx: Context) -> dict:
