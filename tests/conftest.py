@@ -45,3 +45,41 @@ def load_st(path: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def ulps_apart(a, b) -> int:
+    """Largest distance, in float32 units in the last place, between two float32 tensors.
+
+    Why: torch's vectorised float32 kernels (``pow``, ``exp``, ``log``, reductions) round differently
+    per vector ISA (AVX2, AVX-512, NEON), so a result computed by ComfyUI on one CPU family can sit
+    a few ulps from ours on another. A bit-for-bit comparison against such a fixture tests the CPU,
+    not our code; "within a few ulps" is the tightest bound the maths allows on every ISA.
+    """
+    import torch
+
+    a, b = a.detach().to(torch.float32).contiguous(), b.detach().to(torch.float32).contiguous()
+    assert a.shape == b.shape, (a.shape, b.shape)
+
+    def ordered(t):  # float32 bits as integers that increase with the float value
+        i = t.view(torch.int32).to(torch.int64)
+        return torch.where(i < 0, -(i & 0x7FFFFFFF), i)
+
+    if a.numel() == 0:
+        return 0
+    return int((ordered(a) - ordered(b)).abs().max())
+
+
+def assert_noise_matches_fixture(got, expected) -> None:
+    """Seed noise against ComfyUI's (drawn on an x86 CPU with AVX2).
+
+    torch draws the same mt19937 stream everywhere, but turns it into normals with its AVX2
+    Box-Muller kernel only where the CPU has AVX2 (AVX-512 machines use the same kernel); elsewhere
+    (arm64, or ``ATEN_CPU_CAPABILITY=default``) a scalar path with libm's log/sin/cos, measured at
+    most 1.8e-6 away. So: a few ulps on x86 with AVX2 or better, 4e-6 absolute otherwise.
+    """
+    import torch
+
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        assert ulps_apart(got, expected) <= 4
+    else:
+        assert (got - expected).abs().max() <= 4e-6

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import TINY, load_st
+from conftest import TINY, assert_noise_matches_fixture, load_st
 
 from anima.errors import AnimaError
 from anima.noise import BrownianTreeNoise, DefaultNoise, initial_noise, make_noise_source
@@ -20,7 +20,8 @@ def test_initial_noise_matches_fixture(case):
     expected = load_st(TINY / "e2e" / case["id"] / "outputs.safetensors")["noise"]
     got = initial_noise(case["seed"], expected.shape)
     assert got.dtype == torch.float32 and got.device.type == "cpu"
-    assert torch.equal(got, expected)
+    # Not bit for bit across CPU families (see the helper); on one machine the stream is exact (below).
+    assert_noise_matches_fixture(got, expected)
 
 
 @pytest.mark.parametrize("seed", [0, 7, 2**31 + 3, 2**32 + 7, 2**63 + 5, 2**64 - 1])

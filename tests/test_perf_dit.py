@@ -220,7 +220,10 @@ def test_step_cache_skips_and_reuses_the_rest_residual(model, inputs):
     # Identical input: block 0's residual is unchanged, the rest is skipped, the result identical.
     again = model(x, sigma, context, step_cache=cache)
     assert cache.skipped == 1
-    torch.testing.assert_close(again, first, rtol=0, atol=1e-6)
+    # Equal up to the rounding of re-adding the cached residual (h0 + (h - h0) vs h): a few ulps of
+    # the residual stream, whose last digit depends on the CPU's vector kernels (1.07e-6 seen with
+    # torch's scalar fallback), hence the relative part.
+    torch.testing.assert_close(again, first, rtol=1e-6, atol=1e-6)
     # max_skips=1: the next call runs in full (and equals the plain path).
     x2 = x * 0.9
     assert torch.equal(model(x2, sigma, context, step_cache=cache), model(x2, sigma, context))

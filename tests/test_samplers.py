@@ -14,7 +14,7 @@ import math
 
 import pytest
 import torch
-from conftest import TINY, load_st
+from conftest import TINY, assert_noise_matches_fixture, load_st, ulps_apart
 
 from anima.errors import AnimaError
 from anima.noise import BrownianTreeNoise, DefaultNoise, initial_noise, make_noise_source
@@ -60,10 +60,10 @@ def test_replay_comfyui_run(case):
     sigmas = get_sigmas(
         ms, case["scheduler"], case["steps"], case.get("denoise", 1.0), sampler.discard_penultimate
     )
-    assert torch.equal(sigmas, rec["sigmas"])
+    assert ulps_apart(sigmas, rec["sigmas"]) <= 8  # pow/exp round per ISA (see test_schedules)
 
     noise = initial_noise(case["seed"], rec["noise"].shape)
-    assert torch.equal(noise, rec["noise"])
+    assert_noise_matches_fixture(noise, rec["noise"])  # Box-Muller rounds per ISA (see the helper)
     latent = _normalize(rec["init_latent"]) if "init_latent" in rec else torch.zeros_like(noise)
     x = ms.noise_scaling(sigmas[0], noise, latent)
 
@@ -97,7 +97,10 @@ def test_replay_comfyui_run(case):
     assert [i for i, *_ in steps_seen] == list(range(case["steps"]))
     records = zip(steps_seen, rec["steps_x"], rec["steps_denoised"], expected_sigmas, strict=True)
     for (_, xi, x0, s), rx, rd, e in records:
-        assert torch.equal(xi, rx) and torch.equal(x0, rd) and s == float(e)
+        # The denoised prediction is handed back untouched and the sigmas are ours, so both are exact;
+        # the state went through the sampler's float32 arithmetic, whose exp/pow kernels round by ISA.
+        assert torch.equal(x0, rd) and s == float(e)
+        assert (xi - rx).abs().max() <= 1e-5
 
 
 def _const_denoiser(c: torch.Tensor):
@@ -142,7 +145,10 @@ def test_constant_x0_lands_on_x0(name):
         expected64 = (c64 + 0.001 / float(sigmas[0]) * (x64 - c64)) / (1 - 0.001)
         assert (out64 - expected64).abs().max() < 1e-12
     else:
-        assert (out - c).abs().max() <= 2e-7
+        # Exact up to float32 rounding: 2e-7, or one ulp of |c| where that is larger (2.4e-7 at
+        # |c| >= 2), the last digit depending on the CPU's vector ISA.
+        ulp = torch.nextafter(c.abs(), torch.tensor(math.inf)) - c.abs()
+        assert ((out - c).abs() <= torch.clamp(ulp, min=2e-7)).all(), (out - c).abs().max()
 
 
 _SHIFT = 3.0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-from conftest import TINY
+from conftest import TINY, ulps_apart
 
 from anima.errors import AnimaError
 from anima.schedules import SCHEDULERS, FlowModelSampling, beta_ppf, get_sigmas
@@ -34,14 +34,20 @@ def test_fixture_lists_every_scheduler_we_offer():
     _ARRAYS,
     ids=[f"{s['scheduler']}-{s['steps']}-d{s['denoise']}-{s['sampler_class'][:7]}" for s in _ARRAYS],
 )
-def test_schedule_matches_comfyui_bit_for_bit(entry):
+def test_schedule_matches_comfyui_to_the_ulp(entry):
     ms = FlowModelSampling(entry["shift"])
     discard = entry["sampler_class"] != "default"
     got = get_sigmas(ms, entry["scheduler"], entry["steps"], entry["denoise"], discard)
     expected = torch.tensor(entry["sigmas"], dtype=torch.float32)
     assert got.dtype == torch.float32
     assert got.shape == expected.shape
-    assert torch.equal(got, expected), (got - expected).abs().max()
+    # Not bit for bit: karras, exponential and kl_optimal go through torch's vectorised pow/exp/log,
+    # which round differently per vector ISA (measured against the fixture: 1 ulp on AVX2 and on
+    # AVX-512, up to 7 ulps with torch's scalar fallback). The pure table lookups (simple,
+    # ddim_uniform, beta) involve no such kernel and stay exact.
+    assert ulps_apart(got, expected) <= 8, (got - expected).abs().max()
+    if entry["scheduler"] in ("simple", "ddim_uniform", "beta"):
+        assert torch.equal(got, expected)
 
 
 def test_sigma_table_is_shifted_grid_in_float32():
