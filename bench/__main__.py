@@ -95,7 +95,7 @@ def _fits_two_dits(dtype: torch.dtype) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from anima.precision import cpu_has_fast_bf16
+    from anima.runtime.precision import cpu_has_fast_bf16
     from bench import paired, runners
     from bench.chart import draw_chart
 

@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 
 from anima.errors import AnimaError
-from anima.random_weights import FILE_NAMES, RandomFiles, make_random
-from anima.safetensors_io import read_header
+from anima.weights.random import FILE_NAMES, RandomFiles, make_random
+from anima.weights.safetensors import read_header
 
 DEFAULT_CACHE = Path.home() / ".cache" / "anima-bench"
 _DONE = ".complete"
@@ -35,7 +35,7 @@ def random_files(cache: Path, preset: str = "full") -> RandomFiles:
 
 def diffusers_folder(files: RandomFiles, tokenizers: Path, out: Path) -> Path:
     """The random files as a diffusers Anima folder, written by the project's own exporter."""
-    from anima.export_diffusers import export_diffusers
+    from anima.weights.export import export_diffusers
 
     if (out / _DONE).exists():
         return out

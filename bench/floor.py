@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from anima.config import DiTConfig
+from anima.model.config import DiTConfig
 
 
 def _weights(cfg: DiTConfig, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:

@@ -54,8 +54,8 @@ def load(
 ) -> tuple[object, list[str], float]:
     """The pipeline as `anima generate --device D` builds it, with `perf` as PerfOptions fields.
     `hash_cache` as the CLI keeps one (the DiT's A1111 hash is computed once per file, not per load)."""
-    from anima.perf_options import PerfOptions, apply_perf
     from anima.pipeline import Pipeline
+    from anima.runtime.options import PerfOptions, apply_perf
 
     opts = PerfOptions(**perf).checked()
     t0 = time.perf_counter()

@@ -16,8 +16,8 @@ from bench.gpu_measure import free, median_s, sync, top_kernels
 
 
 def probe(files, size: int, device: torch.device, dtype: torch.dtype = torch.bfloat16) -> dict:
-    from anima.loading import load_dit
     from anima.model.dit import fuse_qkv
+    from anima.weights.loading import load_dit
 
     free(device)
     dit, _adapter = load_dit(files.dit, device=device, dtype=dtype)

@@ -62,7 +62,7 @@ def weights(ctx: Context) -> dict:
     t0 = time.perf_counter()
     ctx.files = assets.random_files(ctx.args.cache, ctx.args.preset)
     made = time.perf_counter() - t0
-    from anima.model_hash import model_hash
+    from anima.weights.hashes import model_hash
 
     model_hash(ctx.files.dit, ctx.args.cache / "hashes.json")  # once per file, as the CLI's cache does
     sizes = {k: gb(getattr(ctx.files, k).stat().st_size) for k in ("dit", "text_encoder", "vae")}
@@ -85,7 +85,7 @@ def e2e(ctx: Context) -> dict:
 
 
 def floor(ctx: Context) -> dict:
-    from anima.random_weights import PRESETS
+    from anima.weights.random import PRESETS
     from bench.floor import floor_step, forward_tflop
 
     cfg = PRESETS[ctx.args.preset].dit
@@ -238,7 +238,7 @@ def fp16(ctx: Context) -> dict:
 
 def _compiled(ctx: Context, options: dict | None) -> dict:
     """`--compile` (with Inductor `options`): compile and warm-up time, then the best of two runs."""
-    from anima.perf_options import compile_dit
+    from anima.runtime.options import compile_dit
 
     free(ctx.device)
     pipe, notes, load_s = _load(ctx)
@@ -286,8 +286,8 @@ def compiled_tuned(ctx: Context) -> dict:
 
 def numerics(ctx: Context) -> dict:
     """One DiT forward at 256x256 on the CPU (fp32) and on the GPU (fp32 without TF32, and bf16)."""
-    from anima.loading import load_dit
-    from anima.random_weights import PRESETS
+    from anima.weights.loading import load_dit
+    from anima.weights.random import PRESETS
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 16, 1, 32, 32, generator=g)

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda")
     args = p.parse_args(argv)
     from anima.pipeline import Pipeline
-    from anima.random_weights import make_random
+    from anima.weights.random import make_random
 
     files = make_random("tiny", Path(tempfile.mkdtemp()) / "tiny")
 

@@ -41,7 +41,7 @@ def paired_dit(files, folder: Path | None, dtype: torch.dtype, sizes: list[int],
     """folder None: anima and the floor only (e.g. when two fp32 DiTs do not fit in RAM)."""
     from diffusers import CosmosTransformer3DModel
 
-    from anima.loading import load_dit
+    from anima.weights.loading import load_dit
 
     dit, _adapter = load_dit(files.dit, dtype=dtype)
     _touch(dit)
@@ -99,7 +99,7 @@ def _dit_case(dit, theirs, size: int, dtype: torch.dtype, rounds: int, g: torch.
 def paired_vae(files, folder: Path, dtype: torch.dtype, sizes: list[int], rounds: int) -> list[dict]:
     from diffusers import AutoencoderKLQwenImage
 
-    from anima.loading import load_vae
+    from anima.weights.loading import load_vae
 
     ours = load_vae(files.vae, dtype=dtype)
     theirs = AutoencoderKLQwenImage.from_pretrained(str(folder / "vae"), torch_dtype=dtype).eval()

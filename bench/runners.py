@@ -62,8 +62,8 @@ def _result(timers: dict, case: Case, wall: float) -> dict:
 def load_anima(files, tokenizers: Path, dtype: torch.dtype, hash_cache: Path | None = None, *, case: Case):
     """The pipeline as `anima generate` sets it up: default `PerfOptions` (on a CPU: the text encoder
     is released after encoding)."""
-    from anima.perf_options import PerfOptions, apply_perf
     from anima.pipeline import Pipeline
+    from anima.runtime.options import PerfOptions, apply_perf
 
     pipe = Pipeline.from_files(
         files.dit, files.text_encoder, files.vae, tokenizer_dir=tokenizers, device="cpu", dtype=dtype,
@@ -80,7 +80,7 @@ def run_anima(pipe, case: Case, seed: int = 0) -> dict:
         prompt=PROMPT, negative_prompt=NEGATIVE, width=case.width, height=case.height, steps=case.steps,
         cfg=CFG, sampler="euler", scheduler="simple", seed=seed,
     )  # fmt: skip
-    from anima.memory import ensure_text_encoder
+    from anima.runtime.memory import ensure_text_encoder
 
     t0 = time.perf_counter()
     ensure_text_encoder(pipe)  # released after the previous size's run: reported as te_reload_s

@@ -82,7 +82,7 @@ class ServerProcess:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [
-            sys.executable, "-m", "anima.cli", "serve", "--port", str(self.port), "--data-dir", str(data_dir),
+            sys.executable, "-m", "anima", "serve", "--port", str(self.port), "--data-dir", str(data_dir),
             "--dit", str(TINY_FILES["dit"]), "--text-encoder", str(TINY_FILES["text_encoder"]),
             "--vae", str(TINY_FILES["vae"]), "--tokenizer-dir", str(TOKENIZERS), "--dtype", "fp32", *extra,
         ]  # fmt: skip

@@ -13,11 +13,11 @@ import pytest
 import torch
 from conftest import TINY, TOKENIZERS, load_st
 
-from anima.conditioning import Conditioning, TextConditioner, build_context
-from anima.config import AdapterConfig, TextEncoderConfig
 from anima.model.adapter import LLMAdapter
+from anima.model.config import AdapterConfig, TextEncoderConfig
 from anima.model.text_encoder import Qwen3TextEncoder
-from anima.tokenize import AnimaTokenizer
+from anima.text.conditioning import Conditioning, TextConditioner, build_context
+from anima.text.tokenize import AnimaTokenizer
 
 DIT_FILE = TINY / "weights" / "anima_tiny_dit.safetensors"
 TE_FILE = TINY / "weights" / "qwen3_tiny_te.safetensors"
@@ -196,7 +196,7 @@ def test_long_prompt_warns_and_keeps_every_token(
     conditioner: TextConditioner, caplog: pytest.LogCaptureFixture
 ) -> None:
     prompt = ", ".join(["masterpiece"] * 300)
-    with caplog.at_level(logging.WARNING, logger="anima.conditioning"):
+    with caplog.at_level(logging.WARNING, logger="anima.text.conditioning"):
         cond = conditioner.encode(prompt)
     assert cond.num_tokens > 512
     assert cond.context.shape[1] == cond.num_tokens

@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import TINY, load_st
 
-from anima.config import AdapterConfig
 from anima.model.adapter import LLMAdapter
+from anima.model.config import AdapterConfig
 
 diffusers = pytest.importorskip(
     "diffusers", reason="diffusers is the optional test oracle (pip install .[oracle])"

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from conftest import TINY, TOKENIZERS
 
-from anima.batch import Job, LocalExecutor, PipelineSpec, read_jobs, run_jobs, with_keys
-from anima.batch_store import OutputStore
 from anima.cli import main
 from anima.errors import AnimaError
+from anima.jobs.batch import Job, LocalExecutor, PipelineSpec, read_jobs, run_jobs, with_keys
+from anima.jobs.store import OutputStore
 from anima.recipe import Recipe
 
 W = TINY / "weights"

@@ -160,7 +160,7 @@ def test_bad_input_one_line_nothing_written(
 
 def test_console_script_exit_status(tmp_path: Path) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "anima.cli", "generate", "cat", "--steps", "-3"],
+        [sys.executable, "-m", "anima", "generate", "cat", "--steps", "-3"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert r.returncode == 2

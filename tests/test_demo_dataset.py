@@ -113,7 +113,7 @@ def test_tokenizers_load_through_the_normal_tokenizer(tmp_path: Path) -> None:
     import json
 
     from anima.demo.tokenizer_train import train_tokenizers
-    from anima.tokenize import AnimaTokenizer
+    from anima.text.tokenize import AnimaTokenizer
 
     qwen, t5 = train_tokenizers(dataset.vocabulary_text(), tmp_path)
     assert {p.name for p in qwen.iterdir()} == {"vocab.json", "merges.txt", "tokenizer_config.json"}

@@ -24,7 +24,7 @@ def test_files_are_complete_small_and_labelled() -> None:
     assert total <= 20 * 1024 * 1024
     readme = (MODEL_DIR / "README.md").read_text()
     assert "demo" in readme.lower() and "not Anima" in readme
-    from anima.safetensors_io import read_header
+    from anima.weights.safetensors import read_header
 
     for name in FILE_NAMES.values():
         assert "DEMO" in read_header(MODEL_DIR / name).metadata["anima_demo"]
@@ -40,8 +40,8 @@ def test_incomplete_folder_is_refused(tmp_path) -> None:
 
 
 def test_loads_through_the_normal_loaders(pipe) -> None:
-    from anima import file_kinds
-    from anima.loading import read_headers
+    from anima.weights import file_kinds
+    from anima.weights.loading import read_headers
 
     m = default_model()
     for path, kind in (

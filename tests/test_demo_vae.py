@@ -6,7 +6,6 @@ from dataclasses import replace
 
 import torch
 
-from anima.config import VAEConfig
 from anima.demo import dataset
 from anima.demo.vae_train import (
     VAETrainConfig,
@@ -17,7 +16,8 @@ from anima.demo.vae_train import (
     position_code,
     train_vae,
 )
-from anima.latent import LATENT_MEAN, LATENT_STD
+from anima.model.config import VAEConfig
+from anima.model.latent import LATENT_MEAN, LATENT_STD
 
 
 def _images(n: int = 6) -> torch.Tensor:

@@ -9,9 +9,9 @@ import torch
 from conftest import TINY, TOKENIZERS
 
 from anima.errors import AnimaError
-from anima.export_diffusers import export_diffusers
 from anima.pipeline import Pipeline
 from anima.recipe import Recipe
+from anima.weights.export import export_diffusers
 
 W = TINY / "weights"
 
@@ -45,14 +45,14 @@ def test_diffusers_reads_our_folder(folder: Path) -> None:
     diffusers = pytest.importorskip("diffusers")
     from transformers import Qwen3Model
 
-    from anima.loading import load_dit, load_vae
+    from anima.weights.loading import load_dit, load_vae
 
     ours_dit, ours_ad = load_dit(W / "anima_tiny_dit.safetensors", dtype=None)
     tr = diffusers.CosmosTransformer3DModel.from_pretrained(folder / "transformer")
     cond = diffusers.AnimaTextConditioner.from_pretrained(folder / "text_conditioner")
     vae = diffusers.AutoencoderKLQwenImage.from_pretrained(folder / "vae")
     te = Qwen3Model.from_pretrained(folder / "text_encoder")
-    from anima.diffusers_keys import dit_to_diffusers, vae_to_diffusers
+    from anima.weights.diffusers_keys import dit_to_diffusers, vae_to_diffusers
 
     theirs = tr.state_dict()
     for k, v in ours_dit.state_dict().items():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import TINY, load_st
 
-from anima.config import DiTConfig
+from anima.model.config import DiTConfig
 from anima.model.dit import MiniTrainDIT, TimeCond
 from anima.model.rope import (
     Rope3D,

@@ -11,8 +11,8 @@ from conftest import TINY, load_st
 from diffusers.models.transformers import transformer_cosmos
 from test_dit import CASES, build, tiny_dit_state
 
-from anima.config import DiTConfig
-from anima.diffusers_keys import dit_to_diffusers
+from anima.model.config import DiTConfig
+from anima.weights.diffusers_keys import dit_to_diffusers
 
 # Spec §1.6 renames, from the product's one table; diffusers' strict load checks it.
 to_diffusers_key = dit_to_diffusers

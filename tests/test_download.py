@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import TINY, TOKENIZERS
 
-from anima.download import (
+from anima.errors import AnimaError
+from anima.weights.discovery import PREFERRED_DIT_STEMS, choose, discover, sniff_kind
+from anima.weights.download import (
     DIFFUSERS_REPO,
     LICENSE_TEXT,
     REPO,
@@ -20,8 +22,6 @@ from anima.download import (
     download_tokenizers,
     resolve_variant,
 )
-from anima.errors import AnimaError
-from anima.models_dir import PREFERRED_DIT_STEMS, choose, discover, sniff_kind
 
 WEIGHTS = TINY / "weights"
 

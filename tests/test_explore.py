@@ -123,7 +123,7 @@ def test_killed_run_restarts_with_each_image_rendered_once(tmp_path: Path) -> No
     artists = write_artists(tmp_path / "artists.txt")
     out = tmp_path / "run"
     cmd = [
-        sys.executable, "-m", "anima.cli", "explore", "--artists", str(artists), "--prompt", "1girl",
+        sys.executable, "-m", "anima", "explore", "--artists", str(artists), "--prompt", "1girl",
         "--seeds", "1,2", "--limit", "3", "--out", str(out), *DEMO,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -17,8 +17,8 @@ import pytest
 import torch
 from conftest import TINY
 
-from anima import loading
-from anima.config import AdapterConfig, DiTConfig, TextEncoderConfig, VAEConfig
+from anima.model.config import AdapterConfig, DiTConfig, TextEncoderConfig, VAEConfig
+from anima.weights import loading
 
 D, R, HD = 2048, 256, 128
 

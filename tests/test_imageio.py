@@ -270,7 +270,7 @@ def test_output_paths() -> None:
 
 def test_modules_import_light() -> None:
     code = (
-        "import sys, anima.recipe, anima.imageio, anima.models_dir, anima.download\n"
+        "import sys, anima.recipe, anima.imageio, anima.weights.discovery, anima.weights.download\n"
         "mods = ('torch', 'numpy', 'PIL', 'huggingface_hub', 'safetensors')\n"
         "heavy = [m for m in mods if m in sys.modules]\n"
         "assert not heavy, heavy\n"

@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import TINY
 
-from anima import loading
 from anima.errors import AnimaError
-from anima.safetensors_io import load_mmap, read_header, save
+from anima.weights import loading
+from anima.weights.safetensors import load_mmap, read_header, save
 
 W = TINY / "weights"
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 from conftest import TINY
 
-from anima import loading
 from anima.cli import main
 from anima.errors import AnimaError
 from anima.lora.apply import apply_loras
@@ -23,6 +22,7 @@ from anima.lora.keys import FORMATS
 from anima.lora.modules import LoHa, LoKr, LoRA
 from anima.lora.network import LoRANetwork
 from anima.lora.targets import Target
+from anima.weights import loading
 
 
 @pytest.fixture(scope="module")

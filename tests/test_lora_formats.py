@@ -14,11 +14,11 @@ import pytest
 import torch
 from conftest import TINY
 
-from anima import loading
 from anima.errors import AnimaError
 from anima.lora.apply import AdaptedLinear, apply_loras
 from anima.lora.file import lora_from_tensors
 from anima.lora.targets import Target
+from anima.weights import loading
 
 TOL = 1e-5
 Delta = dict[tuple[str, str], torch.Tensor]  # (part, module path) -> ΔW [out, in], fp32, scale included

@@ -167,7 +167,7 @@ def test_cli_bad_loras_fail_before_loading(home: Path, capsys) -> None:
     assert main([*args, "--lora", "missing:0.5"]) == 2
     assert "LoRA 'missing' not found; known: mystyle" in capsys.readouterr().err
     sdxl = home / "loras" / "sdxl.safetensors"
-    from anima.safetensors_io import save
+    from anima.weights.safetensors import save
 
     save({"lora_unet_up_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(2, 8)}, sdxl)
     assert main([*args, "--lora", "sdxl"]) == 2

@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from anima.mapped_pages import file_mappings, release
-from anima.safetensors_io import load_mmap, save
+from anima.weights.mapped_pages import file_mappings, release
+from anima.weights.safetensors import load_mmap, save
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc are Linux")
 

@@ -16,7 +16,10 @@ import torch
 from conftest import TINY, TOKENIZERS
 
 from anima.errors import AnimaError
-from anima.memory import (
+from anima.model.dit import MiniTrainDIT
+from anima.pipeline import Pipeline
+from anima.recipe import Recipe
+from anima.runtime.memory import (
     GB,
     MARGIN,
     ModelSizes,
@@ -25,10 +28,7 @@ from anima.memory import (
     dit_activation_bytes,
     plan_memory,
 )
-from anima.memory_stream import BlockStreamer
-from anima.model.dit import MiniTrainDIT
-from anima.pipeline import Pipeline
-from anima.recipe import Recipe
+from anima.runtime.streaming import BlockStreamer
 
 MB = 2**20
 RECIPE = Recipe(prompt="1girl, red hair", width=128, height=128, steps=3, cfg=4.0, sampler="euler", seed=5)

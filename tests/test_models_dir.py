@@ -14,7 +14,7 @@ from conftest import TINY, TOKENIZERS
 from safetensors.numpy import save_file
 
 from anima.errors import AnimaError
-from anima.models_dir import (
+from anima.weights.discovery import (
     ModelSet,
     choose,
     default_comfyui_dirs,

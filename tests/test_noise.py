@@ -10,7 +10,7 @@ import torch
 from conftest import TINY, assert_noise_matches_fixture, load_st
 
 from anima.errors import AnimaError
-from anima.noise import BrownianTreeNoise, DefaultNoise, initial_noise, make_noise_source
+from anima.sampling.noise import BrownianTreeNoise, DefaultNoise, initial_noise, make_noise_source
 
 _E2E = [c for c in json.loads((TINY / "cases.json").read_text())["cases"] if "sampler" in c]
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from anima.config import DiTConfig
-from anima.random_weights import TINY
+from anima.model.config import DiTConfig
+from anima.weights.random import TINY
 from bench.chart import draw_chart
 from bench.floor import floor_step, forward_tflop
 from bench.measure import PartTimer, timed_modules

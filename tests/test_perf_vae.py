@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY, load_st
 
-from anima.config import VAEConfig
+from anima.model.config import VAEConfig
 from anima.model.vae import WanVAE
 from anima.model.vae_blocks import CausalConv3d, RMSNorm
 

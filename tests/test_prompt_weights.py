@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from anima.prompt_weights import as_float32, parse_prompt_weights
+from anima.text.prompt_weights import as_float32, parse_prompt_weights
 
 
 def f32(x: float) -> float:

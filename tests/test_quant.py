@@ -1,4 +1,4 @@
-"""8-bit weights (anima.quant): error against bf16 on the tiny fixture, memory saved, module layout."""
+"""8-bit weights (anima.runtime.quant): error against bf16 on the tiny fixture, memory saved, layout."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from test_dit import CASES, build, tiny_dit_state
 from torch import nn
 
 from anima.errors import AnimaError
-from anima.quant import BLOCK_LINEARS, QuantLinear, quantize_dit, quantize_weight
+from anima.runtime.quant import BLOCK_LINEARS, QuantLinear, quantize_dit, quantize_weight
 
 # Max-abs velocity error relative to the velocity's max, measured on the tiny fixture: int8 1.3%,
 # fp8 4.4% (bf16 itself is ~0.9% from fp32). Bounds leave ~2x margin.

@@ -13,8 +13,8 @@ import pytest
 import ray  # optional extra of anima, a test dependency: pip install "anima[ray]"
 from test_batch import SPEC
 
-from anima.batch import Job, LocalExecutor, run_jobs, with_keys
-from anima.batch_store import OutputStore
+from anima.jobs.batch import Job, LocalExecutor, run_jobs, with_keys
+from anima.jobs.store import OutputStore
 from anima.recipe import Recipe
 
 N_JOBS = 40  # 32x32, 2 steps: the tiny fixture model; Ray start-up dominates on a 2-core box
@@ -39,7 +39,7 @@ def local_run(tmp_path_factory: pytest.TempPathFactory) -> OutputStore:
 
 @pytest.fixture(scope="module")
 def executor():
-    from anima.ray_runner import RayExecutor
+    from anima.jobs.ray import RayExecutor
 
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -17,9 +17,9 @@ import torch
 from conftest import TINY, assert_noise_matches_fixture, load_st, ulps_apart
 
 from anima.errors import AnimaError
-from anima.noise import BrownianTreeNoise, DefaultNoise, initial_noise, make_noise_source
-from anima.samplers import SAMPLERS, discards_penultimate, get_sampler, noise_source_for
-from anima.schedules import FlowModelSampling, get_sigmas
+from anima.sampling.noise import BrownianTreeNoise, DefaultNoise, initial_noise, make_noise_source
+from anima.sampling.samplers import SAMPLERS, discards_penultimate, get_sampler, noise_source_for
+from anima.sampling.schedules import FlowModelSampling, get_sigmas
 
 pytestmark = pytest.mark.filterwarnings("ignore:Should have:UserWarning")  # torchsde rounds tree ends
 

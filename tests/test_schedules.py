@@ -12,7 +12,7 @@ import torch
 from conftest import TINY, ulps_apart
 
 from anima.errors import AnimaError
-from anima.schedules import SCHEDULERS, FlowModelSampling, beta_ppf, get_sigmas
+from anima.sampling.schedules import SCHEDULERS, FlowModelSampling, beta_ppf, get_sigmas
 
 
 def _schedules_case() -> dict:

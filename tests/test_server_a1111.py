@@ -197,7 +197,7 @@ def test_skip_drops_one_iteration_only(server, api):
 
 def test_txt2img_hires_fix(api):
     """A1111's hires fields drive anima's hires workflow (recorded in the PNG like a CLI run)."""
-    from anima.workflows.settings import Workflow
+    from anima.recipe.settings import Workflow
 
     hr = {"enable_hr": True, "hr_scale": 1.5, "hr_second_pass_steps": 2, "denoising_strength": 0.6}
     result = api.txt2img(prompt="1girl", seed=3, hr_upscaler="Latent", **hr, **SMALL)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import TINY, load_st
 
-from anima.config import TextEncoderConfig
+from anima.model.config import TextEncoderConfig
 from anima.model.text_encoder import Qwen3TextEncoder
 
 TE_FILE = TINY / "weights" / "qwen3_tiny_te.safetensors"
@@ -103,7 +103,7 @@ def test_batch_rows_are_independent(te: Qwen3TextEncoder, fx: dict) -> None:
 
 def test_loader_builds_this_module(fx: dict) -> None:
     """The checkpoint loader's meta build + strict assign ends in the same precision policy."""
-    from anima.loading import load_text_encoder
+    from anima.weights.loading import load_text_encoder
 
     te = load_text_encoder(TE_FILE)
     assert isinstance(te, Qwen3TextEncoder)

@@ -12,8 +12,8 @@ import pytest
 from conftest import TINY, TOKENIZERS, load_st
 
 from anima.errors import AnimaError
-from anima.prompt_weights import as_float32
-from anima.tokenize import AnimaTokenizer, TokenizedPrompt
+from anima.text.prompt_weights import as_float32
+from anima.text.tokenize import AnimaTokenizer, TokenizedPrompt
 
 CASES = json.loads((TINY / "cases.json").read_text())
 BY_ID = {c["id"]: c for c in CASES["cases"]}
@@ -78,7 +78,7 @@ def test_long_prompt_is_not_truncated(tok: AnimaTokenizer) -> None:
 def test_embedding_names_are_dropped(tok: AnimaTokenizer, caplog: pytest.LogCaptureFixture) -> None:
     # ComfyUI with a missing textual-inversion file: the name goes, the rest of the word stays
     # (including a trailing comma cut off the name), and a space before "embedding:" ends a word.
-    with caplog.at_level(logging.WARNING, logger="anima.tokenize"):
+    with caplog.at_level(logging.WARNING, logger="anima.text.tokenize"):
         got = tok.tokenize("a embedding:foo, b")
     assert "embedding:foo," in caplog.text
     assert got.qwen_ids == tok.qwen_word_ids("a") + tok.qwen_word_ids(", b")

@@ -35,7 +35,7 @@ def test_two_gloo_processes_match_one_process_with_accumulation(tmp_path: Path) 
     toml.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in json.loads(cfg.to_json()).items()) + "\n")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
-        [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "anima.train_cli", str(toml), "--quiet"],
+        [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "anima.cli.train", str(toml), "--quiet"],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]

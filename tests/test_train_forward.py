@@ -12,8 +12,8 @@ from anima.train.forward import adapter_context, dit_velocity, encode_captions
 
 @pytest.fixture(scope="module")
 def tiny():
-    from anima import loading
-    from anima.tokenize import AnimaTokenizer
+    from anima.text.tokenize import AnimaTokenizer
+    from anima.weights import loading
 
     dit, adapter = loading.load_dit(TINY / "weights/anima_tiny_dit.safetensors")
     te = loading.load_text_encoder(TINY / "weights/qwen3_tiny_te.safetensors")
@@ -84,7 +84,7 @@ def test_adapter_context_batches_prompts_of_different_lengths(tiny) -> None:
 
 
 def test_encode_captions_matches_the_inference_conditioner(tiny) -> None:
-    from anima.conditioning import TextConditioner
+    from anima.text.conditioning import TextConditioner
 
     dit, adapter, te, tok = tiny
     cond = TextConditioner(tokenizer=tok, text_encoder=te, adapter=adapter, device="cpu", dtype=torch.float32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from anima.schedules import FlowModelSampling
+from anima.sampling.schedules import FlowModelSampling
 from anima.train.objective import flow_loss, noisy_latent, sample_sigmas, shift_sigma, velocity_target
 
 

@@ -47,7 +47,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None
     toml = _toml(cfg, tmp_path / "train.toml")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "anima.train_cli", str(toml), "--quiet"], env=env,
+        [sys.executable, "-m", "anima.cli.train", str(toml), "--quiet"], env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     deadline = time.monotonic() + 240

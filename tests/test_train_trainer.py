@@ -27,8 +27,8 @@ def _restore_threads():
 
 def test_lora_run_writes_a_comfy_lora_with_metadata_logs_and_samples(files, tmp_path: Path) -> None:
     from anima.lora.file import load_lora
-    from anima.model_hash import model_hash
-    from anima.safetensors_io import read_header
+    from anima.weights.hashes import model_hash
+    from anima.weights.safetensors import read_header
 
     cfg = tiny_config(files, tmp_path / "out", steps=4, sample_every=2, sample_prompts=("red circle",),
                       sample_steps=3, sample_size=64)  # fmt: skip
@@ -54,7 +54,7 @@ def test_lora_run_writes_a_comfy_lora_with_metadata_logs_and_samples(files, tmp_
 
 
 def test_sd_scripts_format_lokr_and_full_training(files, tmp_path: Path) -> None:
-    from anima import loading
+    from anima.weights import loading
 
     lora = Trainer(tiny_config(files, tmp_path / "a", steps=1, save_format="sd-scripts")).run()
     assert all(k.startswith("lora_unet_blocks_") for k in load_tensors(lora))

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from conftest import TINY, load_st
 from PIL import Image
 
-from anima.config import VAEConfig
 from anima.errors import AnimaError
-from anima.latent import LATENT_MEAN, LATENT_STD, denormalize_latent, normalize_latent
+from anima.model.config import VAEConfig
+from anima.model.latent import LATENT_MEAN, LATENT_STD, denormalize_latent, normalize_latent
 from anima.model.vae import WanVAE, image_to_vae_input, vae_output_to_image
 from anima.model.vae_blocks import AttentionBlock, CausalConv3d, Resample, ResidualBlock, RMSNorm
 

@@ -10,8 +10,8 @@ import torch
 from conftest import TINY, load_st
 from diffusers import AutoencoderKLQwenImage
 
-from anima.config import VAEConfig
-from anima.latent import LATENT_MEAN, LATENT_STD
+from anima.model.config import VAEConfig
+from anima.model.latent import LATENT_MEAN, LATENT_STD
 from anima.model.vae import WanVAE
 
 ATOL = 1e-5

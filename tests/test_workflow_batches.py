@@ -11,11 +11,11 @@ from PIL import Image
 from anima.cli import main
 from anima.errors import AnimaError
 from anima.imageio import read_recipe
-from anima.noise import initial_noise
+from anima.jobs.batches import batch_recipes
 from anima.pipeline import Pipeline
 from anima.recipe import Recipe
-from anima.workflows.batches import batch_recipes
-from anima.workflows.settings import Workflow
+from anima.recipe.settings import Workflow
+from anima.sampling.noise import initial_noise
 from anima.workflows.variations import slerp, varied_noise
 
 W = TINY / "weights"

@@ -12,12 +12,12 @@ from PIL import Image
 from anima.cli import main
 from anima.errors import AnimaError
 from anima.imageio import read_png_text, read_recipe
+from anima.jobs.contact_sheet import render_sheet
+from anima.jobs.grid import GRID_KEY, GridPlan, parse_axis, plan_grid
+from anima.jobs.prompt_matrix import plan_matrix
+from anima.jobs.wildcards import TEMPLATE_KEY, expand_recipe
 from anima.recipe import Recipe
-from anima.workflows.contact_sheet import render_sheet
-from anima.workflows.grid import GRID_KEY, GridPlan, parse_axis, plan_grid
-from anima.workflows.prompt_matrix import plan_matrix
-from anima.workflows.settings import Workflow
-from anima.workflows.wildcards import TEMPLATE_KEY, expand_recipe
+from anima.recipe.settings import Workflow
 
 W = TINY / "weights"
 MODEL_FLAGS = [

@@ -9,14 +9,13 @@ import pytest
 import torch
 from conftest import TINY, TOKENIZERS
 
-from anima import guidance
 from anima.cli import build_parser
-from anima.generate_cli import recipe_from_args
+from anima.cli.generate import recipe_from_args
 from anima.pipeline import Pipeline
-from anima.recipe import Recipe
-from anima.workflows import settings
+from anima.recipe import Recipe, settings
+from anima.recipe.settings import Workflow
+from anima.sampling import guidance
 from anima.workflows.nag import NagControl, NagCrossAttention, nag_attention, nag_combine
-from anima.workflows.settings import Workflow
 
 W = TINY / "weights"
 
@@ -108,13 +107,14 @@ def test_nag_wrapper_matches_the_plain_layer_and_is_restored(pipe) -> None:
     ctx = pipe.conditioner.encode("a cat").context
     x = torch.randn(2, 64, dit.cfg.model_channels, generator=torch.Generator().manual_seed(1))
     attn = originals[0]
-    control = NagControl(scale=5.0, active=True, negative=ctx)
+    control = NagControl(scale=5.0)
     wrapped = NagCrossAttention(attn, control)
     with torch.no_grad():
         plain = attn(x, ctx.expand(2, -1, -1))
         # negative == positive: the extrapolation is the identity
-        assert torch.allclose(wrapped(x, ctx.expand(2, -1, -1)), plain, atol=1e-5)
-        control.active = False
+        with control.guiding(ctx):
+            assert torch.allclose(wrapped(x, ctx.expand(2, -1, -1)), plain, atol=1e-5)
+        assert control.negative is None
         assert torch.equal(wrapped(x, ctx.expand(2, -1, -1)), plain)
     with pytest.raises(RuntimeError), nag_attention(dit, control):
         assert all(isinstance(b.cross_attn, NagCrossAttention) for b in dit.blocks)
@@ -168,7 +168,7 @@ def test_nag_costs_less_than_a_second_forward(pipe) -> None:
     sigma = torch.tensor([0.5])
     pos = pipe.conditioner.encode("1girl").context
     neg = pipe.conditioner.encode("red").context
-    control = NagControl(active=True, negative=neg)
+    control = NagControl()
 
     def best(fn) -> float:
         times = []
@@ -181,7 +181,7 @@ def test_nag_costs_less_than_a_second_forward(pipe) -> None:
     with torch.inference_mode():
         one = best(lambda: dit(x, sigma, pos))
         two = best(lambda: dit(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([pos, neg])))
-        with nag_attention(dit, control):
+        with nag_attention(dit, control), control.guiding(neg):
             nag = best(lambda: dit(x, sigma, pos))
     # Reported, not asserted (timings do not belong in tests): tiny model, 256x256, CPU.
     print(f"forward: plain {one * 1e3:.1f} ms, CFG batch of 2 {two * 1e3:.1f} ms, NAG {nag * 1e3:.1f} ms")

@@ -13,8 +13,8 @@ from anima.errors import AnimaError
 from anima.imageio import read_recipe
 from anima.pipeline import Pipeline
 from anima.recipe import Recipe
+from anima.recipe.settings import Workflow
 from anima.workflows.hires import bislerp, plan_passes, upscale_latent
-from anima.workflows.settings import Workflow
 
 W = TINY / "weights"
 MODEL_FLAGS = [

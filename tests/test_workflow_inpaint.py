@@ -13,8 +13,8 @@ from anima.errors import AnimaError
 from anima.imageio import load_image, to_uint8
 from anima.pipeline import Pipeline
 from anima.recipe import Recipe
+from anima.recipe.settings import Workflow
 from anima.workflows import inpaint
-from anima.workflows.settings import Workflow
 
 INIT = TINY / "e2e" / "i2i_euler_simple_d06" / "init_image.png"
 W = TINY / "weights"

@@ -8,8 +8,8 @@ from conftest import TINY, TOKENIZERS
 
 from anima.pipeline import Pipeline
 from anima.recipe import Recipe
-from anima.workflows.denoiser import StepIndex
-from anima.workflows.prompt_editing import has_editing, prompt_at, prompts_per_step, switch_step
+from anima.sampling.denoiser import StepIndex
+from anima.text.prompt_editing import has_editing, prompt_at, prompts_per_step, switch_step
 
 W = TINY / "weights"
 

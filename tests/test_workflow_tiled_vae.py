@@ -13,8 +13,8 @@ import torch
 from conftest import REPO, TINY
 
 from anima.imageio import load_image
-from anima.loading import load_vae
 from anima.model.vae import image_to_vae_input
+from anima.weights.loading import load_vae
 from anima.workflows.tiled_vae import decode_peak_bytes, encode_tiled, should_tile
 
 VAE = TINY / "weights" / "wan21_tiny_vae.safetensors"
@@ -56,8 +56,8 @@ def test_tiled_encode_is_close_and_exact_for_one_tile(vae) -> None:
 _PROBE = textwrap.dedent(
     """
     import json, resource, sys, threading, time, torch
-    from anima.latent import denormalize_latent
-    from anima.loading import load_vae
+    from anima.model.latent import denormalize_latent
+    from anima.weights.loading import load_vae
 
     def rss():
         with open("/proc/self/statm") as fh:

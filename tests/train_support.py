@@ -18,13 +18,13 @@ def make_tiny(
     root: Path, n_images: int = 8, extra_sizes: tuple[tuple[int, int], ...] = ()
 ) -> dict[str, Path]:
     """Model files, tokenizers and a dataset under `root`; returns their paths by TrainConfig field."""
-    from anima.config import VAEConfig
     from anima.demo import dataset
     from anima.demo.spec import write_initial
     from anima.demo.tokenizer_train import train_tokenizers
     from anima.demo.vae_train import init_vae
-    from anima.safetensors_io import save
-    from anima.tokenize import AnimaTokenizer
+    from anima.model.config import VAEConfig
+    from anima.text.tokenize import AnimaTokenizer
+    from anima.weights.safetensors import save
 
     root.mkdir(parents=True, exist_ok=True)
     tok_dir = root / "tokenizer"
@@ -49,7 +49,7 @@ def _wake_up(dit: Path) -> None:
     """Give the zero-initialised (adaLN-Zero) tensors small random values: a from-scratch DiT passes no
     gradient to its blocks at step 0, so LoRA factors there would never move and tests comparing
     them would compare zeros."""
-    from anima.safetensors_io import save
+    from anima.weights.safetensors import save
 
     g = torch.Generator().manual_seed(1)
     tensors = {k: v.clone() for k, v in load_tensors(dit).items()}

@@ -105,9 +105,9 @@ def build(cfg: BuildConfig, out_dir: Path, work_dir: Path, say=print) -> dict:
     from anima.demo.spec import vae_config, write_initial
     from anima.demo.tokenizer_train import train_tokenizers
     from anima.demo.vae_train import VAETrainConfig, polish_decoder, train_vae
-    from anima.safetensors_io import save
-    from anima.tokenize import AnimaTokenizer
+    from anima.text.tokenize import AnimaTokenizer
     from anima.train.trainer import Trainer
+    from anima.weights.safetensors import save
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -189,7 +189,7 @@ def build(cfg: BuildConfig, out_dir: Path, work_dir: Path, say=print) -> dict:
 
 def _copy_labelled(src: Path, dst: Path) -> None:
     """Copy the trained DiT file, adding the demo label to the trainer's metadata."""
-    from anima.safetensors_io import load_mmap, read_header, save
+    from anima.weights.safetensors import load_mmap, read_header, save
 
     header = read_header(src)
     tensors = {k: v.clone() for k, v in load_mmap(src, header).items()}
@@ -238,7 +238,7 @@ Build record:
 
 
 def write_readme(out_dir: Path, summary: dict) -> None:
-    from anima.loading import read_headers
+    from anima.weights.loading import read_headers
 
     params = 0
     for name in FILE_NAMES.values():

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from anima.config import AdapterConfig, DiTConfig, TextEncoderConfig, VAEConfig
+from anima.model.config import AdapterConfig, DiTConfig, TextEncoderConfig, VAEConfig
 
 IMAGE_SIZE = 64
 CROSS_NORM_INIT = 2.5
@@ -101,8 +101,8 @@ def _init(name: str, shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor
 
 def write_initial(out_dir: str | Path, qwen_vocab: int, t5_vocab: int, seed: int = 0) -> tuple[Path, Path]:
     """Write the starting DiT (+ adapter) and the (final, frozen) text encoder; returns their paths."""
-    from anima.random_weights import official_shapes
-    from anima.safetensors_io import save
+    from anima.weights.random import official_shapes
+    from anima.weights.safetensors import save
 
     out = Path(out_dir)
     spec = _spec(qwen_vocab, t5_vocab)
@@ -127,7 +127,7 @@ def write_initial(out_dir: str | Path, qwen_vocab: int, t5_vocab: int, seed: int
 
 
 def _spec(qwen_vocab: int, t5_vocab: int):
-    from anima.config import ModelSpec
+    from anima.model.config import ModelSpec
 
     return ModelSpec(
         dit=dit_config(),

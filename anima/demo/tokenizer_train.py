@@ -6,7 +6,7 @@
 - T5 side: a SentencePiece-Unigram ``tokenizer.json`` with T5's special ids (``<pad>`` 0, ``</s>`` 1,
   ``<unk>`` 2) and a Metaspace pre-tokenizer, fitted by word counts (see `train_t5`).
 
-Both load through `anima.tokenize.AnimaTokenizer.from_dirs` unchanged. Every byte / character is in
+Both load through `anima.text.tokenize.AnimaTokenizer.from_dirs` unchanged. Every byte / character is in
 the base alphabet, so any prompt tokenizes; only the caption words are whole tokens, which keeps the
 embedding tables (and so the demo files) small. Training is deterministic for a given corpus.
 """
@@ -25,7 +25,7 @@ def train_qwen(corpus: Sequence[str], out_dir: str | Path, vocab_size: int = 400
     """Byte-level BPE on `corpus` -> ``out_dir/{vocab.json, merges.txt, tokenizer_config.json}``."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    from anima.tokenize import _qwen_pipeline
+    from anima.text.tokenize import _qwen_pipeline
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

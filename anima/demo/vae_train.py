@@ -10,7 +10,7 @@ shifted and recoloured.) Two details make the latents diffusion-friendly:
   a denoiser leaves, and a light L2 penalty keeps the latent scale in check.
 - `calibrate` then folds a per-channel affine map into the quant conv (``conv1``) and its inverse
   into the post-quant conv (``conv2``), so that the encoder's latents have the mean and standard
-  deviation of the real Wan-2.1 VAE. `anima.latent.normalize_latent` (fixed Wan statistics) then
+  deviation of the real Wan-2.1 VAE. `anima.model.latent.normalize_latent` (fixed Wan statistics) then
   maps them to zero mean, unit variance, exactly what the DiT is trained on. Decoding is unchanged
   by the fold (up to float rounding).
 
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from anima.config import VAEConfig
+from anima.model.config import VAEConfig
 
 
 @dataclass(frozen=True)
@@ -209,8 +209,8 @@ def latent_stats(
 @torch.no_grad()
 def calibrate(vae: torch.nn.Module, images: torch.Tensor) -> None:
     """Fold z' = a z + b into conv1 (rows of the mean half) and z = (z' - b) / a into conv2, so that
-    latents have the Wan-2.1 per-channel mean/std (`anima.latent`). Exact reparametrisation."""
-    from anima.latent import LATENT_MEAN, LATENT_STD
+    latents have the Wan-2.1 per-channel mean/std (`anima.model.latent`). Exact reparametrisation."""
+    from anima.model.latent import LATENT_MEAN, LATENT_STD
 
     mean, std = latent_stats(vae, images)
     target_mean = torch.tensor(LATENT_MEAN)

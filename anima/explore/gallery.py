@@ -12,10 +12,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from anima.batch import Job
-from anima.batch_store import OutputStore
 from anima.explore.template import PAGE
 from anima.imageio import a1111_parameters, atomic_write
+from anima.jobs.batch import Job
+from anima.jobs.store import OutputStore
 
 THUMB_SIZE = 256
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from anima.batch import Job
 from anima.errors import AnimaError
+from anima.jobs.batch import Job
 from anima.prompt_tools.artist_index import ArtistIndex, normalize_name, prompt_tag
 from anima.prompt_tools.format import insert_tag
 from anima.recipe import Recipe

@@ -139,8 +139,8 @@ def scan_keys(keys: list[str], name: str = "LoRA") -> KeyScan:
 def check_lora(path: str | Path) -> Path:
     """Header-only check that `path` is a LoRA for Anima (AnimaError otherwise); for CLIs, before
     any model is loaded."""
-    from anima import file_kinds
-    from anima.safetensors_io import read_header
+    from anima.weights import file_kinds
+    from anima.weights.safetensors import read_header
 
     path = Path(path)
     header = read_header(path)
@@ -205,8 +205,8 @@ def lora_from_tensors(
 
 def load_lora(path: str | Path, name: str | None = None) -> LoRAFile:
     """Read a LoRA safetensors file (memory-mapped) in any supported format."""
-    from anima import file_kinds
-    from anima.safetensors_io import load_mmap, read_header
+    from anima.weights import file_kinds
+    from anima.weights.safetensors import load_mmap, read_header
 
     path = Path(path)
     header = read_header(path)
@@ -264,7 +264,7 @@ def save_lora(
     dtype: torch.dtype | None = None,
 ) -> Path:
     """Write a LoRA file atomically. Metadata values must be strings (safetensors rule)."""
-    from anima.safetensors_io import save
+    from anima.weights.safetensors import save
 
     tensors = state_dict_for(adapters, fmt, dtype)
     meta = {"format": "pt", **{str(k): str(v) for k, v in (metadata or {}).items()}}

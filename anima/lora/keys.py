@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from anima.diffusers_keys import dit_to_diffusers
 from anima.lora.targets import Part, Target, parse_path
+from anima.weights.diffusers_keys import dit_to_diffusers
 
 FORMATS = ("comfy", "sd-scripts", "diffusers", "diffusion-pipe")
 

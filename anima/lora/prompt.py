@@ -3,7 +3,7 @@
 The prompt form is the A1111 convention: the tag is removed from the prompt text (with the comma
 that separated it) and the LoRA is applied with the given strength (1 when omitted). The older
 LyCORIS-extension spelling ``<lyco:name:0.8>`` is read the same way. Names are file stems in a
-loras/ folder or paths; see `anima.models_dir.resolve_lora`. No torch here: the CLI parses and
+loras/ folder or paths; see `anima.weights.discovery.resolve_lora`. No torch here: the CLI parses and
 checks these before loading any model.
 """
 

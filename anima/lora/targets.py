@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Literal
 
-from anima.diffusers_keys import dit_to_diffusers
+from anima.weights.diffusers_keys import dit_to_diffusers
 
 Part = Literal["dit", "adapter", "te"]
 PARTS: tuple[Part, ...] = ("dit", "adapter", "te")

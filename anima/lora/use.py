@@ -5,7 +5,7 @@
         ... encode prompts, sample ...
 
 Names are resolved by ``pipe.lora_resolver`` (name -> path; the CLI installs one that searches the
-models folder's loras/ and ComfyUI installs via `anima.models_dir.resolve_lora`); without one a name
+models folder's loras/ and ComfyUI installs (`anima.cli.model_selection.lora_resolver`)); without one a name
 must be a path. ``pipe.merge_loras`` picks merge mode over runtime wrapping. Applying per run
 costs a memory-mapped read and a module swap in runtime mode (merge mode recomputes the merged
 weights each run), and leaves the pipeline exactly as it was afterwards.
@@ -13,7 +13,6 @@ weights each run), and leaves the pipeline exactly as it was afterwards.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,40 +39,11 @@ def path_resolver(name: str) -> Path:
     raise AnimaError(f"LoRA {name!r} not found (give a path, or put it in the models folder's loras/)")
 
 
-def resolver_from_args(args: argparse.Namespace) -> Resolver:
-    """Resolve names as the CLI user expects: a path, else a file stem in the models folder's loras/
-    or a ComfyUI install's models/loras (the places `anima models` searches)."""
-    from anima.model_selection import search_places
-    from anima.models_dir import resolve_lora, scan
-
-    places = search_places(args)
-    scans = []
-
-    def resolve(name: str) -> Path:
-        path = Path(name)
-        if path.is_file():
-            return path
-        if not scans:  # scan lazily: only when a name is not a path
-            scans.extend(scan(places["models_dir"], places["comfyui_dirs"], None))
-        return resolve_lora(name, scans)
-
-    return resolve
-
-
 def resolve_all(specs: Sequence[LoRASpec], resolve: Resolver) -> dict[str, Path]:
     """{name: checked path} for every LoRA asked for; AnimaError for a missing or foreign file."""
     from anima.lora.file import check_lora
 
     return {name: check_lora(resolve(name)) for name, _ in specs}
-
-
-def check_job_loras(args: argparse.Namespace, recipes: Sequence) -> Resolver:
-    """CLI, before loading models: find and header-check every LoRA the recipes ask for (flags and
-    prompt tags); returns the resolver the pipeline then uses (the checked paths, no second search)."""
-    resolve = resolver_from_args(args)
-    specs = [spec for r in recipes for spec in split_prompt_loras(r).loras]
-    found = resolve_all(specs, resolve)
-    return lambda name: found[name] if name in found else resolve(name)
 
 
 @contextmanager

@@ -10,7 +10,7 @@
 Attention has no mask (as ComfyUI: a single prompt has no padding) and scale 1/sqrt(head_dim). Per-head
 q/k RMSNorms come before the 1D rotate-half RoPE (theta 1e4), whose cos/sin are computed in fp32 and
 rounded to the activation dtype. Attribute names equal the checkpoint keys under ``net.llm_adapter.``.
-Prompt weights and the 512-row padding are not part of the module: see `anima.conditioning`.
+Prompt weights and the 512-row padding are not part of the module: see `anima.text.conditioning`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from anima.config import AdapterConfig
 from anima.model.attention import attention
+from anima.model.config import AdapterConfig
 from anima.model.rope import apply_rope_rotate_half, rope_1d
 
 _EPS = 1e-6

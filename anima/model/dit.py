@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anima.config import DiTConfig
+from anima.model.config import DiTConfig
 from anima.model.dit_attention import KV, Attention, fuse_qkv, rope_tables  # noqa: F401 (re-exported)
 from anima.model.dit_cache import ContextCache, FirstBlockCache
 from anima.model.rope import Rope3D
@@ -287,7 +287,7 @@ class MiniTrainDIT(nn.Module):
         Pass the result as ``context_cache=`` with the same context on every sampling step. Build it
         after LoRAs/patches are applied (it runs the live k/v projections) and again whenever they
         change. Blocks whose `cross_attn` is wrapped get no entry and run the plain path; so do blocks
-        whose weights live on another device (streamed from host memory, `anima.memory_stream`): their
+        whose weights live on another device (streamed from host memory, `anima.runtime.streaming`): their
         weights reach the context's device only inside their own forward, which then projects itself.
         """
         context = context.to(self.compute_dtype)

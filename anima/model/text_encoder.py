@@ -19,7 +19,7 @@ from torch import nn
 from transformers import Qwen3Config, Qwen3Model
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
-from anima.config import TextEncoderConfig
+from anima.model.config import TextEncoderConfig
 
 QWEN3_EOS_ID = 151643  # <|endoftext|>, Qwen3's bos and eos
 

@@ -8,7 +8,7 @@ Attribute names equal the official bare checkpoint keys (``encoder.downsamples.3
 Conventions (ComfyUI's, which the fixtures follow):
 
 - `encode` takes [B, 3, H, W] in [-1, 1] and returns the posterior **mean** [B, 16, 1, H/8, W/8] in
-  VAE space (not normalised; see `anima.latent` for model space).
+  VAE space (not normalised; see `anima.model.latent` for model space).
 - `decode` takes [B, 16, 1, h, w] in VAE space and returns [B, 3, 8h, 8w] clamped to [-1, 1].
 - `image_to_vae_input` / `vae_output_to_image` convert from/to the [B, H, W, 3] float images in
   [0, 1] used everywhere else: encoder input ``2 * img - 1``, image ``clamp((x + 1) / 2, 0, 1)``.
@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from anima.config import VAEConfig
 from anima.errors import AnimaError
+from anima.model.config import VAEConfig
 from anima.model.vae_blocks import AttentionBlock, CausalConv3d, Resample, ResidualBlock, RMSNorm
 
 

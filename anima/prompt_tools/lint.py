@@ -23,7 +23,7 @@ from anima.prompt_tools.parse import (
     unparse,
 )
 from anima.prompt_tools.sections import Section, TagVocabulary, classify, known_section, order_tags
-from anima.prompt_weights import parse_prompt_weights
+from anima.text.prompt_weights import parse_prompt_weights
 
 WEIGHT_WEAK = 15.0  # wiki: "works up to about 15x"
 WEIGHT_BROKEN = 70.0  # wiki: "beyond about 70x it breaks completely"

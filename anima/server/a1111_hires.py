@@ -1,4 +1,4 @@
-"""A1111's hires-fix request fields -> anima's hires workflow settings (`anima.workflows.settings`).
+"""A1111's hires-fix request fields -> anima's hires workflow settings (`anima.recipe.settings`).
 
 A1111 clients turn hires fix on with ``enable_hr`` and describe the second pass with ``hr_scale`` or
 ``hr_resize_x/y``, ``hr_upscaler``, ``hr_second_pass_steps``, ``denoising_strength``,

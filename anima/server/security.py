@@ -46,8 +46,8 @@ class Limits:
     def check_recipe(self, recipe, n_iter: int = 1) -> None:
         """Raise `AnimaError` naming the first limit `recipe` (run `n_iter` times) exceeds; a hires
         fix is checked at its final size."""
+        from anima.recipe.settings import Workflow
         from anima.workflows.hires import plan_passes
-        from anima.workflows.settings import Workflow
 
         wf = Workflow.from_recipe(recipe)
         if wf.hires:

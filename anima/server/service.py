@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Protocol
 
 from anima.errors import AnimaError
-from anima.models_dir import ModelSet
 from anima.recipe import Recipe
 from anima.server.security import check_plain_name
+from anima.weights.discovery import ModelSet
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +164,12 @@ class PipelineService:
         return out
 
     def samplers(self) -> list[str]:
-        from anima import samplers
+        from anima.sampling import samplers
 
         return list(samplers.SAMPLERS)
 
     def schedulers(self) -> list[str]:
-        from anima import schedules
+        from anima.sampling import schedules
 
         return list(schedules.SCHEDULERS)
 
@@ -214,7 +214,7 @@ class PipelineService:
         import numpy as np
         import torch
 
-        from anima.precision import SHORT_NAMES
+        from anima.runtime.precision import SHORT_NAMES
 
         name = self.check_model(recipe.model) if recipe.model else self.current_model()
         pipe = self._pipeline(name)
@@ -245,7 +245,7 @@ def _previewer(pipe, sink: PreviewFn, every: int):
     import torch.nn.functional as F
 
     from anima.imageio import to_uint8
-    from anima.latent import denormalize_latent
+    from anima.model.latent import denormalize_latent
 
     last = [0.0]
 

@@ -153,7 +153,7 @@ class Submitter:
 
 def _with_workflow(recipe: Recipe, **settings) -> Recipe:
     """`recipe` with workflow settings (mask blur, inpaint area...) recorded in its extra pairs."""
-    from anima.workflows.settings import Workflow
+    from anima.recipe.settings import Workflow
 
     return Workflow.from_recipe(recipe).with_(**settings).validate().apply(recipe)
 

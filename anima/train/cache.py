@@ -48,7 +48,7 @@ def _key(*parts: object) -> str:
 
 
 def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    from anima.safetensors_io import save
+    from anima.weights.safetensors import save
 
     save(tensors, path)
 

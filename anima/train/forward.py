@@ -1,7 +1,7 @@
 """The model calls of a training step: text -> context, and the DiT velocity on a padded context.
 
 **Exact and cheaper padding.** At inference the context is zero-padded to 512 rows and the DiT's
-cross-attention has no mask, so the zero rows take part in every softmax (`anima.conditioning`).
+cross-attention has no mask, so the zero rows take part in every softmax (`anima.text.conditioning`).
 Training must see the same thing, but projecting ~500 zero rows per sample to keys and values is
 most of a small model's step. Those rows project to exactly zero keys and values (the projections
 have no bias, and RMSNorm(0) = 0), so here each block's keys/values are computed from the real rows
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from anima.conditioning import MIN_CONTEXT_ROWS
+from anima.text.conditioning import MIN_CONTEXT_ROWS
 
 
 def adapter_context(

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from anima.errors import AnimaError
-from anima.precision import parse_dtype
+from anima.runtime.precision import parse_dtype
 
 
 @dataclass
@@ -29,9 +29,9 @@ class Models:
 
 
 def load_models(cfg, device: torch.device) -> Models:
-    from anima import loading
-    from anima.model_hash import model_hash
-    from anima.tokenize import AnimaTokenizer
+    from anima.text.tokenize import AnimaTokenizer
+    from anima.weights import loading
+    from anima.weights.hashes import model_hash
 
     tok_dir = Path(cfg.tokenizer_dir)
     tokenizer = AnimaTokenizer.from_dirs(tok_dir / "qwen", tok_dir / "t5")
@@ -117,7 +117,7 @@ class Trainable:
         if self.network is not None:
             fmt = self.cfg.save_format
             return self.network.save(path, fmt=fmt, metadata=metadata, dtype=dtype)
-        from anima.safetensors_io import save
+        from anima.weights.safetensors import save
 
         tensors = {f"net.{k}": v for k, v in self.models.dit.state_dict().items()}
         tensors.update({f"net.llm_adapter.{k}": v for k, v in self.models.adapter.state_dict().items()})

@@ -196,7 +196,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def _micro_loss(self, micro: int) -> torch.Tensor:
-        from anima.latent import normalize_latent
+        from anima.model.latent import normalize_latent
         from anima.train.data import load_image
         from anima.train.forward import adapter_context, dit_velocity
         from anima.train.objective import flow_loss, sample_sigmas

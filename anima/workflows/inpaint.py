@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from anima.errors import AnimaError
-from anima.workflows.denoiser import Denoise
+from anima.sampling.denoiser import Denoise
 
 
 # ---------------------------------------------------------------------- loading and shaping

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -42,15 +41,27 @@ def nag_combine(
     return guided * alpha + z_pos * (1.0 - alpha)
 
 
-@dataclass
 class NagControl:
-    """Per-run NAG state: parameters, whether the next forward is guided, and the negative context."""
+    """Per-run NAG parameters, and the negative context of the forward running now (None: plain).
 
-    scale: float = 5.0
-    tau: float = 2.5
-    alpha: float = 0.25
-    active: bool = False
-    negative: torch.Tensor | None = None  # [1, L, C] on the DiT's device, in its compute dtype
+    Only `guiding` sets the negative, for the duration of one guided (cond) forward."""
+
+    def __init__(self, scale: float = 5.0, tau: float = 2.5, alpha: float = 0.25) -> None:
+        self.scale, self.tau, self.alpha = scale, tau, alpha
+        self._negative: torch.Tensor | None = None
+
+    @property
+    def negative(self) -> torch.Tensor | None:
+        """[1, L, C] on the DiT's device, in its compute dtype, while a guided forward runs."""
+        return self._negative
+
+    @contextmanager
+    def guiding(self, negative: torch.Tensor) -> Iterator[None]:
+        self._negative = negative
+        try:
+            yield
+        finally:
+            self._negative = None
 
 
 class NagCrossAttention(nn.Module):
@@ -73,7 +84,7 @@ class NagCrossAttention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         c = self.control
-        if not c.active or c.negative is None or context is None or rope is not None:
+        if c.negative is None or context is None or rope is not None:
             return self.inner(x, context, rope)
         a = self.inner
         backend = getattr(a, "attention_backend", "sdpa")

@@ -20,7 +20,7 @@ import torch
 
 from anima.errors import AnimaError
 from anima.recipe import nearest_valid_size
-from anima.workflows.settings import Workflow
+from anima.recipe.settings import Workflow
 
 
 @dataclass(frozen=True)

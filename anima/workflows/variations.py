@@ -1,6 +1,6 @@
 """Variation seeds: initial noise = slerp(strength, noise(seed), noise(variation seed)), as A1111.
 
-Both noises are drawn exactly like the main one (`anima.noise.initial_noise`, one CPU draw for
+Both noises are drawn exactly like the main one (`anima.sampling.noise.initial_noise`, one CPU draw for
 the whole batch), so strength 0 is the plain seed's image and strength 1 the variation seed's.
 The spherical interpolation runs per image over the flattened latent, which keeps the result at
 the norm of a standard normal draw where a plain lerp would shrink it towards the middle; nearly
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from anima.noise import initial_noise
+from anima.sampling.noise import initial_noise
 
 
 def slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

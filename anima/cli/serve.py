@@ -1,0 +1,141 @@
+"""`anima serve`: flags -> models, limits, security -> the FastAPI app under uvicorn.
+
+Every flag is checked (binding without a key, folders, limits, model files by header) before
+any model is loaded or the port is opened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from anima.errors import AnimaError
+
+DEFAULT_PORT = 7860  # A1111's, so its clients find the server without configuration
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("network and security")
+    g.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)"
+    )
+    g.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    g.add_argument("--listen", action="store_true", help="bind all interfaces (0.0.0.0); needs --api-key")
+    g.add_argument(
+        "--api-key", help="required key: 'Authorization: Bearer KEY' or basic auth (user:pass form ok)"
+    )
+    g.add_argument("--insecure", action="store_true", help="allow --listen without --api-key")
+    g.add_argument(
+        "--cors-origin", action="append", default=[], help="allow this browser origin (repeatable)"
+    )
+    s = p.add_argument_group("storage")
+    s.add_argument("--data-dir", type=Path, help="queue database and inputs (default: <anima data>/server)")
+    s.add_argument("--output-dir", type=Path, help="where images are written (default: DATA_DIR/outputs)")
+    s.add_argument("--lora-dir", type=Path, action="append", default=[], help="a LoRA folder (repeatable)")
+    r = p.add_argument_group("generation")
+    r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    r.add_argument("--dtype", default="auto", help="fp32, bf16, fp16 or auto")
+    r.add_argument("--preview-every", type=int, default=2, help="preview image every N steps (0: none)")
+    lim = p.add_argument_group("request limits")
+    lim.add_argument("--max-size", type=int, default=2048, help="largest width or height (default 2048)")
+    lim.add_argument("--max-pixels", type=int, default=2048 * 2048, help="largest width*height")
+    lim.add_argument("--max-steps", type=int, default=150)
+    lim.add_argument("--max-batch", type=int, default=8)
+    lim.add_argument("--max-n-iter", type=int, default=16)
+    lim.add_argument("--max-queue", type=int, default=1000, help="queued jobs at most")
+
+
+def build_app(args: argparse.Namespace):
+    """Everything but the network: checks, models, the app. Raises AnimaError on bad input."""
+    from anima.server.security import Limits, check_bind
+
+    host = "0.0.0.0" if args.listen else args.host
+    api_key = args.api_key or os.environ.get("ANIMA_API_KEY") or None
+    check_bind(host, api_key, args.insecure)
+    if not 0 <= args.port <= 65535:
+        raise AnimaError(f"--port {args.port} is not a port number")
+    if args.preview_every < 0:
+        raise AnimaError("--preview-every must be >= 0")
+    limits = Limits(
+        max_side=args.max_size, max_pixels=args.max_pixels, max_steps=args.max_steps,
+        max_batch=args.max_batch, max_n_iter=args.max_n_iter, max_queued=args.max_queue,
+    )  # fmt: skip
+    for d in args.lora_dir:
+        if not d.is_dir():
+            raise AnimaError(f"--lora-dir {d}: no such folder")
+    _import_server_deps()
+    from anima.server.app import create_app
+    from anima.server.service import PipelineService
+    from anima.weights.discovery import default_data_dir
+
+    models, rescan, lora_dirs = _model_sets(args)
+    if args.dtype != "auto":
+        from anima.runtime.precision import parse_dtype
+
+        parse_dtype(args.dtype)
+    service = PipelineService(
+        models, lora_dirs=lora_dirs, device=args.device, dtype=args.dtype, rescan=rescan
+    )
+    data_dir = args.data_dir or default_data_dir(os.environ, Path.home()) / "server"
+    app = create_app(
+        service, data_dir=data_dir, outputs_dir=args.output_dir, limits=limits, api_key=api_key,
+        cors_origins=args.cors_origin, preview_every=args.preview_every,
+    )  # fmt: skip
+    return app, host
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    app, host = build_app(args)
+    import uvicorn
+
+    shown = f"[{host}]" if ":" in host else host
+    print(
+        f"anima serve: http://{shown}:{args.port}/  (A1111 API at /sdapi/v1, OpenAPI at /openapi.json)",
+        file=sys.stderr,
+    )
+    # A1111 calls wait for their job; on Ctrl+C do not wait for them (the jobs stay queued).
+    uvicorn.run(
+        app,
+        host=host,
+        port=args.port,
+        log_level="info" if args.verbose else "warning",
+        timeout_graceful_shutdown=3,
+    )
+    return 0
+
+
+def _import_server_deps() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise AnimaError(f"anima serve needs {exc.name}: pip install 'anima[serve]'") from None
+
+
+def _model_sets(args: argparse.Namespace):
+    """(model sets with the chosen one first, a rescan function or None, LoRA folders)."""
+    from anima.cli import model_selection
+    from anima.weights.discovery import discover
+
+    chosen = model_selection.resolve_files(args)  # checks every path and the tokenizers
+    places = model_selection.search_places(args)
+    lora_dirs = list(args.lora_dir)
+    roots = [places["models_dir"], *places["comfyui_dirs"]]
+    for root in roots:
+        for sub in ("loras", "models/loras"):
+            if root is not None and (Path(root) / sub).is_dir():
+                lora_dirs.append(Path(root) / sub)
+    if args.dit or args.diffusers:
+        return [chosen], None, lora_dirs
+
+    def rescan():
+        sets = discover(
+            None, places["models_dir"], places["comfyui_dirs"], places["hf_cache"],
+            tokenizer_dir=getattr(args, "tokenizer_dir", None), data_dir=places["data_dir"],
+        )  # fmt: skip
+        return [s for s in sets if s.diffusers is not None or (s.qwen_tokenizer and s.t5_tokenizer)]
+
+    others = [s for s in rescan() if s.name != chosen.name]
+    return [chosen, *others], rescan, lora_dirs

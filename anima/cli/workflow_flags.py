@@ -1,0 +1,115 @@
+"""The ``anima generate`` flags for the workflows, and flags -> `Workflow` / recipe changes.
+
+Parsing only: no torch, nothing loaded. Flags given explicitly win over a PNG's recorded values.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from anima.errors import AnimaError
+from anima.recipe.settings import GUIDANCES, HIRES_UPSCALERS, TILED_VAE_MODES, Workflow
+
+# --preset name -> recipe defaults and workflow defaults (each overridden by an explicit flag).
+# Turbo (model card): CFG 1 (no uncond pass), 8-12 steps, er_sde; the negative prompt works
+# through NAG instead of CFG.
+PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "turbo": ({"cfg": 1.0, "steps": 10, "sampler": "er_sde"}, {"nag_scale": 5.0}),
+}
+
+# flag dest -> Workflow field
+_FIELDS = {
+    "guidance": "guidance",
+    "cfg_rescale": "cfg_rescale",
+    "apg_eta": "apg_eta",
+    "apg_momentum": "apg_momentum",
+    "apg_norm_threshold": "apg_norm_threshold",
+    "cfg_zero_init_steps": "cfg_zero_init_steps",
+    "nag_scale": "nag_scale",
+    "nag_tau": "nag_tau",
+    "nag_alpha": "nag_alpha",
+    "variation_seed": "variation_seed",
+    "variation_strength": "variation_strength",
+    "hires_scale": "hires_scale",
+    "hires_upscaler": "hires_upscaler",
+    "hires_steps": "hires_steps",
+    "hires_denoise": "hires_denoise",
+    "hires_sampler": "hires_sampler",
+    "hires_scheduler": "hires_scheduler",
+    "hires_max_side": "hires_max_side",
+    "hires_max_step": "hires_max_step",
+    "tiled_vae": "tiled_vae",
+    "mask_blur": "mask_blur",
+    "mask_grow": "mask_grow",
+    "inpaint_padding": "inpaint_padding",
+}
+
+
+def add_workflow_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("workflows")
+    g.add_argument("--preset", choices=sorted(PRESETS), help="turbo: CFG 1, 10 steps, er_sde, NAG negative")
+    g.add_argument("--batch-count", type=int, default=1, help="N batches; seed +1 per batch")
+    # inpainting
+    g.add_argument("--mask", type=Path, help="inpaint where this image is white")
+    g.add_argument("--mask-blur", type=int, help="feather the mask by this many pixels (default 4)")
+    g.add_argument("--mask-grow", type=int, help="grow (or, negative, shrink) the mask by N pixels")
+    g.add_argument("--only-masked", action="store_true", help="repaint a crop around the mask at full size")
+    g.add_argument("--inpaint-padding", type=int, help="only-masked: pixels of context around the mask (32)")
+    # guidance
+    g.add_argument("--guidance", choices=GUIDANCES, help="guidance variant (default cfg)")
+    g.add_argument("--cfg-rescale", type=float, help="rescale-cfg: blend factor phi in [0, 1] (0.7)")
+    g.add_argument("--apg-eta", type=float, help="apg: weight of the parallel component (0)")
+    g.add_argument("--apg-momentum", type=float, help="apg: momentum of the guidance average (0)")
+    g.add_argument("--apg-norm-threshold", type=float, help="apg: cap on the guidance norm (0 = none)")
+    g.add_argument("--cfg-zero-init-steps", type=int, help="cfg-zero-star: steps with zero velocity (0)")
+    g.add_argument("--nag-scale", type=float, help="NAG strength; > 1 turns NAG on")
+    g.add_argument("--nag-tau", type=float, help="NAG norm cap (2.5)")
+    g.add_argument("--nag-alpha", type=float, help="NAG blend (0.25)")
+    # variations
+    g.add_argument("--variation-seed", type=int, help="seed of the noise to blend in")
+    g.add_argument("--variation-strength", type=float, help="0 = the seed's image, 1 = the variation seed's")
+    # hires fix
+    g.add_argument("--hires-scale", type=float, help="hires fix: final size factor (passes of <= 1.75x)")
+    g.add_argument("--hires-upscaler", choices=HIRES_UPSCALERS, help="how to enlarge between passes")
+    g.add_argument("--hires-steps", type=int, help="steps of each hires pass (default: --steps)")
+    g.add_argument("--hires-denoise", type=float, help="strength of each hires pass in (0, 1] (0.5)")
+    g.add_argument("--hires-sampler", help="sampler of the hires passes (default: --sampler)")
+    g.add_argument("--hires-scheduler", help="scheduler of the hires passes (default: --scheduler)")
+    g.add_argument("--hires-max-side", type=int, help="refuse a hires size over this many pixels (2048)")
+    g.add_argument("--hires-max-step", type=float, help="largest enlargement of one pass (1.75)")
+    g.add_argument("--tiled-vae", choices=TILED_VAE_MODES, help="tile the VAE: auto (by memory), on, off")
+    # many images
+    g.add_argument("--grid", nargs="+", metavar="AXIS=V1,V2", help="X/Y/Z grid: cfg=3,4 sampler=euler,er_sde")
+    g.add_argument("--prompt-matrix", action="store_true", help="a|b|c: all combinations of b, c")
+    g.add_argument("--wildcards-dir", type=Path, help="folder of NAME.txt files for __NAME__ in prompts")
+
+
+def workflow_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The Workflow fields the flags set explicitly."""
+    changes = {f: getattr(args, d) for d, f in _FIELDS.items() if getattr(args, d, None) is not None}
+    if getattr(args, "only_masked", False):
+        changes["inpaint_area"] = "only masked"
+    return changes
+
+
+def preset_defaults(name: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    if name is None:
+        return {}, {}
+    if name not in PRESETS:
+        raise AnimaError(f"unknown preset {name!r}; choose from {', '.join(sorted(PRESETS))}")
+    recipe, workflow = PRESETS[name]
+    return dict(recipe), dict(workflow)
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    if not isinstance(args.batch_count, int) or not 1 <= args.batch_count <= 10_000:
+        raise AnimaError(f"--batch-count must be an integer in 1..10000, got {args.batch_count!r}")
+    if args.only_masked and args.mask is None and getattr(args, "from_png", None) is None:
+        raise AnimaError("--only-masked needs --mask")
+
+
+def build_workflow(base: Workflow, args: argparse.Namespace, preset: dict[str, Any]) -> Workflow:
+    """Base (a PNG's or the defaults) <- preset <- explicit flags; validated."""
+    return base.with_(**preset).with_(**workflow_changes(args)).validate()

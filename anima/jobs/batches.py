@@ -1,0 +1,27 @@
+"""``--batch-count``: sequential batches, each with its own seed.
+
+Batch k runs with seed + k, which is what ComfyUI's "control after generate: increment" does for
+each queued run (A1111 also adds 1 per image). Within a batch (``--batch-size``) one noise tensor is
+drawn for the whole batch, as ComfyUI does, so every PNG records the seed of its batch and its
+position. With variations on (strength > 0) the *variation* seed goes up instead and the main seed
+stays, so the batches are variations of one image; that is the point of asking for variations.
+"""
+
+from __future__ import annotations
+
+from anima.errors import AnimaError
+from anima.recipe.settings import MAX_SEED, Workflow
+
+
+def batch_recipes(recipe, count: int) -> list:
+    """The recipes of `count` sequential batches (the first is `recipe` itself)."""
+    if not isinstance(count, int) or count < 1:
+        raise AnimaError(f"batch count must be an integer >= 1, got {count!r}")
+    wf = Workflow.from_recipe(recipe)
+    out = []
+    for k in range(count):
+        if wf.variation_strength > 0 and wf.variation_seed is not None:
+            out.append(wf.with_(variation_seed=(wf.variation_seed + k) & MAX_SEED).apply(recipe))
+        else:
+            out.append(recipe.with_(seed=(recipe.seed + k) & MAX_SEED))
+    return out

@@ -1,0 +1,238 @@
+"""Where every part lives under a memory budget (``--vram-budget GB``, or automatic from free memory).
+
+A run has two phases that never overlap: text conditioning (Qwen3 encoder + LLM adapter) and
+sampling (DiT, then the VAE decode). `plan_memory` decides, from byte sizes and activation
+estimates:
+
+- whether the text encoder stays on the device or runs on the CPU and is released once the prompts
+  are encoded (reloaded from its file for the next run): the latter when the whole set does not fit;
+- whether the DiT's blocks stay on the device or are streamed from host memory one at a time with
+  prefetch (`anima.runtime.streaming.BlockStreamer`), and how many stay resident;
+- how much is left for the VAE decode, which the pipeline's tiling decision uses.
+
+Targets at 1024x1024 (issue 4): 8 GB runs bf16 with no streaming, 4 GB runs with 8-bit weights and
+streaming. The estimates are deliberately simple (weights + the largest live activations + a fixed
+margin for the allocator and kernels' workspaces); `--profile` reports what was actually used.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from anima.errors import AnimaError
+
+GB = 2**30
+MARGIN = 256 * 2**20  # allocator fragmentation, cuBLAS/cuDNN workspaces, small buffers
+
+
+def module_bytes(module: nn.Module | None) -> int:
+    if module is None:
+        return 0
+    tensors = list(module.parameters()) + list(module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@dataclass(frozen=True)
+class ModelSizes:
+    """Bytes of each part as loaded (after any quantisation)."""
+
+    dit_other: int  # DiT without its blocks (embedders, final layer), plus the LLM adapter
+    blocks: tuple[int, ...]
+    text_encoder: int
+    vae: int
+
+    @classmethod
+    def of(cls, pipe) -> ModelSizes:
+        blocks = tuple(module_bytes(b) for b in pipe.dit.blocks)
+        other = module_bytes(pipe.dit) - sum(blocks) + module_bytes(pipe.adapter)
+        return cls(other, blocks, module_bytes(pipe.text_encoder), module_bytes(pipe.vae))
+
+    @property
+    def dit(self) -> int:
+        return self.dit_other + sum(self.blocks)
+
+
+def dit_activation_bytes(cfg, tokens: int, batch: int, dtype: torch.dtype, context_len: int = 512) -> int:
+    """Largest live activations of one DiT forward plus the cached cross-attention K/V.
+
+    Per token: the fp32/compute residual stream and its modulated copy, q/k/v/attention output
+    (4 x D) and the MLP hidden layer with its GELU (2 x hidden). Flash/memory-efficient attention
+    keeps no L x L matrix.
+    """
+    e = torch.empty((), dtype=dtype).element_size()
+    d = cfg.model_channels
+    per_token = 2 * d * 4 + 4 * d * e + 2 * cfg.mlp_hidden * e
+    kv_cache = cfg.num_blocks * 2 * context_len * d * e
+    return batch * (tokens * per_token + kv_cache)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    budget: int | None  # bytes; None: no limit (everything stays where it was loaded)
+    release_text_encoder: bool = False  # free it (host memory) once the prompts are encoded
+    stream_blocks: bool = False
+    resident_blocks: int = 0  # blocks kept on the device when streaming (the first ones)
+    prefetch: int = 1  # blocks copied ahead while the current one runs
+    vae_budget: int | None = None  # bytes left for the VAE decode (None: ask the device)
+    estimate: dict = field(default_factory=dict)  # bytes per part, for logs and --profile
+    text_encoder_on_host: bool = False  # run it on the CPU: it never takes device memory
+
+    def describe(self) -> str:
+        if self.budget is None:
+            te = "; the text encoder is released after encoding" if self.release_text_encoder else ""
+            return f"memory: no budget; every part stays on the device{te}"
+        parts = [f"budget {self.budget / GB:.1f} GB"]
+        where = "runs on the CPU" if self.text_encoder_on_host else "on the device"
+        after = ", released after encoding" if self.release_text_encoder else ""
+        parts.append(f"text encoder {where}{after}")
+        if self.stream_blocks:
+            parts.append(f"DiT blocks streamed ({self.resident_blocks} resident, prefetch {self.prefetch})")
+        else:
+            parts.append("DiT fully resident")
+        if self.vae_budget is not None:
+            parts.append(f"{self.vae_budget / GB:.2f} GB for the VAE decode")
+        return "memory: " + ", ".join(parts)
+
+
+def plan_memory(
+    budget: int | None, sizes: ModelSizes, activations: int, *, prefetch: int = 1, quantized: bool = False
+) -> MemoryPlan:
+    """Decide placement for `budget` bytes of device memory (see the module docstring).
+
+    `quantized`: the DiT already has 8-bit weights (the error then does not suggest them)."""
+    if budget is None:
+        return MemoryPlan(budget=None)
+    n = len(sizes.blocks)
+    block = max(sizes.blocks) if n else 0
+    estimate = {
+        "text_encoder": sizes.text_encoder, "dit": sizes.dit, "dit_activations": activations,
+        "vae": sizes.vae, "margin": MARGIN,
+    }  # fmt: skip
+    sampling_fixed = sizes.dit_other + sizes.vae + activations + MARGIN
+    everything = sizes.text_encoder + sizes.dit + sizes.vae + activations + MARGIN
+    # When not everything fits, the text encoder runs on the CPU (a few hundred tokens through 0.6 B
+    # parameters: about a second) and is freed after encoding, so the device holds only what sampling
+    # needs, and the DiT never has to leave the device for a text-encoding phase.
+    host_te = everything > budget
+    room = budget - sampling_fixed - (0 if host_te else sizes.text_encoder)
+    blocks = sizes.dit - sizes.dit_other
+    common = {"budget": budget, "release_text_encoder": host_te, "text_encoder_on_host": host_te,
+              "prefetch": prefetch, "estimate": estimate}  # fmt: skip
+    if room >= blocks:
+        return MemoryPlan(resident_blocks=n, vae_budget=room - blocks + activations, **common)
+    in_flight = (prefetch + 1) * block
+    if room < in_flight:
+        need = (sampling_fixed + in_flight) / GB
+        tries = (
+            "a smaller image or a larger budget"
+            if quantized
+            else "--weights int8, a smaller image, or a larger budget"
+        )
+        raise AnimaError(
+            f"--vram-budget {budget / GB:.2f} GB is too small for this model and size (streaming needs "
+            f"{need:.2f} GB); try {tries}"
+        )
+    resident = min(n, (room - in_flight) // block) if block else n
+    left = room - resident * block - in_flight + activations
+    return MemoryPlan(stream_blocks=True, resident_blocks=int(resident), vae_budget=left, **common)
+
+
+def cpu_default_plan() -> MemoryPlan:
+    """The CLI's plan on a CPU without a budget: free the text encoder (2 GB in fp32) before the DiT
+    runs. Its reload costs a few seconds per new prompt, next to minutes of CPU sampling, and it keeps
+    the peak RSS of a run to about the DiT plus the VAE (the memory-mapped DiT is not resident yet
+    while the text encoder runs)."""
+    return MemoryPlan(budget=None, release_text_encoder=True)
+
+
+def auto_budget(device: torch.device) -> int | None:
+    """Free memory of a CUDA device (the automatic budget); None elsewhere (no planning on CPU)."""
+    if device.type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free)
+
+
+def budget_from_gb(value: float | str | None, device: torch.device) -> int | None:
+    """``--vram-budget``: a number of GB, 'auto' (free memory on CUDA, none on CPU) or None."""
+    if value is None or value == "none":
+        return None
+    if value == "auto":
+        return auto_budget(device)
+    try:
+        gb = float(value)
+    except (TypeError, ValueError):
+        raise AnimaError(f"--vram-budget takes a number of GB or 'auto', got '{value}'") from None
+    if not gb > 0:
+        raise AnimaError(f"--vram-budget must be > 0 GB, got {value}")
+    return int(gb * GB)
+
+
+# -- the text encoder's lifetime ---------------------------------------------------------------
+
+
+def release_text_encoder(pipe) -> bool:
+    """Drop the pipeline's text encoder (it is rebuilt by `ensure_text_encoder` when needed again).
+
+    Returns False (and keeps it) when the pipeline has no `text_encoder_loader` to rebuild it with.
+    """
+    if getattr(pipe, "text_encoder_loader", None) is None or pipe.text_encoder is None:
+        return False
+    pipe.text_encoder = None
+    pipe.conditioner.text_encoder = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return True
+
+
+def ensure_text_encoder(pipe) -> None:
+    """Reload a released text encoder from its file (no-op when it is loaded)."""
+    if pipe.conditioner.text_encoder is not None:
+        return
+    loader = getattr(pipe, "text_encoder_loader", None)
+    if loader is None:
+        raise AnimaError("the text encoder was released and this pipeline cannot reload it")
+    pipe.text_encoder = loader()
+    pipe.conditioner.text_encoder = pipe.text_encoder
+
+
+def apply_memory_plan(pipe, plan: MemoryPlan, device: torch.device | str | None = None):
+    """Place a loaded pipeline's parts for `plan` on `device` (default: the pipeline's) and attach it.
+
+    Load the pipeline on the CPU when a budget is tight (nothing is copied twice), then call this: the
+    adapter, VAE, the DiT's non-block layers and its resident blocks move to the device, the text
+    encoder too unless the plan runs it on the CPU; streamed blocks stay in host memory behind a
+    `BlockStreamer`, which is returned (None when not streaming). The text encoder is released
+    later, after encoding, when the plan says so.
+    """
+    from anima.runtime.streaming import BlockStreamer
+
+    device = torch.device(device) if device is not None else pipe.device
+    pipe.device = device
+    pipe.conditioner.device = device
+    te_device = torch.device("cpu") if plan.text_encoder_on_host else device
+    for part in (pipe.adapter, pipe.vae):
+        part.to(device)
+    if pipe.text_encoder is not None:
+        pipe.text_encoder.to(te_device)
+    for name, child in pipe.dit.named_children():
+        if name != "blocks":
+            child.to(device)
+    loader = getattr(pipe, "text_encoder_loader", None)
+    if isinstance(loader, functools.partial) and "device" in loader.keywords:
+        pipe.text_encoder_loader = functools.partial(
+            loader.func, *loader.args, **{**loader.keywords, "device": te_device}
+        )
+    pipe.memory_plan = plan
+    if not plan.stream_blocks:
+        pipe.dit.blocks.to(device)
+        return None
+    return BlockStreamer(
+        pipe.dit.blocks, device, resident=plan.resident_blocks, prefetch=plan.prefetch
+    ).attach()
