@@ -3,10 +3,10 @@
 The model is hidden behind ``model_x0(x, sigma, context, negative=None) -> x0`` (the pipeline
 builds it from the DiT); `negative` is given only to the cond forward of attention-space guidance
 (NAG), which the model applies itself. Conditioning can change per step (prompt editing):
-`pos[i]` / `neg[i]` are the contexts of step i (0-based), usually a handful of distinct tensors repeated. The step of a call is found from
-its sigma: step i covers ``(sigmas[i + 1], sigmas[i]]``, so a second evaluation inside a step (heun,
-dpmpp_sde) at the next sigma counts as the next step's, and a sampler's own tweak of the first
-sigma (er_sde) stays in step 0.
+`pos[i]` / `neg[i]` are the contexts of step i (0-based), usually a handful of distinct tensors
+repeated. The step of a call is found from its sigma: step i covers ``(sigmas[i + 1], sigmas[i]]``,
+so a second evaluation inside a step (heun, dpmpp_sde) at the next sigma counts as the next step's,
+and a sampler's own tweak of the first sigma (er_sde) stays in step 0.
 """
 
 from __future__ import annotations
