@@ -2,10 +2,10 @@
 
 A saved PNG carries two text chunks:
 
-- ``parameters``: the AUTOMATIC1111 "infotext" (prompt line, ``Negative prompt: ...`` line, then
-  ``Steps: 30, Sampler: ER SDE, ...``), so A1111/Forge "PNG Info", civitai and image browsers
-  read it. ComfyUI sampler and scheduler names are written as their A1111/Forge labels.
-- ``anima_recipe``: the full `Recipe` as JSON, lossless; `read_recipe` prefers it.
+- ``parameters``: the AUTOMATIC1111 "infotext" (`anima.interop.a1111`), so A1111/Forge "PNG Info",
+  civitai and image browsers read it;
+- ``anima_recipe``: the full `Recipe` as JSON (`anima.recipe.codec`), lossless; `read_recipe`
+  prefers it, and still reads the JSON of earlier anima versions (`anima.interop.legacy`).
 
 numpy and PIL are imported on first use so that importing this module stays cheap.
 """
@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import MappingProxyType
 from typing import IO, TYPE_CHECKING, Any
 
 from anima.errors import AnimaError
+from anima.interop import a1111, legacy
 from anima.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -33,63 +32,6 @@ log = logging.getLogger(__name__)
 
 PARAMETERS_KEY = "parameters"
 RECIPE_KEY = "anima_recipe"
-
-# ComfyUI sampler name -> A1111 / Forge label (labels as in A1111 1.10 and Forge Neo).
-SAMPLER_LABELS: Mapping[str, str] = MappingProxyType(
-    {
-        "euler": "Euler",
-        "euler_ancestral": "Euler a",
-        "heun": "Heun",
-        "dpm_2": "DPM2",
-        "dpm_2_ancestral": "DPM2 a",
-        "lms": "LMS",
-        "dpm_fast": "DPM fast",
-        "dpm_adaptive": "DPM adaptive",
-        "dpmpp_2s_ancestral": "DPM++ 2S a",
-        "dpmpp_sde": "DPM++ SDE",
-        "dpmpp_2m": "DPM++ 2M",
-        "dpmpp_2m_sde": "DPM++ 2M SDE",
-        "dpmpp_2m_sde_heun": "DPM++ 2M SDE Heun",
-        "dpmpp_3m_sde": "DPM++ 3M SDE",
-        "ddim": "DDIM",
-        "uni_pc": "UniPC",
-        "lcm": "LCM",
-        "er_sde": "ER SDE",
-        "res_multistep": "Res Multistep",
-        # ComfyUI's *_gpu variants only move the Brownian noise to the GPU; A1111 has one label.
-        # They come after their CPU twins so that reading a label back gives the CPU name.
-        "dpmpp_sde_gpu": "DPM++ SDE",
-        "dpmpp_2m_sde_gpu": "DPM++ 2M SDE",
-        "dpmpp_2m_sde_heun_gpu": "DPM++ 2M SDE Heun",
-        "dpmpp_3m_sde_gpu": "DPM++ 3M SDE",
-    }
-)
-
-# ComfyUI scheduler name -> A1111 / Forge "Schedule type" label.
-SCHEDULER_LABELS: Mapping[str, str] = MappingProxyType(
-    {
-        "simple": "Simple",
-        "normal": "Normal",
-        "karras": "Karras",
-        "exponential": "Exponential",
-        "sgm_uniform": "SGM Uniform",
-        "beta": "Beta",
-        "ddim_uniform": "DDIM",
-        "linear_quadratic": "Linear Quadratic",
-        "kl_optimal": "KL Optimal",
-    }
-)
-
-
-def _invert(labels: Mapping[str, str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, label in labels.items():
-        out.setdefault(label.lower(), name)
-    return out
-
-
-_SAMPLER_NAMES = _invert(SAMPLER_LABELS)
-_SCHEDULER_NAMES = {**_invert(SCHEDULER_LABELS), "sgmuniform": "sgm_uniform"}
 
 
 # --------------------------------------------------------------------- pixels
@@ -122,173 +64,6 @@ def load_image(path: str | Path) -> torch.Tensor:
         rgb = ImageOps.exif_transpose(im).convert("RGB")
         arr = np.asarray(rgb, dtype=np.uint8).astype(np.float32) / np.float32(255.0)
     return torch.from_numpy(arr).unsqueeze(0)
-
-
-# --------------------------------------------------------------------- A1111 infotext
-def _number(value: float) -> str:
-    """4.0 -> "4", 4.5 -> "4.5": integral floats print like A1111 prints its slider values."""
-    value = float(value)
-    return str(int(value)) if value.is_integer() else repr(value)
-
-
-def _quote(value: str) -> str:
-    # A1111 JSON-quotes values that would break the "k: v, k: v" line; a leading quote is ours.
-    if any(c in value for c in ',:\n"') or value != value.strip():
-        return json.dumps(value, ensure_ascii=False)
-    return value
-
-
-def a1111_parameters(recipe: Recipe, *, batch_pos: int | None = None) -> str:
-    """The A1111 ``parameters`` text for `recipe` (lines: prompt, negative prompt, settings)."""
-    pairs: list[tuple[str, str]] = [
-        ("Steps", str(recipe.steps)),
-        ("Sampler", SAMPLER_LABELS.get(recipe.sampler, recipe.sampler)),
-        ("Schedule type", SCHEDULER_LABELS.get(recipe.scheduler, recipe.scheduler)),
-        ("CFG scale", _number(recipe.cfg)),
-        ("Seed", str(recipe.seed)),
-        ("Size", f"{recipe.width}x{recipe.height}"),
-    ]
-    if recipe.model_hash:
-        pairs.append(("Model hash", recipe.model_hash))
-    if recipe.model:
-        pairs.append(("Model", recipe.model))
-    pairs.append(("Shift", _number(recipe.shift)))
-    if recipe.denoise != 1.0:
-        pairs.append(("Denoising strength", _number(recipe.denoise)))
-    if recipe.batch_size > 1:
-        pairs.append(("Batch size", str(recipe.batch_size)))
-        if batch_pos is not None:
-            pairs.append(("Batch pos", str(batch_pos)))
-    if recipe.loras:
-        pairs.append(("Loras", ", ".join(f"{n}:{_number(w)}" for n, w in recipe.loras)))
-    pairs.extend(recipe.extra)
-    lines = [recipe.prompt]
-    if recipe.negative_prompt:
-        lines.append(f"Negative prompt: {recipe.negative_prompt}")
-    lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in pairs))
-    return "\n".join(lines)
-
-
-_PAIR = re.compile(r'\s*([A-Za-z][\w \-/+.()]*?):\s*("(?:\\.|[^\\"])*"|[^,]*)\s*(?:,|$)')
-
-
-def _parse_pairs(line: str) -> list[tuple[str, str]] | None:
-    """Split ``k: v, k: "v, w"`` into pairs, or None when the line is not entirely such pairs."""
-    pairs, pos = [], 0
-    while pos < len(line):
-        m = _PAIR.match(line, pos)
-        if not m or m.end() == pos:
-            return None
-        key, value = m.group(1).strip(), m.group(2).strip()
-        if value.startswith('"') and value.endswith('"') and len(value) >= 2:
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
-        pairs.append((key, value))
-        pos = m.end()
-    return pairs
-
-
-def parse_a1111_parameters(text: str) -> dict[str, str]:
-    """Inverse of `a1111_parameters`, tolerant of other writers.
-
-    Returns ``prompt``, ``negative_prompt`` ("" when absent) and every "Key: value" setting as
-    text, unquoted. The settings line is the last line when it starts with ``Steps:`` or holds
-    at least three pairs (A1111's own rule of thumb).
-    """
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").strip("\n").split("\n")
-    settings: list[tuple[str, str]] = []
-    if lines:
-        pairs = _parse_pairs(lines[-1].strip())
-        if pairs and (lines[-1].lstrip().startswith("Steps:") or len(pairs) >= 3):
-            settings = pairs
-            lines = lines[:-1]
-    prompt_lines: list[str] = []
-    negative_lines: list[str] | None = None
-    for line in lines:
-        if negative_lines is None and line.startswith("Negative prompt:"):
-            negative_lines = [line[len("Negative prompt:") :].lstrip(" ")]
-        elif negative_lines is not None:
-            negative_lines.append(line)
-        else:
-            prompt_lines.append(line)
-    out = {"prompt": "\n".join(prompt_lines), "negative_prompt": "\n".join(negative_lines or [])}
-    out.update(settings)
-    return out
-
-
-def _comfy_name(label: str, names: Mapping[str, str]) -> str:
-    key = label.strip().lower()
-    if key in names:
-        return names[key]
-    # Already a ComfyUI name, or an unknown label: "DPM++ 2M" -> "dpmpp_2m" style.
-    return re.sub(r"\s+", "_", key.replace("++", "pp"))
-
-
-_STANDARD = {
-    "Steps": ("steps", int),
-    "CFG scale": ("cfg", float),
-    "Seed": ("seed", int),
-    "Model hash": ("model_hash", str),
-    "Model": ("model", str),
-    "Shift": ("shift", float),
-    "Denoising strength": ("denoise", float),
-    "Batch size": ("batch_size", int),
-}
-_DROPPED = {"Batch pos"}  # describes one file, not the recipe
-
-
-def recipe_from_a1111(params: Mapping[str, str]) -> Recipe:
-    """A `Recipe` from `parse_a1111_parameters` output; unknown settings land in `extra`."""
-    fields: dict[str, Any] = {
-        "prompt": params.get("prompt", ""),
-        "negative_prompt": params.get("negative_prompt", ""),
-    }
-    extra: list[tuple[str, str]] = []
-    sampler = params.get("Sampler")
-    scheduler = params.get("Schedule type")
-    if sampler and not scheduler and sampler.lower() not in _SAMPLER_NAMES:
-        # Before A1111 1.9 the schedule was part of the label: "DPM++ 2M Karras".
-        head, _, tail = sampler.rpartition(" ")
-        if head and tail.lower() in _SCHEDULER_NAMES:
-            sampler, scheduler = head, tail
-    if sampler:
-        fields["sampler"] = _comfy_name(sampler, _SAMPLER_NAMES)
-    if scheduler and scheduler.lower() != "automatic":
-        fields["scheduler"] = _comfy_name(scheduler, _SCHEDULER_NAMES)
-    params = dict(params)
-    if "Hires upscale" in params and "Denoising strength" in params:
-        # In an A1111 hires-fix PNG the denoising strength belongs to the second pass, not img2img.
-        strength = params.pop("Denoising strength")
-        params.setdefault("Hires denoise", strength)
-    for key, value in params.items():
-        if key in ("prompt", "negative_prompt", "Sampler", "Schedule type") or key in _DROPPED:
-            continue
-        if key == "Size":
-            m = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", value)
-            if not m:
-                raise AnimaError(f"A1111 parameters: bad Size {value!r}")
-            fields["width"], fields["height"] = int(m.group(1)), int(m.group(2))
-        elif key in _STANDARD:
-            name, kind = _STANDARD[key]
-            try:
-                fields[name] = kind(value)
-            except ValueError:
-                raise AnimaError(f"A1111 parameters: {key} {value!r} is not a {kind.__name__}") from None
-        elif key == "Loras":
-            fields["loras"] = tuple(_parse_lora(item) for item in value.split(", ") if item.strip())
-        else:
-            extra.append((key, value))
-    return Recipe(**fields, extra=tuple(extra))
-
-
-def _parse_lora(item: str) -> tuple[str, float]:
-    name, _, weight = item.strip().rpartition(":")
-    try:
-        return (name, float(weight)) if name else (item.strip(), 1.0)
-    except ValueError:
-        return (item.strip(), 1.0)
 
 
 # --------------------------------------------------------------------- files
@@ -346,7 +121,7 @@ def save_png(
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] != 3:
         raise ValueError(f"save_png needs one [H,W,3] uint8 image, got {arr.dtype} {tuple(arr.shape)}")
     info = PngImagePlugin.PngInfo()
-    info.add_text(PARAMETERS_KEY, a1111_parameters(recipe, batch_pos=batch_pos))
+    info.add_text(PARAMETERS_KEY, a1111.infotext(recipe, batch_pos=batch_pos))
     info.add_text(RECIPE_KEY, recipe.to_json())
     for key, value in (extra_json or {}).items():
         if key in (PARAMETERS_KEY, RECIPE_KEY) or not 1 <= len(key) <= 79 or not key.isascii():
@@ -379,28 +154,39 @@ def read_png_text(path: str | Path) -> dict[str, str]:
 
 
 def read_recipe(path: str | Path) -> Recipe:
-    """The recipe stored in an image: ``anima_recipe`` if present, else the A1111 ``parameters``."""
-    text = read_png_text(path)
-    if RECIPE_KEY in text:
-        try:
-            return Recipe.from_json(text[RECIPE_KEY])
-        except AnimaError as exc:
-            raise AnimaError(f"{path}: {exc}") from None
-    if PARAMETERS_KEY in text:
-        try:
-            return recipe_from_a1111(parse_a1111_parameters(text[PARAMETERS_KEY]))
-        except AnimaError as exc:
-            raise AnimaError(f"{path}: {exc}") from None
-    raise AnimaError(f"{path} holds no generation settings (no '{RECIPE_KEY}' or '{PARAMETERS_KEY}' text)")
+    """The recipe stored in an image: ``anima_recipe`` if present (this version's JSON, or an earlier
+    version's), else the A1111 ``parameters``."""
+    return recipe_from_text(read_png_text(path), str(path))
+
+
+def recipe_from_text(text: Mapping[str, str], where: str) -> Recipe:
+    """The recipe in a PNG's text chunks (see `read_recipe`); `where` names the file in errors."""
+    try:
+        if RECIPE_KEY in text:
+            return recipe_from_json(text[RECIPE_KEY])
+        if PARAMETERS_KEY in text:
+            return a1111.recipe_from_infotext(a1111.parse_infotext(text[PARAMETERS_KEY]))
+    except AnimaError as exc:
+        raise AnimaError(f"{where}: {exc}", setting=exc.setting) from None
+    raise AnimaError(f"{where} holds no generation settings (no '{RECIPE_KEY}' or '{PARAMETERS_KEY}' text)")
+
+
+def recipe_from_json(text: str) -> Recipe:
+    """A recipe JSON of any anima version: ``anima-recipe/2`` or the older ``anima-recipe/1``."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise AnimaError(f"recipe is not valid JSON: {exc}") from None
+    return legacy.recipe_from_data(data)
 
 
 def output_paths(out: str | Path, n: int) -> list[Path]:
-    """Where to save `n` images for ``--out OUT``: OUT.png for one; OUT_0.png, OUT_1.png, ... else."""
+    """Where to save `n` images for an output name: OUT.png for one; OUT_0.png, OUT_1.png, ... else."""
     if n < 1:
         raise ValueError(f"need at least one image, got {n}")
     out = Path(out)
     if out.suffix.lower() in (".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"):
-        raise AnimaError(f"--out {out}: anima writes PNG files; use a .png name")
+        raise AnimaError(f"output {out}: anima writes PNG files; use a .png name")
     base = out.with_suffix("") if out.suffix.lower() == ".png" else out
     if n == 1:
         return [base.with_name(base.name + ".png")]

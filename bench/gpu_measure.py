@@ -50,22 +50,21 @@ def recipe(size: int, steps: int):
 
 
 def load(
-    files, tokenizers: Path, device: torch.device, *, size: int, dtype=torch.bfloat16, hash_cache=None, **perf
+    files, tokenizers: Path, device: torch.device, *, size: int, dtype="bf16", hash_cache=None, **options
 ) -> tuple[object, list[str], float]:
-    """The pipeline as `anima generate --device D` builds it, with `perf` as PerfOptions fields.
+    """The pipeline as `anima generate --device D` builds it, with `options` as RunOptions fields.
     `hash_cache` as the CLI keeps one (the DiT's A1111 hash is computed once per file, not per load)."""
-    from anima.pipeline import Pipeline
-    from anima.runtime.options import PerfOptions, apply_perf
+    from anima.pipeline import Pipeline, RunOptions
 
-    opts = PerfOptions(**perf).checked()
+    opts = RunOptions(
+        device=str(device), dtype=dtype, hash_cache=hash_cache, plan_size=(size, size, 1), **options
+    )
     t0 = time.perf_counter()
     pipe = Pipeline.from_files(
-        files.dit, files.text_encoder, files.vae, tokenizer_dir=tokenizers,
-        device=opts.load_device(device), dtype=dtype, hash_cache=hash_cache,
-    )  # fmt: skip
-    notes = apply_perf(pipe, opts, device, width=size, height=size, batch=1)
+        files.dit, files.text_encoder, files.vae, tokenizer_dir=tokenizers, options=opts
+    )
     sync(device)
-    return pipe, notes, time.perf_counter() - t0
+    return pipe, list(pipe.notes), time.perf_counter() - t0
 
 
 def timed(pipe, rec, device: torch.device, *, phases: bool = False) -> tuple[dict, torch.Tensor]:

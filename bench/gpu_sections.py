@@ -148,11 +148,7 @@ def profile(ctx: Context) -> dict:
 def step_cache(ctx: Context) -> dict:
     out = {}
     for threshold in (0.05, 0.1):
-        ctx.pipe.step_cache = threshold
-        try:
-            r, img = timed(ctx.pipe, ctx.recipe, ctx.device)
-        finally:
-            ctx.pipe.step_cache = None
+        r, img = timed(ctx.pipe, ctx.recipe.with_(step_cache=threshold), ctx.device)
         out[str(threshold)] = {**r, **diff(img, ctx.ref)}
     return out
 
@@ -184,18 +180,18 @@ def _budget(ctx: Context, **perf) -> dict:
 
 
 def budget_8gb(ctx: Context) -> dict:
-    return _budget(ctx, vram_budget="8")
+    return _budget(ctx, vram_budget=8.0)
 
 
 def budget_4gb_int8(ctx: Context) -> dict:
-    return _budget(ctx, vram_budget="4", weights="int8")
+    return _budget(ctx, vram_budget=4.0, weights="int8")
 
 
 def streaming(ctx: Context) -> dict:
     """Budgets below the DiT's size, so that blocks are streamed from host memory."""
     return {
-        "bf16_3gb": _budget(ctx, vram_budget="3"),
-        "int8_2.2gb": _budget(ctx, vram_budget="2.2", weights="int8"),
+        "bf16_3gb": _budget(ctx, vram_budget=3.0),
+        "int8_2.2gb": _budget(ctx, vram_budget=2.2, weights="int8"),
     }
 
 
@@ -219,7 +215,7 @@ def fp16(ctx: Context) -> dict:
     """fp16 compute (GPUs without bf16): finite? Then fp16 accumulation in its matmuls (the flag only
     affects fp16 products, so it is measured here): speed and image difference against plain fp16."""
     free(ctx.device)
-    pipe, notes, _ = _load(ctx, dtype=torch.float16)
+    pipe, notes, _ = _load(ctx, dtype="fp16")
     timed(pipe, ctx.recipe, ctx.device)
     plain, img = best_of(pipe, ctx.recipe, ctx.device, 2)
     out = {"notes": notes, "fp16": {**plain, **diff(img, ctx.ref)}}
@@ -238,13 +234,13 @@ def fp16(ctx: Context) -> dict:
 
 def _compiled(ctx: Context, options: dict | None) -> dict:
     """`--compile` (with Inductor `options`): compile and warm-up time, then the best of two runs."""
-    from anima.runtime.options import compile_dit
+    from anima.pipeline.placement import compile_dit
 
     free(ctx.device)
     pipe, notes, load_s = _load(ctx)
     size = ctx.args.size
     t0 = time.perf_counter()
-    note = compile_dit(pipe, width=size, height=size, batch=1, options=options)
+    note = compile_dit(pipe, size, size, 1, options=options)
     compile_s = time.perf_counter() - t0
     r, img = best_of(pipe, ctx.recipe, ctx.device, 2)
     del pipe

@@ -60,17 +60,17 @@ def _result(timers: dict, case: Case, wall: float) -> dict:
 
 
 def load_anima(files, tokenizers: Path, dtype: torch.dtype, hash_cache: Path | None = None, *, case: Case):
-    """The pipeline as `anima generate` sets it up: default `PerfOptions` (on a CPU: the text encoder
+    """The pipeline as `anima generate` sets it up: default `RunOptions` (on a CPU: the text encoder
     is released after encoding)."""
-    from anima.pipeline import Pipeline
-    from anima.runtime.options import PerfOptions, apply_perf
+    from anima.pipeline import Pipeline, RunOptions
+    from anima.runtime.precision import SHORT_NAMES
 
-    pipe = Pipeline.from_files(
-        files.dit, files.text_encoder, files.vae, tokenizer_dir=tokenizers, device="cpu", dtype=dtype,
-        hash_cache=hash_cache,
-    )  # fmt: skip
-    apply_perf(pipe, PerfOptions(), torch.device("cpu"), width=case.width, height=case.height, batch=1)
-    return pipe
+    options = RunOptions(
+        device="cpu", dtype=SHORT_NAMES[dtype], hash_cache=hash_cache, plan_size=(case.width, case.height, 1)
+    )
+    return Pipeline.from_files(
+        files.dit, files.text_encoder, files.vae, tokenizer_dir=tokenizers, options=options
+    )
 
 
 def run_anima(pipe, case: Case, seed: int = 0) -> dict:
@@ -80,10 +80,8 @@ def run_anima(pipe, case: Case, seed: int = 0) -> dict:
         prompt=PROMPT, negative_prompt=NEGATIVE, width=case.width, height=case.height, steps=case.steps,
         cfg=CFG, sampler="euler", scheduler="simple", seed=seed,
     )  # fmt: skip
-    from anima.runtime.memory import ensure_text_encoder
-
     t0 = time.perf_counter()
-    ensure_text_encoder(pipe)  # released after the previous size's run: reported as te_reload_s
+    pipe.ensure_text_encoder()  # released after the previous size's run: reported as te_reload_s
     reload_s = time.perf_counter() - t0
     parts = {
         "text": [pipe.text_encoder, pipe.adapter],

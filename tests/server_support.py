@@ -24,11 +24,12 @@ MODEL_NAME = "anima_tiny_dit"
 
 
 def tiny_service(lora_dirs=()):
+    from anima.pipeline import RunOptions
     from anima.server.service import PipelineService
 
     return PipelineService.from_files(
         TINY_FILES["dit"], TINY_FILES["text_encoder"], TINY_FILES["vae"],
-        tokenizer_dir=TOKENIZERS, lora_dirs=lora_dirs, device="cpu", dtype="fp32",
+        tokenizer_dir=TOKENIZERS, lora_dirs=lora_dirs, options=RunOptions(device="cpu", dtype="fp32"),
     )  # fmt: skip
 
 

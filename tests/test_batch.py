@@ -10,19 +10,21 @@ from conftest import TINY, TOKENIZERS
 
 from anima.cli import main
 from anima.errors import AnimaError
-from anima.jobs.batch import Job, LocalExecutor, PipelineSpec, read_jobs, run_jobs, with_keys
+from anima.jobs.batch import BatchJob, LocalExecutor, PipelineSpec, read_jobs, run_jobs, with_keys
 from anima.jobs.store import OutputStore
+from anima.pipeline import RunOptions
 from anima.recipe import Recipe
+from anima.weights.discovery import ModelSet
 
 W = TINY / "weights"
 SPEC = PipelineSpec(
-    dit=str(W / "anima_tiny_dit.safetensors"), text_encoder=str(W / "qwen3_tiny_te.safetensors"),
-    vae=str(W / "wan21_tiny_vae.safetensors"), qwen_tokenizer=str(TOKENIZERS / "qwen"),
-    t5_tokenizer=str(TOKENIZERS / "t5"), device="cpu", dtype="fp32",
+    ModelSet("anima_tiny_dit", W / "anima_tiny_dit.safetensors", W / "qwen3_tiny_te.safetensors",
+             W / "wan21_tiny_vae.safetensors", TOKENIZERS / "qwen", TOKENIZERS / "t5", "explicit"),
+    RunOptions(device="cpu", dtype="fp32"),
 )  # fmt: skip
 MODEL = [
-    "--dit", SPEC.dit, "--text-encoder", SPEC.text_encoder, "--vae", SPEC.vae,
-    "--tokenizer-dir", str(TOKENIZERS), "--dtype", "fp32",
+    "--dit", str(SPEC.models.dit), "--text-encoder", str(SPEC.models.text_encoder),
+    "--vae", str(SPEC.models.vae), "--tokenizer-dir", str(TOKENIZERS), "--dtype", "fp32",
 ]  # fmt: skip
 FAST = {"width": 64, "height": 64, "steps": 2, "sampler": "euler"}
 
@@ -84,9 +86,11 @@ def test_missing_or_empty_job_file(tmp_path: Path) -> None:
         read_jobs(tmp_path / "empty.txt")
 
 
-def _jobs(n: int, fingerprint: str = "fp") -> list[Job]:
+def _jobs(n: int, fingerprint: str = "fp") -> list[BatchJob]:
     base = Recipe(prompt="1girl", **FAST)
-    jobs = [Job(recipe=base.with_(prompt=f"1girl, tag{i}", seed=i), source="t", line=i + 1) for i in range(n)]
+    jobs = [
+        BatchJob(recipe=base.with_(prompt=f"1girl, tag{i}", seed=i), source="t", line=i + 1) for i in range(n)
+    ]
     return with_keys(jobs, fingerprint, "fp32")
 
 

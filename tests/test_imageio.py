@@ -14,19 +14,18 @@ from PIL import Image, PngImagePlugin
 
 from anima.errors import AnimaError
 from anima.imageio import (
-    SAMPLER_LABELS,
-    SCHEDULER_LABELS,
-    a1111_parameters,
     atomic_write,
     load_image,
     output_paths,
-    parse_a1111_parameters,
     read_png_text,
     read_recipe,
-    recipe_from_a1111,
     save_png,
     to_uint8,
 )
+from anima.interop.a1111 import SAMPLER_LABELS, SCHEDULER_LABELS
+from anima.interop.a1111 import infotext as a1111_parameters
+from anima.interop.a1111 import parse_infotext as parse_a1111_parameters
+from anima.interop.a1111 import recipe_from_infotext as recipe_from_a1111
 from anima.recipe import Recipe
 
 E2E_CASES = sorted(p.name for p in (TINY / "e2e").iterdir())
@@ -107,7 +106,10 @@ def test_a1111_format_is_pinned() -> None:
 
 ROUND_TRIP = [
     Recipe(
-        "a girl, (red:1.2)\nsecond line", seed=2**64 - 1, model="m: x", extra=(("Guidance", "apg, eta 1"),)
+        "a girl, (red:1.2)\nsecond line",
+        seed=2**64 - 1,
+        model="m: x",
+        extra=(("ADetailer model", "face, v8"),),
     ),
     Recipe(
         "", negative_prompt="", steps=8, cfg=1.0, sampler="euler", scheduler="karras", width=832, height=1216
@@ -279,12 +281,10 @@ def test_modules_import_light() -> None:
 
 
 def test_a1111_hires_png_denoise_goes_to_the_hires_pass() -> None:
-    from anima.imageio import parse_a1111_parameters, recipe_from_a1111
-
     text = (
         "1girl\nNegative prompt: bad\nSteps: 20, Sampler: Euler, CFG scale: 4, Seed: 5, Size: 512x512, "
         "Denoising strength: 0.45, Hires upscale: 1.5, Hires upscaler: Lanczos"
     )
     recipe = recipe_from_a1111(parse_a1111_parameters(text))
     assert recipe.denoise == 1.0
-    assert dict(recipe.extra)["Hires denoise"] == "0.45"
+    assert recipe.hires.denoise == 0.45

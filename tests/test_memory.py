@@ -17,30 +17,29 @@ from conftest import TINY, TOKENIZERS
 
 from anima.errors import AnimaError
 from anima.model.dit import MiniTrainDIT
-from anima.pipeline import Pipeline
+from anima.pipeline import Pipeline, RunOptions
 from anima.recipe import Recipe
-from anima.runtime.memory import (
-    GB,
-    MARGIN,
-    ModelSizes,
-    apply_memory_plan,
-    budget_from_gb,
-    dit_activation_bytes,
-    plan_memory,
-)
+from anima.runtime.memory import GB, MARGIN, ModelSizes, budget_from_gb, dit_activation_bytes, plan_memory
 from anima.runtime.streaming import BlockStreamer
+from anima.weights.loading import load_text_encoder
 
 MB = 2**20
 RECIPE = Recipe(prompt="1girl, red hair", width=128, height=128, steps=3, cfg=4.0, sampler="euler", seed=5)
+W = TINY / "weights"
+
+
+def _tiny(**options) -> Pipeline:
+    """The tiny pipeline (fp32, CPU), planned for RECIPE's size under `options`."""
+    return Pipeline.from_files(
+        W / "anima_tiny_dit.safetensors", W / "qwen3_tiny_te.safetensors", W / "wan21_tiny_vae.safetensors",
+        tokenizer_dir=TOKENIZERS,
+        options=RunOptions(device="cpu", dtype="fp32", plan_size=(128, 128, 1), **options),
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def pipe() -> Pipeline:
-    w = TINY / "weights"
-    return Pipeline.from_files(
-        w / "anima_tiny_dit.safetensors", w / "qwen3_tiny_te.safetensors", w / "wan21_tiny_vae.safetensors",
-        tokenizer_dir=TOKENIZERS, device="cpu", dtype="fp32",
-    )  # fmt: skip
+    return _tiny(release_text_encoder=False)
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +47,11 @@ def reference(pipe) -> torch.Tensor:
     return pipe.generate(RECIPE).images
 
 
-@pytest.fixture(scope="module")
-def deep_pipe() -> Pipeline:
+def _deep(pipe: Pipeline, **options) -> Pipeline:
     """The tiny pipeline with a 6-block DiT (blocks 2.. repeat the tiny blocks): deep enough that a
     budget can hold some blocks but not all, with prefetch."""
-    w = TINY / "weights"
-    p = Pipeline.from_files(
-        w / "anima_tiny_dit.safetensors", w / "qwen3_tiny_te.safetensors", w / "wan21_tiny_vae.safetensors",
-        tokenizer_dir=TOKENIZERS, device="cpu", dtype="fp32",
-    )  # fmt: skip
-    cfg = dataclasses.replace(p.dit.cfg, num_blocks=6)
-    sd = p.dit.state_dict()
+    cfg = dataclasses.replace(pipe.dit.cfg, num_blocks=6)
+    sd = pipe.dit.state_dict()
     for k in [k for k in sd if k.startswith("blocks.")]:
         j, rest = k.split(".", 2)[1:]
         for copy_j in range(int(j) + 2, 6, 2):
@@ -66,8 +59,16 @@ def deep_pipe() -> Pipeline:
     with torch.device("meta"):
         deep = MiniTrainDIT(cfg)
     deep.load_state_dict(sd, strict=True, assign=True)
-    p.dit = deep.eval()
-    return p
+    return Pipeline(
+        dit=deep.eval(), adapter=pipe.adapter, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+        vae=pipe.vae, options=RunOptions(device="cpu", dtype="fp32", plan_size=(128, 128, 1), **options),
+        text_encoder_loader=lambda dev: load_text_encoder(W / "qwen3_tiny_te.safetensors", device=dev),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def deep_pipe(pipe) -> Pipeline:
+    return _deep(pipe, release_text_encoder=False)
 
 
 @pytest.fixture(scope="module")
@@ -102,11 +103,11 @@ def test_plan_decisions_follow_the_budget():
     assert 0 < tight.resident_blocks < 10 and in_device <= tight.budget
     assert "streamed" in tight.describe()
 
-    with pytest.raises(AnimaError, match="too small.*--weights int8"):
+    with pytest.raises(AnimaError, match="too small.*int8 weights"):
         plan_memory(sizes.dit_other + sizes.vae + act + MARGIN + 60 * MB, sizes, act)
     with pytest.raises(AnimaError, match="too small") as already_8bit:
         plan_memory(sizes.dit_other + sizes.vae + act + MARGIN + 60 * MB, sizes, act, quantized=True)
-    assert "--weights" not in str(already_8bit.value)
+    assert "int8" not in str(already_8bit.value)
 
 
 def test_budget_flag_values():
@@ -114,7 +115,7 @@ def test_budget_flag_values():
     assert budget_from_gb("4", cpu) == 4 * GB
     assert budget_from_gb(None, cpu) is None and budget_from_gb("auto", cpu) is None
     for bad in ("lots", "0", "-2"):
-        with pytest.raises(AnimaError, match="--vram-budget"):
+        with pytest.raises(AnimaError, match="memory budget"):
             budget_from_gb(bad, cpu)
 
 
@@ -125,49 +126,49 @@ def test_text_encoder_released_before_the_dit_runs(pipe, reference):
     sizes = ModelSizes.of(pipe)
     act = _activations(pipe)
     budget = sizes.dit + sizes.vae + act + MARGIN + sizes.text_encoder // 2  # not everything fits
-    plan = plan_memory(budget, sizes, act)
-    assert plan.release_text_encoder and not plan.stream_blocks
-    saved = pipe.text_encoder
-    te_ref = weakref.ref(pipe.text_encoder)
+    assert plan_memory(budget, sizes, act).release_text_encoder
+    planned = _tiny(vram_budget=budget / GB)
+    assert planned.memory_plan.release_text_encoder and not planned.memory_plan.stream_blocks
+    te_ref = weakref.ref(planned.text_encoder)
     seen: list[bool] = []
-    hook = pipe.dit.register_forward_pre_hook(lambda _m, _a: seen.append(te_ref() is None))
-    try:
-        apply_memory_plan(pipe, plan)
-        del saved
-        gc.collect()
-        out = pipe.generate(RECIPE).images
-        assert seen and all(seen)  # gone (weakref dead) at every DiT call
-        assert pipe.text_encoder is None and pipe.conditioner.text_encoder is None
-        assert torch.equal(out, reference)
-        # A new prompt reloads it from its file, encodes, and releases it again.
-        seen.clear()
-        other = pipe.generate(RECIPE.with_(prompt="a cat")).images
-        assert seen and pipe.text_encoder is None
-        assert not torch.equal(other, reference)
-    finally:
-        hook.remove()
-        pipe.memory_plan = None
-        pipe.text_encoder = pipe.conditioner.text_encoder = pipe.text_encoder_loader()
+    planned.dit.register_forward_pre_hook(lambda _m, _a: seen.append(te_ref() is None))
+    gc.collect()
+    out = planned.generate(RECIPE).images
+    assert seen and all(seen)  # gone (weakref dead) at every DiT call
+    assert planned.text_encoder is None and planned.conditioner.text_encoder is None
+    assert torch.equal(out, reference)
+    # A new prompt reloads it from its file, encodes, and releases it again.
+    seen.clear()
+    other = planned.generate(RECIPE.with_(prompt="a cat")).images
+    assert seen and planned.text_encoder is None
+    assert not torch.equal(other, reference)
+
+
+def test_cpu_runs_release_the_text_encoder_by_default():
+    """The same policy for every command: on a CPU the text encoder is freed before the DiT runs."""
+    assert _tiny().memory_plan.release_text_encoder
+    assert not _tiny(release_text_encoder=False).memory_plan.release_text_encoder
 
 
 # -- block streaming ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("resident", [0, 2])
-def test_streams_blocks_when_the_budget_is_smaller_than_the_dit(deep_pipe, deep_reference, resident):
-    pipe, reference = deep_pipe, deep_reference
-    sizes = ModelSizes.of(pipe)
-    act = _activations(pipe)
+def test_streams_blocks_when_the_budget_is_smaller_than_the_dit(pipe, deep_pipe, deep_reference, resident):
+    reference = deep_reference
+    sizes = ModelSizes.of(deep_pipe)
+    act = _activations(deep_pipe)
     block = max(sizes.blocks)
     fixed = sizes.dit_other + sizes.vae + act + MARGIN
     budget = (
         fixed + (resident + 2) * block + block // 3
     )  # less than the DiT, room for `resident` + 2 in flight
     assert budget < sizes.dit + fixed
-    plan = plan_memory(budget, sizes, act)
+    streaming = _deep(pipe, vram_budget=budget / GB)
+    plan = streaming.memory_plan
     assert plan.stream_blocks and plan.resident_blocks == resident and plan.release_text_encoder
 
-    dit = pipe.dit
+    dit = streaming.dit
     original = copy.deepcopy(dit.state_dict())
     host = {id(p): p.data_ptr() for p in dit.blocks.parameters()}
     during: list[tuple[int, bool]] = []
@@ -179,17 +180,15 @@ def test_streams_blocks_when_the_budget_is_smaller_than_the_dit(deep_pipe, deep_
 
         return hook
 
-    streamer = apply_memory_plan(pipe, plan)
+    streamer = streaming.block_streamer
     hooks = [b.register_forward_pre_hook(check(j)) for j, b in enumerate(dit.blocks)]  # after the streamer's
     try:
         assert isinstance(streamer, BlockStreamer)
-        out = pipe.generate(RECIPE).images
+        out = streaming.generate(RECIPE).images
     finally:
         streamer.detach()
         for h in hooks:
             h.remove()
-        pipe.memory_plan = None
-        pipe.text_encoder = pipe.conditioner.text_encoder = pipe.text_encoder_loader()
     assert torch.equal(out, reference)  # identical images
     streamed = [ok for j, ok in during if j >= resident]
     assert streamed and all(streamed)  # streamed blocks computed with device copies ...

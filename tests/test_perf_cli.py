@@ -58,7 +58,7 @@ def test_flags_run_and_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     with Image.open(out) as im:
         recipe = json.loads(im.info["anima_recipe"])
         assert "Weights: int8" in im.info["parameters"] and "Step cache: 0.1" in im.info["parameters"]
-    assert recipe["extra"]["Weights"] == "int8" and recipe["extra"]["Step cache"] == "0.1"
+    assert recipe["perf"]["weights"] == "int8" and recipe["perf"]["step_cache"] == 0.1
     again = tmp_path / "b.png"
     assert main(["generate", "--from-png", str(out), *MODEL, "--no-progress", "-o", str(again)]) == 0
     assert "DiT layers in int8" in capsys.readouterr().err
@@ -68,9 +68,12 @@ def test_flags_run_and_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--vram-budget", "lots"], "--vram-budget takes a number"),
-        (["--vram-budget", "-1"], "--vram-budget takes a number"),
-        (["--step-cache", "2"], "--step-cache takes a threshold"),
+        (
+            ["--vram-budget", "lots"],
+            "memory budget takes a number of GB or 'auto', got 'lots' (--vram-budget)",
+        ),
+        (["--vram-budget", "-1"], "memory budget must be > 0 GB, got -1 (--vram-budget)"),
+        (["--step-cache", "2"], "step cache threshold must be in (0, 1), e.g. 0.1; got 2.0 (--step-cache)"),
         (["--attention", "flash9"], "unknown attention backend"),
         (["--vram-budget", "0.01"], "too small"),
     ],
@@ -83,22 +86,33 @@ def test_bad_flags_fail_in_one_line_and_write_nothing(tmp_path, capsys, flags, m
     assert not out.exists()
 
 
+_CORE = {"prompt": "cat", "width": 64, "height": 64, "steps": 2, "sampler": "euler"}
+
+
 @pytest.mark.parametrize(
     ("recorded", "message"),
     [
-        ({"Step cache": "5"}, "--step-cache takes a threshold"),
-        ({"Step cache": "often"}, "bad 'Step cache'"),
-        ({"Weights": "nf4"}, "--weights takes int8 or fp8"),
+        (
+            {"format": "anima-recipe/2", **_CORE, "perf": {"step_cache": 5}},
+            "step cache threshold must be in (0, 1)",
+        ),
+        (
+            {"format": "anima-recipe/1", **_CORE, "extra": {"Step cache": "often"}},
+            "cannot read Step cache 'often'",
+        ),
+        ({"format": "anima-recipe/2", **_CORE, "perf": {"weights": "nf4"}}, "unknown weights format 'nf4'"),
+        ({"format": "anima-recipe/1", **_CORE, "extra": {"Weights": "nf4"}}, "unknown weights format 'nf4'"),
     ],
 )
 def test_bad_recorded_settings_fail_in_one_line(tmp_path, capsys, recorded, message) -> None:
-    """A PNG's recorded perf settings get the same checks as the flags."""
-    from anima.imageio import save_png
-    from anima.recipe import Recipe
+    """A PNG's recorded perf settings get the same checks as the flags (this version's recipe JSON
+    and the one earlier versions wrote)."""
+    from PIL import PngImagePlugin
 
     png = tmp_path / "made.png"
-    recipe = Recipe(prompt="cat", width=64, height=64, steps=2, sampler="euler", extra=recorded)
-    save_png(png, np.zeros((64, 64, 3), dtype=np.uint8), recipe)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("anima_recipe", json.dumps(recorded))
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(png, pnginfo=info)
     out = tmp_path / "again.png"
     assert main(["generate", "--from-png", str(png), *MODEL, "--no-progress", "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

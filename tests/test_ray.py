@@ -13,17 +13,19 @@ import pytest
 import ray  # optional extra of anima, a test dependency: pip install "anima[ray]"
 from test_batch import SPEC
 
-from anima.jobs.batch import Job, LocalExecutor, run_jobs, with_keys
+from anima.jobs.batch import BatchJob, LocalExecutor, run_jobs, with_keys
 from anima.jobs.store import OutputStore
 from anima.recipe import Recipe
 
 N_JOBS = 40  # 32x32, 2 steps: the tiny fixture model; Ray start-up dominates on a 2-core box
 
 
-def _jobs() -> list[Job]:
+def _jobs() -> list[BatchJob]:
     base = Recipe(prompt="1girl", width=32, height=32, steps=2, sampler="euler", cfg=1.0, dtype="fp32")
     jobs = [
-        Job(recipe=base.with_(prompt=f"1girl, smile, tag {i % 7}", seed=i), source="jobs.jsonl", line=i + 1)
+        BatchJob(
+            recipe=base.with_(prompt=f"1girl, smile, tag {i % 7}", seed=i), source="jobs.jsonl", line=i + 1
+        )
         for i in range(N_JOBS)
     ]
     return with_keys(jobs, SPEC.fingerprint(), "fp32")
@@ -75,7 +77,7 @@ def test_killed_actor_still_completes_every_job_once(
     victim = executor.actor_pids()[0]
     killed: list[int] = []
 
-    def kill_once(done: int, total: int, job: Job) -> None:
+    def kill_once(done: int, total: int, job: BatchJob) -> None:
         if done == 3 and not killed:
             os.kill(victim, signal.SIGKILL)
             killed.append(victim)

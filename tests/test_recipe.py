@@ -98,7 +98,7 @@ def test_json_round_trip() -> None:
         extra=(("Guidance", "apg"),),
     )
     text = r.to_json()
-    assert json.loads(text)["format"] == "anima-recipe/1"
+    assert json.loads(text)["format"] == "anima-recipe/2"  # groups as JSON objects (v1: A1111 text pairs)
     assert Recipe.from_json(text) == r
     assert Recipe.from_dict(r.to_dict()) == r
 

@@ -16,6 +16,8 @@ import webuiapi
 from PIL import Image
 from server_support import MODEL_NAME, LiveServer, tiny_service
 
+from anima.recipe import Recipe
+
 SMALL = {"width": 64, "height": 64, "steps": 3}
 
 
@@ -197,16 +199,13 @@ def test_skip_drops_one_iteration_only(server, api):
 
 def test_txt2img_hires_fix(api):
     """A1111's hires fields drive anima's hires workflow (recorded in the PNG like a CLI run)."""
-    from anima.recipe.settings import Workflow
-
     hr = {"enable_hr": True, "hr_scale": 1.5, "hr_second_pass_steps": 2, "denoising_strength": 0.6}
     result = api.txt2img(prompt="1girl", seed=3, hr_upscaler="Latent", **hr, **SMALL)
     assert result.image.size == (96, 96)
     assert [n.split(":")[0] for n in result.info["notes"]] == ["hires fix"]  # the plan, nothing ignored
-    recipe = json.loads(result.image.info["anima_recipe"])
-    wf = Workflow.from_extra(tuple(recipe["extra"].items()))
-    assert (wf.hires_scale, wf.hires_steps, wf.hires_denoise) == (1.5, 2, 0.6)
-    assert wf.hires_upscaler == "latent-bilinear"
+    hires = Recipe.from_json(result.image.info["anima_recipe"]).hires
+    assert (hires.scale, hires.steps, hires.denoise) == (1.5, 2, 0.6)
+    assert hires.upscaler == "latent-bilinear"
     assert "Hires upscale: 1.5" in result.image.info["parameters"]
     # hr_resize_x wins over hr_scale; a model upscaler becomes Lanczos, and the notes say so.
     resized = api.txt2img(

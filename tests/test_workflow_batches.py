@@ -11,10 +11,10 @@ from PIL import Image
 from anima.cli import main
 from anima.errors import AnimaError
 from anima.imageio import read_recipe
+from anima.interop.a1111 import setting_pairs
 from anima.jobs.batches import batch_recipes
 from anima.pipeline import Pipeline
 from anima.recipe import Recipe
-from anima.recipe.settings import Workflow
 from anima.sampling.noise import initial_noise
 from anima.workflows.variations import slerp, varied_noise
 
@@ -35,10 +35,10 @@ def _pixels(path) -> np.ndarray:
 def test_batch_recipes_increment_the_seed() -> None:
     r = Recipe("x", seed=2**64 - 2)
     assert [b.seed for b in batch_recipes(r, 3)] == [2**64 - 2, 2**64 - 1, 0]
-    varied = Workflow(variation_seed=10, variation_strength=0.3).apply(Recipe("x", seed=7))
+    varied = Recipe("x", seed=7).with_(variation_seed=10, variation_strength=0.3)
     batches = batch_recipes(varied, 3)
     assert [b.seed for b in batches] == [7, 7, 7]  # variations of one image: the variation seed moves
-    assert [Workflow.from_recipe(b).variation_seed for b in batches] == [10, 11, 12]
+    assert [b.setting("variation_seed") for b in batches] == [10, 11, 12]
     with pytest.raises(AnimaError):
         batch_recipes(r, 0)
 
@@ -72,7 +72,7 @@ def test_variation_strength_moves_between_the_two_seeds(pipe) -> None:
     base = Recipe("1girl", width=64, height=64, steps=3, sampler="euler", seed=11)
     img = {s: pipe.generate(base.with_(seed=s)).uint8() for s in (11, 99)}
     at = {
-        t: pipe.generate(Workflow(variation_seed=99, variation_strength=t).apply(base)).uint8()
+        t: pipe.generate(base.with_(variation_seed=99, variation_strength=t)).uint8()
         for t in (0.0, 0.3, 1.0)
     }
     assert np.array_equal(at[0.0], img[11]) and np.array_equal(at[1.0], img[99])
@@ -102,7 +102,7 @@ def test_cli_variation_reproduces_from_png(tmp_path) -> None:
     flags = ["--seed", "5", "--variation-seed", "6", "--variation-strength", "0.25"]
     assert main(["generate", "1girl", *SMALL, *flags, *MODEL_FLAGS, "-o", str(out)]) == 0
     params = read_recipe(out)
-    assert dict(params.extra) == {"Variation seed": "6", "Variation seed strength": "0.25"}
+    assert dict(setting_pairs(params)) == {"Variation seed": "6", "Variation seed strength": "0.25"}
     again = tmp_path / "again.png"
     assert main(["generate", "--from-png", str(out), *MODEL_FLAGS, "-o", str(again)]) == 0
     assert np.array_equal(_pixels(again), _pixels(out))

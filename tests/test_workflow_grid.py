@@ -12,12 +12,12 @@ from PIL import Image
 from anima.cli import main
 from anima.errors import AnimaError
 from anima.imageio import read_png_text, read_recipe
+from anima.interop.a1111 import setting_pairs
 from anima.jobs.contact_sheet import render_sheet
 from anima.jobs.grid import GRID_KEY, GridPlan, parse_axis, plan_grid
 from anima.jobs.prompt_matrix import plan_matrix
-from anima.jobs.wildcards import TEMPLATE_KEY, expand_recipe
+from anima.jobs.wildcards import expand_recipe
 from anima.recipe import Recipe
-from anima.recipe.settings import Workflow
 
 W = TINY / "weights"
 MODEL_FLAGS = [
@@ -49,7 +49,7 @@ def test_axes_and_cells() -> None:
         "prompt: blue hair",
     )
     wf_axis = plan_grid(base, [parse_axis("nag-scale=1,3"), parse_axis("size=32x48,square")])
-    assert Workflow.from_recipe(wf_axis.cells[1]).nag_scale == 3.0
+    assert wf_axis.cells[1].setting("nag_scale") == 3.0
     assert (wf_axis.cells[2].width, wf_axis.cells[2].height) == (1024, 1024)
     assert GridPlan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
 
@@ -112,11 +112,11 @@ def test_wildcards(tmp_path) -> None:
     }
     assert len(picks) == 4
     a, b = expand_recipe(r.with_(seed=5), tmp_path), expand_recipe(r.with_(seed=5), tmp_path)
-    assert a == b and dict(a.extra)[TEMPLATE_KEY] == "1girl, __hair/colour__ hair"
+    assert a == b and a.origin.wildcard_prompt == "1girl, __hair/colour__ hair"
     assert expand_recipe(Recipe("plain"), None) == Recipe("plain")
     with pytest.raises(AnimaError, match="no wildcard file nope.txt.*available: hair/colour, shade"):
         expand_recipe(Recipe("__nope__"), tmp_path)
-    with pytest.raises(AnimaError, match="--wildcards-dir"):
+    with pytest.raises(AnimaError, match="no wildcards folder was given"):  # the CLI adds its flag
         expand_recipe(Recipe("__x__"), None)
     (tmp_path / "loop.txt").write_text("__loop__\n")
     with pytest.raises(AnimaError, match="nest"):
@@ -132,7 +132,8 @@ def test_cli_grid_sheet_reproduces_exactly(tmp_path, capsys) -> None:
     assert len(data["cells"]) == 4 and data["x_labels"] == ["cfg: 1", "cfg: 4"]
     assert [c["sampler"] for c in data["cells"]] == ["euler", "euler", "heun", "heun"]
     recipe = read_recipe(out)
-    assert dict(recipe.extra)["Grid X"] == "cfg=1,4" and dict(recipe.extra)["Grid Y"] == "sampler=euler,heun"
+    pairs = dict(setting_pairs(recipe))
+    assert pairs["Grid X"] == "cfg=1,4" and pairs["Grid Y"] == "sampler=euler,heun"
     again = tmp_path / "again.png"
     assert main(["generate", "--from-png", str(out), *MODEL_FLAGS, "-o", str(again)]) == 0
     assert np.array_equal(_pixels(again), _pixels(out))
@@ -148,7 +149,7 @@ def test_cli_prompt_matrix_with_wildcards_reproduces(tmp_path) -> None:
     cells = json.loads(read_png_text(out)[GRID_KEY])["cells"]
     assert len(cells) == 4 and cells[0]["prompt"] == "1girl"
     assert all("__" not in c["prompt"] for c in cells)  # expanded, the template recorded
-    assert cells[1]["extra"][TEMPLATE_KEY] == "1girl, __pose__"
+    assert cells[1]["origin"]["wildcard_prompt"] == "1girl, __pose__"
     again = tmp_path / "again.png"
     assert (
         main(["generate", "--from-png", str(out), *MODEL_FLAGS, "-o", str(again)]) == 0
@@ -177,7 +178,7 @@ def test_cli_wildcard_image_reproduces_without_the_folder(tmp_path) -> None:
         == 0
     )
     recipe = read_recipe(out)
-    assert "__" not in recipe.prompt and dict(recipe.extra)[TEMPLATE_KEY] == "1girl, __hair__ hair"
+    assert "__" not in recipe.prompt and recipe.origin.wildcard_prompt == "1girl, __hair__ hair"
     (wild / "hair.txt").unlink()
     again = tmp_path / "again.png"
     assert main(["generate", "--from-png", str(out), *MODEL_FLAGS, "-o", str(again)]) == 0

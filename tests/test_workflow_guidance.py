@@ -11,9 +11,9 @@ from conftest import TINY, TOKENIZERS
 
 from anima.cli import build_parser
 from anima.cli.generate import recipe_from_args
+from anima.interop.a1111 import setting_pairs
 from anima.pipeline import Pipeline
 from anima.recipe import Recipe, settings
-from anima.recipe.settings import Workflow
 from anima.sampling import guidance
 from anima.workflows.nag import NagControl, NagCrossAttention, nag_attention, nag_combine
 
@@ -81,22 +81,22 @@ def test_turbo_preset_and_explicit_flags() -> None:
     p = build_parser()
     r = recipe_from_args(p.parse_args(["generate", "x", "--preset", "turbo"]))
     assert (r.cfg, r.steps, r.sampler) == (1.0, 10, "er_sde")
-    assert Workflow.from_recipe(r).nag_scale == 5.0
+    assert r.setting("nag_scale") == 5.0
     r = recipe_from_args(
         p.parse_args(["generate", "x", "--preset", "turbo", "--steps", "8", "--nag-scale", "3"])
     )
-    assert r.steps == 8 and Workflow.from_recipe(r).nag_scale == 3.0
+    assert r.steps == 8 and r.setting("nag_scale") == 3.0
     r = recipe_from_args(p.parse_args(["generate", "x", "--preset", "turbo", "-n", ""]))
-    assert not Workflow.from_recipe(r).nag  # no negative prompt: nothing for NAG to do
+    assert not r.nag.on  # no negative prompt: nothing for NAG to do
     r = recipe_from_args(p.parse_args(["generate", "x", "--guidance", "apg", "--apg-eta", "0.5"]))
-    assert dict(r.extra) == {"Guidance": "apg", "APG eta": "0.5"}
+    assert dict(setting_pairs(r)) == {"Guidance": "apg", "APG eta": "0.5"}
 
 
 @pytest.fixture(scope="module")
 def pipe() -> Pipeline:
     return Pipeline.from_files(
         W / "anima_tiny_dit.safetensors", W / "qwen3_tiny_te.safetensors", W / "wan21_tiny_vae.safetensors",
-        tokenizer_dir=TOKENIZERS, device="cpu", dtype="fp32",
+        tokenizer_dir=TOKENIZERS, device="cpu", dtype="fp32", release_text_encoder=False,  # tests encode too
     )  # fmt: skip
 
 
@@ -149,9 +149,9 @@ def test_turbo_with_nag_uses_one_forward_per_step_and_the_negative_matters(pipe)
         plain = pipe.generate(base).uint8()
         n_plain = list(counter.calls)
         counter.calls.clear()
-        nag = pipe.generate(Workflow(nag_scale=5.0).apply(base)).uint8()
+        nag = pipe.generate(base.with_(nag_scale=5.0)).uint8()
         n_nag = list(counter.calls)
-        other_neg = pipe.generate(Workflow(nag_scale=5.0).apply(base.with_(negative_prompt="blue"))).uint8()
+        other_neg = pipe.generate(base.with_(negative_prompt="blue").with_(nag_scale=5.0)).uint8()
     finally:
         pipe.dit = real
     assert n_plain == n_nag == [1, 1, 1, 1]  # CFG 1: no uncond pass, with or without NAG
@@ -191,5 +191,5 @@ def test_nag_costs_less_than_a_second_forward(pipe) -> None:
 def test_variants_run_end_to_end(pipe, kind) -> None:
     base = Recipe("1girl", width=64, height=64, steps=3, cfg=4.0, sampler="euler", seed=3)
     plain = pipe.generate(base).images
-    varied = pipe.generate(Workflow(guidance=kind, cfg_zero_init_steps=1).apply(base)).images
+    varied = pipe.generate(base.with_(guidance=kind, cfg_zero_init_steps=1)).images
     assert torch.isfinite(varied).all() and not torch.equal(plain, varied)

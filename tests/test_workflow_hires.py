@@ -11,9 +11,9 @@ from PIL import Image
 from anima.cli import main
 from anima.errors import AnimaError
 from anima.imageio import read_recipe
+from anima.interop.a1111 import setting_pairs
 from anima.pipeline import Pipeline
 from anima.recipe import Recipe
-from anima.recipe.settings import Workflow
 from anima.workflows.hires import bislerp, plan_passes, upscale_latent
 
 W = TINY / "weights"
@@ -90,9 +90,9 @@ def pipe() -> Pipeline:
 )
 def test_final_size(pipe, size, scale, upscaler, final) -> None:
     base = Recipe("1girl", width=size[0], height=size[1], steps=3, sampler="euler", seed=2)
-    wf = Workflow(hires_scale=scale, hires_upscaler=upscaler, hires_steps=2, hires_denoise=0.6)
+    hires = base.with_(hires_scale=scale, hires_upscaler=upscaler, hires_steps=2, hires_denoise=0.6)
     steps = []
-    res = pipe.generate(wf.apply(base), progress=lambda i, n: steps.append((i, n)))
+    res = pipe.generate(hires, progress=lambda i, n: steps.append((i, n)))
     assert res.images.shape == (1, final[1], final[0], 3) and torch.isfinite(res.images).all()
     passes = len(plan_passes(*size, scale).sizes)
     total = 3 + 2 * passes
@@ -110,7 +110,7 @@ def test_cli_hires_plans_two_passes_for_3x_and_reproduces(tmp_path, capsys) -> N
     assert Image.open(out).size == (192, 192)
     recipe = read_recipe(out)
     assert (recipe.width, recipe.height) == (64, 64)  # the recipe keeps the first pass's size
-    assert dict(recipe.extra)["Hires upscale"] == "3"
+    assert dict(setting_pairs(recipe))["Hires upscale"] == "3"
     again = tmp_path / "again.png"
     assert main(["generate", "--from-png", str(out), *MODEL_FLAGS, "-o", str(again)]) == 0
     assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(out)))

@@ -11,6 +11,7 @@ from PIL import Image
 
 from anima.cli import main
 from anima.imageio import read_png_text, read_recipe
+from anima.interop.a1111 import setting_pairs
 
 CASE = next(c for c in json.loads((TINY / "cases.json").read_text())["cases"] if c["kind"] == "img2img")
 INIT = TINY / CASE["files"]["init_image"]
@@ -47,7 +48,7 @@ def test_cli_img2img_matches_the_fixture_and_takes_the_image_size(tmp_path, caps
     assert diff.max() <= 1
     recipe = read_recipe(out)
     assert (recipe.width, recipe.height, recipe.denoise) == (128, 128, 0.6)
-    assert dict(recipe.extra)["Init image"] == str(INIT.resolve())
+    assert dict(setting_pairs(recipe))["Init image"] == str(INIT.resolve())
 
     # --from-png finds the recorded init image and reproduces the same bytes.
     again = tmp_path / "again.png"

@@ -13,7 +13,6 @@ from anima.errors import AnimaError
 from anima.imageio import load_image, to_uint8
 from anima.pipeline import Pipeline
 from anima.recipe import Recipe
-from anima.recipe.settings import Workflow
 from anima.workflows import inpaint
 
 INIT = TINY / "e2e" / "i2i_euler_simple_d06" / "init_image.png"
@@ -37,7 +36,7 @@ def _mask(h: int = 128, w: int = 128, box=(40, 30, 90, 80)) -> torch.Tensor:
 
 def _recipe(**wf) -> Recipe:
     r = Recipe("a red flower", width=128, height=128, steps=4, cfg=4.0, sampler="euler", seed=5)
-    return Workflow(**wf).apply(r)
+    return r.with_(**wf)
 
 
 def test_mask_blur_0_keeps_every_unmasked_pixel(pipe) -> None:

@@ -123,13 +123,27 @@ def main(argv: list[str] | None = None) -> int:
             module = import_module(f"anima.cli.{args.command}")
             return getattr(module, f"run_{args.command}")(args)
     except AnimaError as e:
-        print(f"anima: error: {e}", file=sys.stderr)
+        print(f"anima: error: {cli_message(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("anima: interrupted", file=sys.stderr)
         return 130
     parser.print_help()
     return EXIT_USER_ERROR
+
+
+# settings whose flag is not simply "--" + the name with dashes
+_FLAGS = {"inpaint_area": "--only-masked", "guidance_kind": "--guidance"}
+
+
+def cli_message(error: AnimaError) -> str:
+    """The library's one line, with the flag of the setting it is about when it does not say it."""
+    text = str(error)
+    setting = getattr(error, "setting", None)
+    if not setting:
+        return text
+    flag = _FLAGS.get(setting, "--" + setting.replace("_", "-"))
+    return text if flag in text else f"{text} ({flag})"
 
 
 def _run_models(args: argparse.Namespace) -> int:

@@ -40,6 +40,9 @@ def add_render_args(p: argparse.ArgumentParser) -> None:
                    help="run on Ray: no value starts a local cluster; or a cluster address")  # fmt: skip
     r.add_argument("--ray-workers", type=int, help="number of Ray actors (default: GPUs, or 2 CPU workers)")
     r.add_argument("--no-progress", action="store_true", help="no per-image lines on stderr")
+    from anima.cli.perf_flags import add_perf_args
+
+    add_perf_args(p)
 
 
 def add_batch_args(p: argparse.ArgumentParser) -> None:
@@ -55,6 +58,8 @@ def recipe_defaults(args: argparse.Namespace, model_defaults: dict[str, Any] | N
     out |= {k: getattr(args, k) for k in _DEFAULT_FLAGS if getattr(args, k, None) is not None}
     if args.size:
         out["width"], out["height"] = parse_size(args.size)
+    if getattr(args, "step_cache", None) is not None:
+        out["step_cache"] = args.step_cache
     if getattr(args, "quality", "none") == "default" and "negative_prompt" not in out:
         from anima.prompt_tools.presets import CARD_NEGATIVE
 
@@ -74,31 +79,32 @@ def resolve_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The model flags -> (PipelineSpec, the model's own recipe defaults); paths checked, nothing
     loaded. With no model anywhere and none asked for, the bundled DEMO model (said on stderr)."""
     from anima.cli.model_selection import model_notice, model_recipe_defaults, resolve_files
+    from anima.cli.perf_flags import run_options
     from anima.jobs.batch import PipelineSpec
 
     files = resolve_files(args, demo_fallback=True)
-    if args.dtype not in ("auto", "fp32", "bf16", "fp16"):
-        raise AnimaError(f"--dtype must be fp32, bf16, fp16 or auto, got {args.dtype!r}")
     model_defaults = model_recipe_defaults(files)
     dtype = str(model_defaults.get("dtype", "auto")) if args.dtype == "auto" else args.dtype
+    options = run_options(
+        args, device=args.device, dtype=dtype, weights=getattr(args, "weights", None),
+        fp16_accumulation=bool(getattr(args, "fp16_accumulation", False)),
+    )  # fmt: skip
     notice = model_notice(files)
     if notice:
         print(notice, file=sys.stderr)
-    spec = PipelineSpec(
-        dit=str(files.dit or ""), text_encoder=str(files.text_encoder or ""), vae=str(files.vae or ""),
-        qwen_tokenizer=str(files.qwen_tokenizer or ""), t5_tokenizer=str(files.t5_tokenizer or ""),
-        diffusers=str(files.diffusers or ""), device=args.device, dtype=dtype,
-    )  # fmt: skip
-    return spec, model_defaults
+    return PipelineSpec(files, options), model_defaults
 
 
-def run_dtype(spec) -> str:
-    """The dtype the pipeline will run in, as a short name (auto resolved for the device)."""
+def run_stamp(spec) -> dict[str, Any]:
+    """What the pipeline will stamp into every recipe (dtype with auto resolved for the device, 8-bit
+    weights, fp16 accumulation): applied before the jobs are keyed, so a key names the image."""
     import torch
 
     from anima.runtime.precision import SHORT_NAMES, resolve_dtype
 
-    return SHORT_NAMES[resolve_dtype(spec.dtype, torch.device(spec.device))]
+    o = spec.options
+    dtype = SHORT_NAMES[resolve_dtype(o.dtype, torch.device(o.device))]
+    return {"dtype": dtype, "weights": o.weights, "fp16_accumulation": o.fp16_accumulation}
 
 
 def make_executor(args: argparse.Namespace, spec):
@@ -108,7 +114,10 @@ def make_executor(args: argparse.Namespace, spec):
     if args.ray is not None:
         from anima.jobs.ray import RayExecutor, require_ray
 
-        require_ray()  # before anything is written
+        try:
+            require_ray()  # before anything is written
+        except AnimaError:
+            raise AnimaError("--ray needs Ray: pip install 'anima[ray]' (or pip install ray)") from None
 
         address = None if args.ray == "local" else args.ray
         return LazyExecutor(lambda: RayExecutor(spec, address=address, workers=args.ray_workers))
@@ -138,9 +147,9 @@ def run_batch(args: argparse.Namespace) -> int:
     store = OutputStore(out)
     for e in errors:
         print(f"anima: error: {e}", file=sys.stderr)
-    dtype = run_dtype(spec)
-    jobs = [replace(j, recipe=j.recipe.with_(dtype=dtype)) for j in jobs]
-    jobs = with_keys(jobs, spec.fingerprint(), dtype)
+    stamp = run_stamp(spec)
+    jobs = [replace(j, recipe=j.recipe.with_(**stamp)) for j in jobs]
+    jobs = with_keys(jobs, spec.fingerprint(), stamp["dtype"])
     executor = make_executor(args, spec)
 
     def fail_line(msg: str) -> None:

@@ -42,13 +42,12 @@ def add_explore_args(p: argparse.ArgumentParser) -> None:
 def run_explore(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from anima.cli.batch import make_executor, recipe_defaults, resolve_model, run_dtype, with_quality
+    from anima.cli.batch import make_executor, recipe_defaults, resolve_model, run_stamp, with_quality
     from anima.explore import build_gallery, compare_jobs, compare_sheet, index_jobs, parse_seeds
     from anima.jobs.batch import run_jobs, with_keys
     from anima.jobs.store import OutputStore
     from anima.prompt_tools import ArtistIndex
     from anima.recipe import Recipe
-    from anima.sampling import samplers, schedules
 
     if not args.prompt.strip():
         raise AnimaError("--prompt is empty")
@@ -58,8 +57,7 @@ def run_explore(args: argparse.Namespace) -> int:
         raise AnimaError("give either --artists FILE or --compare TAG TAG ...")
     seeds = parse_seeds(args.seeds)
     spec, model_defaults = resolve_model(args)
-    base = Recipe(prompt=with_quality(args, args.prompt), **recipe_defaults(args, model_defaults))
-    base.validate(samplers.SAMPLERS.keys(), schedules.SCHEDULERS.keys())
+    base = Recipe.make(with_quality(args, args.prompt), **recipe_defaults(args, model_defaults))
     if args.compare:
         jobs = compare_jobs(base, args.compare, seeds, args.mix)
         title = args.title or "compare: " + ", ".join(args.compare)
@@ -68,9 +66,9 @@ def run_explore(args: argparse.Namespace) -> int:
         jobs = index_jobs(base, index, seeds, args.limit)
         title = args.title or f"styles: {args.artists.name}"
     store = OutputStore(args.out or Path("explore_out"))
-    dtype = run_dtype(spec)
+    stamp = run_stamp(spec)
     jobs = with_keys(
-        [replace(j, recipe=j.recipe.with_(dtype=dtype)) for j in jobs], spec.fingerprint(), dtype
+        [replace(j, recipe=j.recipe.with_(**stamp)) for j in jobs], spec.fingerprint(), stamp["dtype"]
     )
     executor = make_executor(args, spec)
     last = [time.monotonic()]

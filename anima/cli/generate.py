@@ -1,21 +1,29 @@
-"""`anima generate`: flags -> Recipe -> Pipeline -> PNGs with metadata.
+"""`anima generate`: flags -> one Recipe -> Pipeline -> PNGs with metadata.
 
-Order matters for "bad input loses nothing": every flag, the output path and the model paths
-are checked before any model is loaded or any file is written.
+Order matters for "bad input loses nothing": every flag, the output path, the model files and the
+input images are checked before any model is loaded or any file is written. The flags are read
+into typed settings once (`workflow_settings`), the recipe is made (and so validated) once, and
+the pipeline records it unchanged because the recipe already says which model, dtype and weights
+run it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 import sys
-from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from anima.errors import AnimaError
 
 
 def add_generate_args(p: argparse.ArgumentParser) -> None:
+    from anima.cli.perf_flags import add_perf_args
+    from anima.cli.workflow_flags import add_workflow_args
+
     p.add_argument("prompt_pos", nargs="?", metavar="PROMPT", help="the prompt")
     p.add_argument("--prompt", "-p", help="the prompt (alternative to the positional argument)")
     p.add_argument("--negative-prompt", "-n", help="negative prompt (default: the model card's)")
@@ -43,11 +51,7 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
         help="apply a LoRA (repeatable; a path or a file name in loras/); also <lora:name:0.8> in the prompt",
     )  # fmt: skip
     p.add_argument("--merge-loras", action="store_true", help="merge LoRAs into the weights (faster steps)")
-    from anima.cli.workflow_flags import add_workflow_args
-
     add_workflow_args(p)
-    from anima.runtime.options import add_perf_args
-
     add_perf_args(p)
 
 
@@ -57,170 +61,156 @@ _RECIPE_FLAGS = (
 )  # fmt: skip
 
 
-def recipe_from_args(args: argparse.Namespace, model_defaults: Mapping[str, object] | None = None):
-    """Flags (and --from-png) -> a validated Recipe. Flags given explicitly win over a --preset,
-    which wins over the model's own defaults (the demo model's 64x64), which win over the PNG.
-    Workflow flags land in ``recipe.extra`` (see `Workflow`)."""
-    from anima.cli.workflow_flags import build_workflow, preset_defaults
-    from anima.imageio import read_recipe
-    from anima.recipe import Recipe, parse_size
-    from anima.recipe.settings import Workflow
-    from anima.sampling import samplers, schedules
+@dataclass(frozen=True)
+class Request:
+    """The command line read once: the recipe it asks for, and how to render it."""
 
+    recipe: Any  # anima.recipe.Recipe
+    plan: Any  # anima.jobs.plan.RenderPlan
+    inputs: Any  # recipe -> anima.workflows.sources.Inputs
+    device: str
+    dtype: str  # the dtype name the run uses ("fp32", ...)
+
+
+def recipe_from_args(args: argparse.Namespace, files=None, model_hash: str = ""):
+    """The recipe a command line asks for (see `read_request`); no model needed for a look."""
+    return read_request(args, files, model_hash).recipe
+
+
+def read_request(args: argparse.Namespace, files, model_hash: str) -> Request:
+    """Flags (and --from-png) -> the recipe and its render plan; nothing loaded, nothing written.
+
+    Precedence: explicit flags > --preset > the model's own defaults (the demo's 64x64) > the PNG's
+    recipe. A PNG made with this very model keeps its settings over the model defaults."""
+    from anima.cli.model_selection import model_recipe_defaults
+    from anima.cli.workflow_flags import check_counts, preset, workflow_settings
+    from anima.imageio import read_png_text, read_recipe
+    from anima.jobs.grid import GRID_KEY, parse_axis
+    from anima.jobs.plan import plan_job
+    from anima.recipe import DEFAULT_NEGATIVE, SETTINGS, Inpaint, Recipe, Sources, parse_size
+    from anima.recipe.core import groups_of
+    from anima.recipe.settings import GROUPS
+    from anima.runtime.precision import SHORT_NAMES, resolve_dtype
+    from anima.workflows.sources import plan_sources, recipe_inputs
+
+    check_counts(args)
     base = read_recipe(args.from_png) if args.from_png else None
     prompt = args.prompt if args.prompt is not None else args.prompt_pos
     if args.prompt is not None and args.prompt_pos is not None:
         raise AnimaError("give the prompt either as an argument or with --prompt, not both")
-    preset_recipe, preset_workflow = preset_defaults(getattr(args, "preset", None))
-    explicit = {k: getattr(args, k) for k in _RECIPE_FLAGS if getattr(args, k) is not None}
-    changes = {**(model_defaults or {}), **preset_recipe, **explicit}
+    if base is None and prompt is None:
+        raise AnimaError('no prompt: anima generate "1girl, ..." (or --from-png IMAGE)')
+    defaults = model_recipe_defaults(files) if files is not None else {}
+    same_model = base is not None and base.model_hash and base.model_hash == model_hash
+    values: dict[str, Any] = {f.name: getattr(base, f.name) for f in fields(base)} if base else {}
+    if not same_model:
+        values |= {k: v for k, v in defaults.items() if k != "dtype"}
+    preset_values = preset(getattr(args, "preset", None))
+    explicit = workflow_settings(args)  # the one reading of the workflow flags
+    flat = {k: v for k, v in preset_values.items() if k in SETTINGS} | explicit
+    values |= {k: v for k, v in preset_values.items() if k not in SETTINGS}
+    values |= {k: getattr(args, k) for k in _RECIPE_FLAGS if getattr(args, k) is not None}
     if args.size:
         if args.width is not None or args.height is not None:
             raise AnimaError("give either --size or --width/--height, not both")
-        changes["width"], changes["height"] = parse_size(args.size)
+        values["width"], values["height"] = parse_size(args.size)
     if prompt is not None:
-        changes["prompt"] = prompt
-    if getattr(args, "lora", None):
+        values["prompt"] = prompt
+    if args.lora:
         from anima.lora.prompt import parse_lora_arg
 
-        changes["loras"] = tuple(parse_lora_arg(a) for a in args.lora)
-    if base is None:
-        if "prompt" not in changes:
-            raise AnimaError('no prompt: anima generate "1girl, ..." (or --from-png IMAGE)')
-        recipe = Recipe(**changes)
-    else:
-        recipe = base.with_(**changes)
-    if args.seed is None and base is None:
-        recipe = recipe.with_(seed=secrets.randbits(32))
-    if not recipe.negative_prompt:
-        preset_workflow.pop("nag_scale", None)  # NAG only serves a negative prompt
-    wf = build_workflow(Workflow.from_recipe(recipe), args, preset_workflow)
-    recipe = wf.apply(recipe)
-    recipe.validate(samplers.SAMPLERS.keys(), schedules.SCHEDULERS.keys())
-    wf.validate(samplers.SAMPLERS.keys(), schedules.SCHEDULERS.keys())
-    return recipe
-
-
-def _size_explicit(args: argparse.Namespace) -> bool:
-    return bool(args.size or args.width is not None or args.height is not None or args.from_png)
-
-
-def plan_from_args(args: argparse.Namespace, model_defaults: Mapping[str, object] | None = None):
-    """Everything checked, nothing loaded: -> (Job, sources(recipe) -> Sources)."""
-    import json
-
-    from anima.cli.workflow_flags import check_counts
-    from anima.imageio import read_png_text
-    from anima.jobs.grid import GRID_KEY
-    from anima.jobs.plan import plan_job
-    from anima.workflows.sources import resolve_sources
-
-    check_counts(args)
-    recipe = recipe_from_args(args, model_defaults)
-    recipe, first = resolve_sources(
-        recipe, init_path=args.init_image, mask_path=args.mask, size_explicit=_size_explicit(args)
-    )
-    if first.init_image is None and recipe.denoise < 1.0:
+        values["loras"] = tuple(parse_lora_arg(a) for a in args.lora)
+    if base is None and args.seed is None:
+        values["seed"] = secrets.randbits(32)
+    if not values.get("negative_prompt", DEFAULT_NEGATIVE) and "nag_scale" in preset_values:
+        if "nag_scale" not in explicit:
+            flat.pop("nag_scale")  # NAG only serves a negative prompt: a preset's NAG goes with it
+    # The settings' groups, made (and so checked) now, before any input file is read.
+    values |= groups_of(flat, {g: getattr(base, g) for g in GROUPS} if base else None)
+    device = _device(args.device)
+    # A reproduction must run in the precision the image was made in (bf16 != fp32 bit for bit).
+    dtype_name = args.dtype or (base.dtype if base else str(defaults.get("dtype", "auto")))
+    dtype = SHORT_NAMES[resolve_dtype(dtype_name, device)]
+    explicit_size = bool(args.size or args.width is not None or args.height is not None or base)
+    size = (values.get("width", 1024), values.get("height", 1024)) if explicit_size else None
+    inpaint = values.get("inpaint", Inpaint())
+    sources = plan_sources(
+        init_path=args.init_image, mask_path=args.mask, recorded=base.sources if base else Sources(),
+        size=size, only_masked=inpaint.only_masked,
+    )  # fmt: skip
+    values["sources"] = sources.sources
+    if sources.size is not None:
+        values["width"], values["height"] = sources.size
+    if sources.inputs.init_image is None and values.get("denoise", 1.0) < 1.0:
         raise AnimaError("--denoise below 1 needs --init-image")
+    values |= {"model": files.name if files is not None else "", "model_hash": model_hash, "dtype": dtype}
+    recipe = Recipe.make(values.pop("prompt"), **values).validate()  # made, and so checked, once
     stored = None
     if args.from_png and not (args.grid or args.prompt_matrix):
         text = read_png_text(args.from_png).get(GRID_KEY)
         stored = json.loads(text) if text else None
-    job = plan_job(
-        recipe, grid=args.grid, prompt_matrix=args.prompt_matrix, batch_count=args.batch_count,
-        wildcards_dir=args.wildcards_dir, stored_grid=stored,
+    plan = plan_job(
+        recipe, grid=tuple(parse_axis(a) for a in args.grid or ()), prompt_matrix=args.prompt_matrix,
+        batch_count=args.batch_count, wildcards_dir=args.wildcards_dir, stored_grid=stored,
     )  # fmt: skip
-    memo = {_paths(recipe): first}
+    memo = {_input_key(recipe): sources.inputs}
 
-    def sources(r):
+    def inputs(r):
         # Batches and cells load their (recorded) inputs once per distinct file, size and mode.
-        key = _paths(r)
+        key = _input_key(r)
         if key not in memo:
-            memo[key] = resolve_sources(r, init_path=None, mask_path=None, size_explicit=True)[1]
+            memo[key] = recipe_inputs(r)
         return memo[key]
 
-    for r in job.recipes:  # check every cell's files before loading anything
-        sources(r)
-    return job, sources
+    for r in plan.recipes:  # check every cell's files before loading anything
+        inputs(r)
+    return Request(recipe, plan, inputs, str(device), dtype)
 
 
-def _paths(recipe) -> tuple:
-    from anima.recipe.settings import Workflow
-
-    wf = Workflow.from_recipe(recipe)
-    return (wf.init_image, wf.mask, recipe.width, recipe.height, wf.inpaint_area)
+def _input_key(recipe) -> tuple:
+    return (recipe.sources, recipe.width, recipe.height, recipe.inpaint.area)
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from anima.cli.model_selection import model_notice, model_recipe_defaults, resolve_files
+    from anima.cli.model_selection import check_job_loras, model_notice, resolve_files
+    from anima.cli.perf_flags import run_options
     from anima.imageio import output_paths, save_png
     from anima.jobs.plan import render
-    from anima.runtime.precision import SHORT_NAMES, parse_dtype, resolve_dtype
+    from anima.pipeline import Pipeline
+    from anima.weights.hashes import model_hash
 
     # Checks the paths exist and are the right kinds (headers only); with no model anywhere and
     # none asked for, the bundled DEMO model, with the settings it was trained for.
     files = resolve_files(args, demo_fallback=True)
-    model_defaults = model_recipe_defaults(files)
-    job, sources = plan_from_args(args, model_defaults)
+    hash_cache = _hash_cache()
+    digest = model_hash(files.diffusers / "transformer" if files.diffusers else files.dit, hash_cache)
+    req = read_request(args, files, digest)
     notice = model_notice(files)
     if notice:  # said once every flag has been checked
         print(notice, file=sys.stderr)
-    first = job.recipes[0]
-    # A reproduction must run in the precision the image was made in (bf16 != fp32 bit for bit).
-    auto = str(model_defaults.get("dtype", "auto"))
-    dtype_name = args.dtype or (first.dtype if args.from_png else auto)
-    if dtype_name != "auto":
-        parse_dtype(dtype_name)
-    out = args.output or _default_output(first.seed)
+    out = args.output or _default_output(req.recipe.seed)
     if out.suffix.lower() != ".png":
         raise AnimaError(f"--output must end in .png, got '{out}'")
     if out.parent.exists() and not out.parent.is_dir():
         raise AnimaError(f"{out.parent}: not a folder")
-    from anima.cli.model_selection import check_job_loras
-
-    lora_resolver = check_job_loras(args, job.recipes)  # every LoRA found and checked (headers only)
-    from anima.runtime.options import PerfOptions, apply_perf
-
-    perf = PerfOptions.from_args(args)  # speed/memory flags, checked before loading
-    if args.from_png:
-        perf = perf.with_recipe_extra(dict(first.extra))
-
-    from anima.pipeline import Pipeline
-
-    device = _device(args.device)
-    dtype = resolve_dtype(dtype_name, device)
-    load_device = perf.load_device(device)  # the host when --vram-budget places parts itself
-    if files.diffusers is not None:
-        pipe = Pipeline.from_pretrained(
-            files.diffusers, device=load_device, dtype=dtype, hash_cache=_hash_cache()
-        )
-    else:
-        pipe = Pipeline.from_files(
-            files.dit, files.text_encoder, files.vae,
-            qwen_tokenizer=files.qwen_tokenizer, t5_tokenizer=files.t5_tokenizer,
-            device=load_device, dtype=dtype, hash_cache=_hash_cache(),
-        )  # fmt: skip
-    pipe.lora_resolver, pipe.merge_loras = lora_resolver, getattr(args, "merge_loras", False)
-    big = max(job.recipes, key=lambda r: r.width * r.height * r.batch_size)
-    for note in apply_perf(pipe, perf, device, width=big.width, height=big.height, batch=big.batch_size):
+    resolver = check_job_loras(args, req.plan.recipes)  # every LoRA found and checked (headers only)
+    big = max(req.plan.recipes, key=lambda r: r.width * r.height * r.batch_size)
+    options = run_options(
+        args, device=req.device, dtype=req.dtype, weights=req.recipe.perf.weights,
+        fp16_accumulation=req.recipe.perf.fp16_accumulation, lora_resolver=resolver, hash_cache=hash_cache,
+        plan_size=(big.width, big.height, big.batch_size),
+    )  # fmt: skip
+    pipe = Pipeline.load(files, options, model_hash_value=digest)
+    for note in pipe.notes:
         print(note, file=sys.stderr)
-    recorded = perf.recipe_extra()  # what changes the image goes into the PNG's recipe
-    job = replace(
-        job,
-        recipes=tuple(
-            r.with_(dtype=SHORT_NAMES[dtype], extra={**dict(r.extra), **recorded}) for r in job.recipes
-        ),
-    )
-    seeds = sorted({r.seed for r in job.recipes})
+    seeds = sorted({r.seed for r in req.plan.recipes})
     print(f"seed: {seeds[0]}" if len(seeds) == 1 else f"seeds: {seeds[0]}..{seeds[-1]}", file=sys.stderr)
     bar = _progress_bar(args.no_progress)
-    from anima.runtime.profile import maybe_profiled
-
     try:
-        with maybe_profiled(pipe, perf.profile) as prof:
-            outputs = render(pipe, job, sources, progress=bar, on_note=lambda t: print(t, file=sys.stderr))
+        with pipe.profiled(args.profile) as prof:
+            outputs = render(
+                pipe, req.plan, req.inputs, progress=bar, on_note=lambda t: print(t, file=sys.stderr)
+            )
     finally:
         if hasattr(bar, "close"):
             bar.close()

@@ -49,7 +49,7 @@ def _explicit(args: argparse.Namespace) -> dict:
 
 
 DEMO_SOURCE = "demo"
-DEMO_NAMES = ("demo", "anima-demo")  # --model names that pick the bundled DEMO model
+DEMO_NAMES = ("demo", "anima-demo", "anima-demo-dit")  # --model names that pick the bundled DEMO model
 _MODEL_FLAGS = ("dit", "text_encoder", "vae", "diffusers", "model")
 
 
@@ -58,7 +58,8 @@ def demo_model_set() -> ModelSet:
     from anima.demo import default_model
 
     m = default_model()
-    return ModelSet(m.name, m.dit, m.text_encoder, m.vae, m.qwen_tokenizer, m.t5_tokenizer, DEMO_SOURCE)
+    # Named like every file-based set, after its DiT file: that is the name its images record.
+    return ModelSet(m.dit.stem, m.dit, m.text_encoder, m.vae, m.qwen_tokenizer, m.t5_tokenizer, DEMO_SOURCE)
 
 
 def model_notice(files: ModelSet) -> str | None:

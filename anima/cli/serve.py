@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from anima.cli import model_selection
 from anima.errors import AnimaError
 
 DEFAULT_PORT = 7860  # A1111's, so its clients find the server without configuration
@@ -66,18 +67,17 @@ def build_app(args: argparse.Namespace):
         if not d.is_dir():
             raise AnimaError(f"--lora-dir {d}: no such folder")
     _import_server_deps()
+    from anima.cli.perf_flags import run_options
     from anima.server.app import create_app
     from anima.server.service import PipelineService
     from anima.weights.discovery import default_data_dir
 
     models, rescan, lora_dirs = _model_sets(args)
-    if args.dtype != "auto":
-        from anima.runtime.precision import parse_dtype
-
-        parse_dtype(args.dtype)
-    service = PipelineService(
-        models, lora_dirs=lora_dirs, device=args.device, dtype=args.dtype, rescan=rescan
-    )
+    notice = model_selection.model_notice(models[0])
+    if notice:
+        print(notice, file=sys.stderr)
+    options = run_options(args, device=args.device, dtype=args.dtype, weights=None, fp16_accumulation=False)
+    service = PipelineService(models, lora_dirs=lora_dirs, options=options, rescan=rescan)
     data_dir = args.data_dir or default_data_dir(os.environ, Path.home()) / "server"
     app = create_app(
         service, data_dir=data_dir, outputs_dir=args.output_dir, limits=limits, api_key=api_key,
@@ -116,10 +116,11 @@ def _import_server_deps() -> None:
 
 def _model_sets(args: argparse.Namespace):
     """(model sets with the chosen one first, a rescan function or None, LoRA folders)."""
-    from anima.cli import model_selection
     from anima.weights.discovery import discover
 
-    chosen = model_selection.resolve_files(args)  # checks every path and the tokenizers
+    # Checks every path and the tokenizers; with no model anywhere and none asked for, the bundled
+    # DEMO model, as `anima generate` does, so a fresh install serves something.
+    chosen = model_selection.resolve_files(args, demo_fallback=True)
     places = model_selection.search_places(args)
     lora_dirs = list(args.lora_dir)
     roots = [places["models_dir"], *places["comfyui_dirs"]]
@@ -127,7 +128,7 @@ def _model_sets(args: argparse.Namespace):
         for sub in ("loras", "models/loras"):
             if root is not None and (Path(root) / sub).is_dir():
                 lora_dirs.append(Path(root) / sub)
-    if args.dit or args.diffusers:
+    if args.dit or args.diffusers or chosen.source == model_selection.DEMO_SOURCE:
         return [chosen], None, lora_dirs
 
     def rescan():

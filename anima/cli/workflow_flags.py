@@ -1,6 +1,8 @@
-"""The ``anima generate`` flags for the workflows, and flags -> `Workflow` / recipe changes.
+"""The ``anima generate`` flags for the workflow settings, and flags -> typed settings, once.
 
-Parsing only: no torch, nothing loaded. Flags given explicitly win over a PNG's recorded values.
+Each flag's destination is a flat setting name of the recipe (`anima.recipe.SETTINGS`): argparse
+types the value, `workflow_settings` collects the flags given explicitly, and the recipe checks
+them when it is made. Nothing here is parsed again later.
 """
 
 from __future__ import annotations
@@ -10,40 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from anima.errors import AnimaError
-from anima.recipe.settings import GUIDANCES, HIRES_UPSCALERS, TILED_VAE_MODES, Workflow
+from anima.recipe import HIRES_UPSCALERS, SETTINGS, TILED_VAE_MODES
+from anima.sampling.names import GUIDANCES
 
-# --preset name -> recipe defaults and workflow defaults (each overridden by an explicit flag).
+# --preset name -> recipe defaults (core fields and flat settings; each overridden by an explicit flag).
 # Turbo (model card): CFG 1 (no uncond pass), 8-12 steps, er_sde; the negative prompt works
 # through NAG instead of CFG.
-PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "turbo": ({"cfg": 1.0, "steps": 10, "sampler": "er_sde"}, {"nag_scale": 5.0}),
-}
-
-# flag dest -> Workflow field
-_FIELDS = {
-    "guidance": "guidance",
-    "cfg_rescale": "cfg_rescale",
-    "apg_eta": "apg_eta",
-    "apg_momentum": "apg_momentum",
-    "apg_norm_threshold": "apg_norm_threshold",
-    "cfg_zero_init_steps": "cfg_zero_init_steps",
-    "nag_scale": "nag_scale",
-    "nag_tau": "nag_tau",
-    "nag_alpha": "nag_alpha",
-    "variation_seed": "variation_seed",
-    "variation_strength": "variation_strength",
-    "hires_scale": "hires_scale",
-    "hires_upscaler": "hires_upscaler",
-    "hires_steps": "hires_steps",
-    "hires_denoise": "hires_denoise",
-    "hires_sampler": "hires_sampler",
-    "hires_scheduler": "hires_scheduler",
-    "hires_max_side": "hires_max_side",
-    "hires_max_step": "hires_max_step",
-    "tiled_vae": "tiled_vae",
-    "mask_blur": "mask_blur",
-    "mask_grow": "mask_grow",
-    "inpaint_padding": "inpaint_padding",
+PRESETS: dict[str, dict[str, Any]] = {
+    "turbo": {"cfg": 1.0, "steps": 10, "sampler": "er_sde", "nag_scale": 5.0},
 }
 
 
@@ -86,30 +62,37 @@ def add_workflow_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--wildcards-dir", type=Path, help="folder of NAME.txt files for __NAME__ in prompts")
 
 
-def workflow_changes(args: argparse.Namespace) -> dict[str, Any]:
-    """The Workflow fields the flags set explicitly."""
-    changes = {f: getattr(args, d) for d, f in _FIELDS.items() if getattr(args, d, None) is not None}
+# Flags whose destination is a flat setting (mask/init paths are sources, recorded with digests).
+_SETTING_FLAGS = tuple(s for s in SETTINGS if s not in ("init_image", "init_image_hash", "mask", "mask_hash"))
+
+
+def workflow_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The flat settings the flags set explicitly (typed by argparse; checked by the recipe)."""
+    changes = {name: getattr(args, name) for name in _SETTING_FLAGS if getattr(args, name, None) is not None}
+    if getattr(args, "fp16_accumulation", False):
+        changes["fp16_accumulation"] = True
+    else:
+        changes.pop("fp16_accumulation", None)  # store_true: absent means "as recorded"
+    changes.pop("prompt_matrix", None)  # a planning flag, not a setting of each cell
     if getattr(args, "only_masked", False):
         changes["inpaint_area"] = "only masked"
     return changes
 
 
-def preset_defaults(name: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+def preset(name: str | None) -> dict[str, Any]:
     if name is None:
-        return {}, {}
+        return {}
     if name not in PRESETS:
-        raise AnimaError(f"unknown preset {name!r}; choose from {', '.join(sorted(PRESETS))}")
-    recipe, workflow = PRESETS[name]
-    return dict(recipe), dict(workflow)
+        raise AnimaError(
+            f"unknown preset {name!r}; choose from {', '.join(sorted(PRESETS))}", setting="preset"
+        )
+    return dict(PRESETS[name])
 
 
 def check_counts(args: argparse.Namespace) -> None:
+    if getattr(args, "grid", None) and getattr(args, "prompt_matrix", False):
+        raise AnimaError("use either --grid or --prompt-matrix, not both")
     if not isinstance(args.batch_count, int) or not 1 <= args.batch_count <= 10_000:
         raise AnimaError(f"--batch-count must be an integer in 1..10000, got {args.batch_count!r}")
     if args.only_masked and args.mask is None and getattr(args, "from_png", None) is None:
         raise AnimaError("--only-masked needs --mask")
-
-
-def build_workflow(base: Workflow, args: argparse.Namespace, preset: dict[str, Any]) -> Workflow:
-    """Base (a PNG's or the defaults) <- preset <- explicit flags; validated."""
-    return base.with_(**preset).with_(**workflow_changes(args)).validate()

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from anima.explore.template import PAGE
-from anima.imageio import a1111_parameters, atomic_write
-from anima.jobs.batch import Job
+from anima.imageio import atomic_write
+from anima.interop.a1111 import infotext
+from anima.jobs.batch import BatchJob
 from anima.jobs.store import OutputStore
 
 THUMB_SIZE = 256
@@ -37,7 +38,7 @@ def make_thumbnail(src: Path, dst: Path, size: int = THUMB_SIZE) -> Path:
         return atomic_write(dst, lambda fh: im.save(fh, format=fmt, quality=85))
 
 
-def build_gallery(store: OutputStore, jobs: Sequence[Job], *, title: str, prompt: str) -> Path:
+def build_gallery(store: OutputStore, jobs: Sequence[BatchJob], *, title: str, prompt: str) -> Path:
     """Write thumbnails for finished images, ``gallery.json`` and ``index.html``; return the page."""
     ext = ".webp" if _thumb_format() == "webp" else ".jpg"
     artists: dict[str, dict] = {}
@@ -66,7 +67,7 @@ def build_gallery(store: OutputStore, jobs: Sequence[Job], *, title: str, prompt
                     "seed": recipe.seed + i if len(files) > 1 else recipe.seed,
                     "file": path.relative_to(store.root).as_posix(),
                     "thumb": thumb.relative_to(store.root).as_posix(),
-                    "parameters": a1111_parameters(recipe),
+                    "parameters": infotext(recipe),
                     "recipe": recipe.to_dict(),
                 }
             )
@@ -83,7 +84,7 @@ def build_gallery(store: OutputStore, jobs: Sequence[Job], *, title: str, prompt
     return atomic_write(store.root / "index.html", lambda fh: fh.write(page.encode("utf-8")))
 
 
-def compare_sheet(store: OutputStore, jobs: Sequence[Job], out: Path, *, cell: int = 256) -> Path | None:
+def compare_sheet(store: OutputStore, jobs: Sequence[BatchJob], out: Path, *, cell: int = 256) -> Path | None:
     """One PNG: a column per artist (and mix), a row per seed, labels on top. None if nothing is done."""
     from PIL import Image, ImageDraw
 

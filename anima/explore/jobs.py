@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from anima.errors import AnimaError
-from anima.jobs.batch import Job
+from anima.jobs.batch import BatchJob
 from anima.prompt_tools.artist_index import ArtistIndex, normalize_name, prompt_tag
 from anima.prompt_tools.format import insert_tag
 from anima.recipe import Recipe
@@ -41,7 +41,7 @@ def parse_seeds(text: str) -> list[int]:
 
 def artist_jobs(
     base: Recipe, names: Sequence[str], seeds: Sequence[int], ranks: dict[str, int] | None = None
-) -> list[Job]:
+) -> list[BatchJob]:
     """One job per artist and seed, the @tag inserted at the artist position of `base.prompt`."""
     jobs = []
     for name in names:
@@ -51,16 +51,18 @@ def artist_jobs(
             info = [("artist", normalize_name(name)), ("tag", tag), ("seed", str(seed))]
             if ranks and name in ranks:
                 info.append(("rank", str(ranks[name])))
-            jobs.append(Job(recipe=base.with_(prompt=prompt, seed=seed), info=tuple(info)))
+            jobs.append(BatchJob(recipe=base.with_(prompt=prompt, seed=seed), info=tuple(info)))
     return jobs
 
 
-def index_jobs(base: Recipe, index: ArtistIndex, seeds: Sequence[int], limit: int | None) -> list[Job]:
+def index_jobs(base: Recipe, index: ArtistIndex, seeds: Sequence[int], limit: int | None) -> list[BatchJob]:
     names = index.names[:limit] if limit else index.names
     return artist_jobs(base, names, seeds, {n: i for i, n in enumerate(names)})
 
 
-def compare_jobs(base: Recipe, tags: Sequence[str], seeds: Sequence[int], mix: str = "blend") -> list[Job]:
+def compare_jobs(
+    base: Recipe, tags: Sequence[str], seeds: Sequence[int], mix: str = "blend"
+) -> list[BatchJob]:
     """Each artist alone, then for every pair a mix: ``@a, @b`` (blend) or ``[@a:@b:0.5]`` (edit)."""
     if mix not in MIX_MODES:
         raise AnimaError(f"--mix must be one of {', '.join(MIX_MODES)}")
@@ -77,5 +79,5 @@ def compare_jobs(base: Recipe, tags: Sequence[str], seeds: Sequence[int], mix: s
             prompt = insert_tag(base.prompt, mixed)
             for seed in seeds:
                 info = (("artist", f"{a} + {b}"), ("tag", mixed), ("seed", str(seed)), ("mix", mix))
-                jobs.append(Job(recipe=base.with_(prompt=prompt, seed=seed), info=info))
+                jobs.append(BatchJob(recipe=base.with_(prompt=prompt, seed=seed), info=info))
     return jobs

@@ -18,13 +18,15 @@ import io
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from anima.errors import AnimaError
 from anima.jobs.store import OutputStore
-from anima.recipe import Recipe
+from anima.pipeline import Pipeline, RunOptions
+from anima.recipe import SETTINGS, Recipe
+from anima.weights.discovery import ModelSet
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,7 @@ JOB_KEYS = ("id",)  # allowed in a job line besides the recipe fields
 
 
 @dataclass(frozen=True)
-class Job:
+class BatchJob:
     """One recipe to render. `line` is 1-based in `source` (0 for jobs made by code)."""
 
     recipe: Recipe
@@ -62,7 +64,9 @@ class JobError:
 
 
 # --------------------------------------------------------------------- reading job files
-def read_jobs(path: str | Path, defaults: dict[str, Any] | None = None) -> tuple[list[Job], list[JobError]]:
+def read_jobs(
+    path: str | Path, defaults: dict[str, Any] | None = None
+) -> tuple[list[BatchJob], list[JobError]]:
     """Jobs and per-line errors of a job file; AnimaError if the file itself cannot be read."""
     path = Path(path)
     try:
@@ -81,7 +85,7 @@ def read_jobs(path: str | Path, defaults: dict[str, Any] | None = None) -> tuple
     else:
         rows = [(n, {"prompt": ln.strip()}) for n, ln in enumerate(text.splitlines(), 1)
                 if ln.strip() and not ln.lstrip().startswith("#")]  # fmt: skip
-    jobs: list[Job] = []
+    jobs: list[BatchJob] = []
     errors: list[JobError] = []
     for line, row in rows:
         try:
@@ -143,10 +147,9 @@ def _csv_rows(text: str) -> list[tuple[int, Any]]:
     return rows
 
 
-def job_from_row(row: Any, defaults: dict[str, Any], *, source: str = "", line: int = 0) -> Job:
-    """One job from a parsed row (a JSON object); AnimaError for anything wrong in it."""
-    from anima.sampling import samplers, schedules
-
+def job_from_row(row: Any, defaults: dict[str, Any], *, source: str = "", line: int = 0) -> BatchJob:
+    """One job from a parsed row (a JSON object of recipe fields and flat settings such as
+    ``hires_scale``); AnimaError for anything wrong in it."""
     if isinstance(row, _BadRow):
         raise AnimaError(row.message)
     if not isinstance(row, dict):
@@ -156,41 +159,30 @@ def job_from_row(row: Any, defaults: dict[str, Any], *, source: str = "", line: 
     if not isinstance(job_id, str | int) or isinstance(job_id, bool):
         raise AnimaError("'id' must be a string or a number")
     merged = {**defaults, **row}
-    recipe = Recipe.from_dict(merged)
+    flat = {k: merged.pop(k) for k in list(merged) if k in SETTINGS and k not in Recipe.__dataclass_fields__}
+    recipe = Recipe.from_dict(merged).with_(**flat).validate()
     if not recipe.prompt.strip():
         raise AnimaError("the prompt is empty")
-    recipe.validate(samplers.SAMPLERS.keys(), schedules.SCHEDULERS.keys())
-    return Job(recipe=recipe, source=source, line=line, job_id=str(job_id))
+    return BatchJob(recipe=recipe, source=source, line=line, job_id=str(job_id))
 
 
 # --------------------------------------------------------------------- model files and keys
 @dataclass(frozen=True)
 class PipelineSpec:
-    """Everything needed to build the same Pipeline in another process (a Ray actor)."""
+    """Everything needed to build the same Pipeline in another process (a Ray actor): the resolved
+    model set and the run options (picklable: no LoRA resolver, names are paths there)."""
 
-    dit: str = ""
-    text_encoder: str = ""
-    vae: str = ""
-    qwen_tokenizer: str = ""
-    t5_tokenizer: str = ""
-    diffusers: str = ""
-    device: str = "cpu"
-    dtype: str = "auto"
+    models: ModelSet
+    options: RunOptions = field(default_factory=RunOptions)
 
-    def build(self):
-        from anima.pipeline import Pipeline
-
-        if self.diffusers:
-            return Pipeline.from_pretrained(self.diffusers, device=self.device, dtype=self.dtype)
-        return Pipeline.from_files(
-            self.dit, self.text_encoder, self.vae, qwen_tokenizer=self.qwen_tokenizer,
-            t5_tokenizer=self.t5_tokenizer, device=self.device, dtype=self.dtype,
-        )  # fmt: skip
+    def build(self) -> Pipeline:
+        return Pipeline.load(self.models, self.options)
 
     def fingerprint(self) -> str:
         """Hash of the model files' safetensors headers: changes when the model does."""
         h = hashlib.sha256()
-        parts = [self.diffusers] if self.diffusers else [self.dit, self.text_encoder, self.vae]
+        m = self.models
+        parts = [m.diffusers] if m.diffusers else [m.dit, m.text_encoder, m.vae]
         for part in map(Path, parts):
             files = sorted(part.rglob("*.safetensors")) if part.is_dir() else [part]
             for f in files:
@@ -206,19 +198,17 @@ def job_key(recipe: Recipe, model_fingerprint: str, dtype: str) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:20]
 
 
-def with_keys(jobs: Sequence[Job], model_fingerprint: str, dtype: str) -> list[Job]:
-    from dataclasses import replace
-
+def with_keys(jobs: Sequence[BatchJob], model_fingerprint: str, dtype: str) -> list[BatchJob]:
     return [replace(j, key=job_key(j.recipe, model_fingerprint, dtype)) for j in jobs]
 
 
 # --------------------------------------------------------------------- executing
-Deliver = Callable[[Job, Sequence[Any], Sequence[Recipe]], None]
-Fail = Callable[[Job, str], None]
+Deliver = Callable[[BatchJob, Sequence[Any], Sequence[Recipe]], None]
+Fail = Callable[[BatchJob, str], None]
 
 
 class Executor(Protocol):
-    def run(self, jobs: Sequence[Job], deliver: Deliver, fail: Fail) -> None: ...
+    def run(self, jobs: Sequence[BatchJob], deliver: Deliver, fail: Fail) -> None: ...
 
 
 class LocalExecutor:
@@ -227,7 +217,7 @@ class LocalExecutor:
     def __init__(self, pipe) -> None:
         self.pipe = pipe
 
-    def run(self, jobs: Sequence[Job], deliver: Deliver, fail: Fail) -> None:
+    def run(self, jobs: Sequence[BatchJob], deliver: Deliver, fail: Fail) -> None:
         for job in jobs:
             try:
                 result = self.pipe.generate(job.recipe)
@@ -248,7 +238,7 @@ class LazyExecutor:
         self._factory = factory
         self._executor: Executor | None = None
 
-    def run(self, jobs: Sequence[Job], deliver: Deliver, fail: Fail) -> None:
+    def run(self, jobs: Sequence[BatchJob], deliver: Deliver, fail: Fail) -> None:
         if not jobs:
             return
         if self._executor is None:
@@ -265,13 +255,13 @@ class BatchReport:
 
 
 def run_jobs(
-    jobs: Sequence[Job],
+    jobs: Sequence[BatchJob],
     store: OutputStore,
     executor: Executor,
     *,
     line_errors: Sequence[JobError] = (),
-    progress: Callable[[int, int, Job], None] | None = None,
-    on_saved: Callable[[Job, list[Path]], None] | None = None,
+    progress: Callable[[int, int, BatchJob], None] | None = None,
+    on_saved: Callable[[BatchJob, list[Path]], None] | None = None,
     manifest_extra: dict | None = None,
 ) -> BatchReport:
     """Render the jobs not yet done, save each as it arrives, then write the manifest in input order."""
@@ -280,7 +270,7 @@ def run_jobs(
     store.open_log()
     report = BatchReport(total=len(jobs) + len(line_errors))
     outcomes: dict[str, Any] = {}
-    todo: list[Job] = []
+    todo: list[BatchJob] = []
     seen: set[str] = set()
     for job in jobs:
         if job.key in seen:
@@ -292,7 +282,7 @@ def run_jobs(
         else:
             todo.append(job)
 
-    def deliver(job: Job, images, recipes) -> None:
+    def deliver(job: BatchJob, images, recipes) -> None:
         paths = store.save(job.key, images, recipes, _info(job))
         report.rendered += 1
         if on_saved is not None:
@@ -300,7 +290,7 @@ def run_jobs(
         if progress is not None:
             progress(report.rendered, len(todo), job)
 
-    def fail(job: Job, message: str) -> None:
+    def fail(job: BatchJob, message: str) -> None:
         outcomes[job.key] = message
         report.errors.append(f"{job.where()}: {message}")
 
@@ -317,7 +307,7 @@ def run_jobs(
     return report
 
 
-def _info(job: Job) -> dict:
+def _info(job: BatchJob) -> dict:
     out = {"source": job.source, "line": job.line} if job.line else {}
     if job.job_id:
         out["id"] = job.job_id
@@ -325,7 +315,7 @@ def _info(job: Job) -> dict:
     return out
 
 
-def _entry(job: Job, store: OutputStore, error: str | None) -> dict:
+def _entry(job: BatchJob, store: OutputStore, error: str | None) -> dict:
     entry: dict[str, Any] = {**_info(job), "key": job.key}
     files = store.files_for(job.key, job.recipe.batch_size)
     if error is not None:

@@ -10,18 +10,18 @@ stays, so the batches are variations of one image; that is the point of asking f
 from __future__ import annotations
 
 from anima.errors import AnimaError
-from anima.recipe.settings import MAX_SEED, Workflow
+from anima.recipe import MAX_SEED, Recipe
 
 
-def batch_recipes(recipe, count: int) -> list:
+def batch_recipes(recipe: Recipe, count: int) -> list[Recipe]:
     """The recipes of `count` sequential batches (the first is `recipe` itself)."""
     if not isinstance(count, int) or count < 1:
-        raise AnimaError(f"batch count must be an integer >= 1, got {count!r}")
-    wf = Workflow.from_recipe(recipe)
-    out = []
-    for k in range(count):
-        if wf.variation_strength > 0 and wf.variation_seed is not None:
-            out.append(wf.with_(variation_seed=(wf.variation_seed + k) & MAX_SEED).apply(recipe))
+        raise AnimaError(f"batch count must be an integer >= 1, got {count!r}", setting="batch_count")
+    out = [recipe]
+    v = recipe.variation
+    for k in range(1, count):
+        if v.on:
+            out.append(recipe.with_(variation_seed=(v.seed + k) & MAX_SEED))
         else:
             out.append(recipe.with_(seed=(recipe.seed + k) & MAX_SEED))
     return out

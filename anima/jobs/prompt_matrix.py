@@ -13,8 +13,6 @@ from anima.errors import AnimaError
 from anima.jobs.grid import MAX_CELLS, GridPlan
 from anima.text.prompt_editing import split_top_level
 
-MATRIX_KEY = "Prompt matrix"
-
 
 def _combos(parts: list[str]) -> list[tuple[bool, ...]]:
     """All in/out choices, the first part toggling fastest (as binary counting from 0)."""
@@ -28,7 +26,10 @@ def _label(parts: list[str], bits: tuple[bool, ...]) -> str:
 def plan_matrix(recipe) -> GridPlan:
     parts = [p.strip() for p in split_top_level(recipe.prompt, "|")]
     if len(parts) < 2:
-        raise AnimaError("--prompt-matrix needs a prompt with parts separated by | (like 1girl|smile|hat)")
+        raise AnimaError(
+            "a prompt matrix needs a prompt with parts separated by | (like 1girl|smile|hat)",
+            setting="prompt_matrix",
+        )
     base, optional = parts[0], parts[1:]
     if 2 ** len(optional) > MAX_CELLS:
         raise AnimaError(f"a prompt matrix of {len(optional)} optional parts has too many cells")
@@ -50,4 +51,4 @@ def plan_matrix(recipe) -> GridPlan:
 
 def sheet_recipe(recipe):
     """The recipe written on the matrix sheet: the template prompt, marked as a matrix."""
-    return recipe.with_(extra=(*[kv for kv in recipe.extra if kv[0] != MATRIX_KEY], (MATRIX_KEY, "on")))
+    return recipe.with_(prompt_matrix=True)

@@ -20,8 +20,11 @@ import time
 from collections import deque
 from collections.abc import Sequence
 
+import torch
+
 from anima.errors import AnimaError
-from anima.jobs.batch import Deliver, Fail, Job, PipelineSpec
+from anima.jobs.batch import BatchJob, Deliver, Fail, PipelineSpec
+from anima.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -33,26 +36,24 @@ def require_ray():
     try:
         import ray
     except ImportError:
-        raise AnimaError("--ray needs Ray: pip install 'anima[ray]' (or pip install ray)") from None
+        raise AnimaError(
+            "running on Ray needs Ray: pip install 'anima[ray]' (or pip install ray)", setting="ray"
+        ) from None
     return ray
 
 
 class _Worker:
     """The actor body: builds the pipeline once, then renders recipes sent as JSON."""
 
-    def __init__(self, spec: dict, threads: int | None) -> None:
-        import torch
-
+    def __init__(self, spec: PipelineSpec, threads: int | None) -> None:
         if threads:
             torch.set_num_threads(threads)  # this actor's own process
-        self.pipe = PipelineSpec(**spec).build()
+        self.pipe = spec.build()
 
     def pid(self) -> int:
         return os.getpid()
 
     def render(self, recipe_json: str):
-        from anima.recipe import Recipe
-
         try:
             result = self.pipe.generate(Recipe.from_json(recipe_json))
         except AnimaError as exc:
@@ -79,7 +80,7 @@ class RayExecutor:
         self.spec = spec
         self.max_attempts = max_attempts
         self.max_restarts = max_restarts
-        gpu = spec.device.startswith("cuda")
+        gpu = spec.options.device.startswith("cuda")
         if not ray.is_initialized():
             kwargs = {"include_dashboard": False, "log_to_driver": False, **(init_kwargs or {})}
             if address:
@@ -91,18 +92,18 @@ class RayExecutor:
         if workers is None:
             workers = int(ray.cluster_resources().get("GPU", 0)) if gpu else 2
         if workers < 1:
-            raise AnimaError("no Ray workers: the cluster has no GPU (use --ray-workers or --device cpu)")
+            raise AnimaError(
+                "no Ray workers: the cluster has no GPU (ask for CPU workers, or run on the CPU)",
+                setting="ray_workers",
+            )
         if threads_per_worker is None and not gpu and not address:
-            import torch
-
             # CPU float results depend on the thread count; a local cluster copies this process's
             # so that its images are byte-identical to the single-process path.
             threads_per_worker = torch.get_num_threads()
         resources = {"num_gpus": 1} if gpu else {"num_cpus": 1}
-        # The actor runs in another process; it gets the spec as a plain dict.
+        # The actor runs in another process; the frozen spec (model paths, run options) pickles.
         actor_cls = ray.remote(**resources, max_restarts=max_restarts, max_task_retries=0)(_Worker)
-        spec_dict = {k: getattr(spec, k) for k in spec.__dataclass_fields__}
-        self.actors = [actor_cls.remote(spec_dict, threads_per_worker) for _ in range(workers)]
+        self.actors = [actor_cls.remote(spec, threads_per_worker) for _ in range(workers)]
 
     def actor_pids(self, timeout_s: float = 300.0) -> list[int]:
         """Process ids of the actors, waiting for any that Ray is restarting."""
@@ -119,12 +120,12 @@ class RayExecutor:
                     time.sleep(_PING_S)
         return pids
 
-    def run(self, jobs: Sequence[Job], deliver: Deliver, fail: Fail) -> None:
+    def run(self, jobs: Sequence[BatchJob], deliver: Deliver, fail: Fail) -> None:
         from anima.recipe import Recipe
 
         ray = self._ray
         errors = ray.exceptions
-        queue: deque[Job] = deque(jobs)
+        queue: deque[BatchJob] = deque(jobs)
         attempts: dict[str, int] = {}
         deaths: dict[int, int] = {}
         idle = deque(self.actors)

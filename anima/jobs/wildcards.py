@@ -5,9 +5,9 @@ starting with ``#`` are skipped; a chosen line may itself hold wildcards (expand
 deep). The choice is seeded by the recipe's seed (a private ``random.Random(seed)``, prompt first,
 then the negative prompt), so the same seed picks the same lines.
 
-The expanded text becomes the recipe's prompt and the template is recorded under
-``Wildcard prompt``: a PNG reproduces without the wildcard files, and batches with other seeds
-pick other lines.
+The expanded text becomes the recipe's prompt and the template is recorded in `Recipe.origin`
+(infotext ``Wildcard prompt``): a PNG reproduces without the wildcard files, and batches with
+other seeds pick other lines.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from pathlib import Path
 from anima.errors import AnimaError
 
 WILDCARD = re.compile(r"__([A-Za-z0-9][\w\-./ ]*?)__")
-TEMPLATE_KEY = "Wildcard prompt"
-NEGATIVE_TEMPLATE_KEY = "Wildcard negative prompt"
 _MAX_DEPTH = 10
 
 
@@ -62,17 +60,19 @@ def expand_recipe(recipe, folder: Path | None):
     if not (has_wildcards(recipe.prompt) or has_wildcards(recipe.negative_prompt)):
         return recipe
     if folder is None:
-        raise AnimaError("the prompt has __wildcards__ but no --wildcards-dir was given")
+        raise AnimaError(
+            "the prompt has __wildcards__ but no wildcards folder was given", setting="wildcards_dir"
+        )
     folder = Path(folder)
     if not folder.is_dir():
-        raise AnimaError(f"--wildcards-dir {folder}: no such folder")
+        raise AnimaError(f"wildcards folder {folder}: no such folder", setting="wildcards_dir")
     rng = random.Random(recipe.seed)
-    extra = dict(recipe.extra)
     prompt, negative = recipe.prompt, recipe.negative_prompt
+    changes = {}
     if has_wildcards(prompt):
-        extra[TEMPLATE_KEY] = " ".join(prompt.splitlines())
+        changes["wildcard_prompt"] = " ".join(prompt.splitlines())
         prompt = expand(prompt, folder, rng)
     if has_wildcards(negative):
-        extra[NEGATIVE_TEMPLATE_KEY] = " ".join(negative.splitlines())
+        changes["wildcard_negative_prompt"] = " ".join(negative.splitlines())
         negative = expand(negative, folder, rng)
-    return recipe.with_(prompt=prompt, negative_prompt=negative, extra=tuple(extra.items()))
+    return recipe.with_(prompt=prompt, negative_prompt=negative, **changes)

@@ -4,9 +4,10 @@
     with applied_loras(pipe, recipe.loras):         # resolve, load, apply; removed on exit
         ... encode prompts, sample ...
 
-Names are resolved by ``pipe.lora_resolver`` (name -> path; the CLI installs one that searches the
-models folder's loras/ and ComfyUI installs (`anima.cli.model_selection.lora_resolver`)); without one a name
-must be a path. ``pipe.merge_loras`` picks merge mode over runtime wrapping. Applying per run
+Names are resolved by the pipeline's `RunOptions.lora_resolver` (name -> path; the CLI gives one
+that searches the models folder's loras/ and ComfyUI installs, the server one that looks only
+inside its LoRA folders); without one a name must be a path. `RunOptions.merge_loras` picks merge
+mode over runtime wrapping. Applying per run
 costs a memory-mapped read and a module swap in runtime mode (merge mode recomputes the merged
 weights each run), and leaves the pipeline exactly as it was afterwards.
 """
@@ -18,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from anima.errors import AnimaError
+from anima.lora.apply import apply_loras, pipeline_models
+from anima.lora.file import check_lora, load_lora
 from anima.lora.prompt import LoRASpec, extract_prompt_loras
 
 Resolver = Callable[[str], Path]
@@ -41,23 +44,20 @@ def path_resolver(name: str) -> Path:
 
 def resolve_all(specs: Sequence[LoRASpec], resolve: Resolver) -> dict[str, Path]:
     """{name: checked path} for every LoRA asked for; AnimaError for a missing or foreign file."""
-    from anima.lora.file import check_lora
-
     return {name: check_lora(resolve(name)) for name, _ in specs}
 
 
 @contextmanager
-def applied_loras(pipe, specs: Sequence[LoRASpec], *, merge: bool | None = None) -> Iterator[object]:
+def applied_loras(
+    pipe, specs: Sequence[LoRASpec], *, resolve: Resolver | None = None, merge: bool = False
+) -> Iterator[object]:
     """Apply `specs` [(name, strength)] to the pipeline's DiT, adapter and text encoder for the
-    duration of the block; yields the `AppliedLoRAs` handle (None when there are no LoRAs)."""
+    duration of the block; yields the `AppliedLoRAs` handle (None when there are no LoRAs).
+    `resolve`: name -> path (default: names are paths); `merge`: merge instead of wrapping layers."""
     if not specs:
         yield None
         return
-    from anima.lora.apply import apply_loras, pipeline_models
-    from anima.lora.file import load_lora
-
-    resolve = getattr(pipe, "lora_resolver", None) or path_resolver
-    merge = bool(getattr(pipe, "merge_loras", False)) if merge is None else merge
+    resolve = resolve or path_resolver
     loras = [(load_lora(resolve(name), name=name), float(strength)) for name, strength in specs]
     handle = apply_loras(pipeline_models(pipe), loras, merge=merge)
     try:

@@ -1,251 +1,281 @@
-"""Workflow options: a typed, validated view of the ``Recipe.extra`` pairs a PNG records.
+"""The workflow settings of a recipe, one frozen group per feature, validated where they are made.
 
-Every workflow setting lives in ``Recipe.extra`` as an A1111-style ``"Key: value"`` pair (so PNG
-Info readers show it) and is read back through `Workflow`. Only values that differ from the
-defaults are written, so a plain text-to-image recipe carries no extra pairs at all. Keys follow
-A1111's names where A1111 has the setting (``Hires upscale``, ``Variation seed``, ``Mask blur``).
+Each group's defaults mean "off" (or "as the main pass"), so a plain text-to-image recipe carries
+only default groups. The groups are fields of `anima.recipe.Recipe`; the text forms (A1111 infotext
+labels, the JSON recipe, CLI flags) are conversions at the edges (`anima.interop.a1111`,
+`anima.recipe.codec`, `anima.cli`), never parsed again inside the engine.
 
-Unknown extra keys are left alone (other modules and A1111 imports put their own there).
-No torch here: this is parsed at the edges, before any model is loaded.
+Numbers given as ints for float settings are stored as floats, so equal settings hash equally.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
-import math
-from collections.abc import Callable, Collection
 from dataclasses import dataclass, fields
 from typing import Any
 
 from anima.errors import AnimaError
+from anima.recipe import checks
+from anima.sampling.names import GUIDANCES
 
-GUIDANCES = ("cfg", "cfg-zero-star", "apg", "rescale-cfg")
 HIRES_UPSCALERS = ("latent-bislerp", "latent-nearest-exact", "latent-bilinear", "lanczos")
 TILED_VAE_MODES = ("auto", "on", "off")
 INPAINT_AREAS = ("whole", "only masked")
+WEIGHT_FORMATS = ("int8", "fp8")
 MAX_SEED = 2**64 - 1
 
-# A1111 labels for its built-in upscalers -> ours (so imported infotexts keep working).
-_A1111_UPSCALERS = {
-    "latent": "latent-bilinear",
-    "latent (nearest-exact)": "latent-nearest-exact",
-    "latent (nearest)": "latent-nearest-exact",
-    "lanczos": "lanczos",
-}
+
+class _Group:
+    """Shared behaviour of the setting groups: `with_`, `is_default`, float coercion."""
+
+    def with_(self, **changes: Any):
+        known = {f.name for f in fields(self)}  # type: ignore[arg-type]
+        for key in changes:
+            if key not in known:
+                raise AnimaError(f"unknown {self.label} setting {key!r}")  # type: ignore[attr-defined]
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    @property
+    def is_default(self) -> bool:
+        return self == type(self)()
+
+    def _float(self, name: str) -> None:
+        value = getattr(self, name)
+        if checks.is_number(value):
+            object.__setattr__(self, name, float(value))
 
 
 @dataclass(frozen=True)
-class Workflow:
-    """All workflow options of one recipe. Defaults mean "off" / "as the main pass"."""
+class Guidance(_Group):
+    """How cond and uncond predictions combine (`anima.sampling.guidance`)."""
 
-    # guidance (see anima.guidance)
-    guidance: str = "cfg"
-    cfg_rescale: float = 0.7
+    kind: str = "cfg"
+    rescale: float = 0.7  # rescale-cfg: blend factor phi
     apg_eta: float = 0.0
     apg_momentum: float = 0.0
     apg_norm_threshold: float = 0.0
-    cfg_zero_init_steps: int = 0
-    # normalized attention guidance: off at scale 1
-    nag_scale: float = 1.0
-    nag_tau: float = 2.5
-    nag_alpha: float = 0.25
-    # variations (A1111 "Variation seed" / "Variation seed strength")
-    variation_seed: int | None = None
-    variation_strength: float = 0.0
-    # hires fix: off at scale 1; 0 steps / "" sampler mean "as the main pass"
-    hires_scale: float = 1.0
-    hires_upscaler: str = "latent-bislerp"
-    hires_steps: int = 0
-    hires_denoise: float = 0.5
-    hires_sampler: str = ""
-    hires_scheduler: str = ""
-    hires_max_side: int = 2048
-    hires_max_step: float = 1.75
-    # VAE tiling
-    tiled_vae: str = "auto"
-    # img2img / inpainting sources (paths as given, plus a content digest to detect changes)
+    zero_init_steps: int = 0  # cfg-zero-star: first steps with zero velocity
+    label = "guidance"
+
+    def __post_init__(self) -> None:
+        checks.choice("guidance", self.kind, GUIDANCES, setting="guidance")
+        for name in ("rescale", "apg_eta", "apg_momentum", "apg_norm_threshold"):
+            self._float(name)
+        checks.in_range("CFG rescale", self.rescale, 0.0, 1.0, setting="cfg_rescale")
+        checks.finite("APG eta", self.apg_eta, setting="apg_eta")
+        checks.in_range("APG momentum", self.apg_momentum, -5.0, 0.999, setting="apg_momentum")
+        checks.in_range(
+            "APG norm threshold", self.apg_norm_threshold, 0.0, float("inf"), setting="apg_norm_threshold"
+        )
+        checks.int_in_range(
+            "CFG-Zero init steps", self.zero_init_steps, 0, 10_000, setting="cfg_zero_init_steps"
+        )
+
+
+@dataclass(frozen=True)
+class Nag(_Group):
+    """Normalized attention guidance: a negative prompt that also works at CFG 1. Off at scale 1."""
+
+    scale: float = 1.0
+    tau: float = 2.5
+    alpha: float = 0.25
+    label = "NAG"
+
+    def __post_init__(self) -> None:
+        for name in ("scale", "tau", "alpha"):
+            self._float(name)
+        checks.in_range("NAG scale", self.scale, 1.0, 50.0, setting="nag_scale")
+        checks.in_range("NAG tau", self.tau, 1.0, 100.0, setting="nag_tau")
+        checks.in_range("NAG alpha", self.alpha, 0.0, 1.0, setting="nag_alpha")
+
+    @property
+    def on(self) -> bool:
+        return self.scale != 1.0
+
+
+@dataclass(frozen=True)
+class Variation(_Group):
+    """A1111 variation seeds: the initial noise slerped towards another seed's."""
+
+    seed: int | None = None
+    strength: float = 0.0
+    label = "variation"
+
+    def __post_init__(self) -> None:
+        self._float("strength")
+        if self.seed is not None:
+            checks.int_in_range("variation seed", self.seed, 0, MAX_SEED, setting="variation_seed")
+        checks.in_range("variation strength", self.strength, 0.0, 1.0, setting="variation_strength")
+        if self.strength > 0 and self.seed is None:
+            raise AnimaError("a variation strength needs a variation seed", setting="variation_seed")
+
+    @property
+    def on(self) -> bool:
+        return self.strength > 0 and self.seed is not None
+
+
+@dataclass(frozen=True)
+class Hires(_Group):
+    """Hires fix: upscale and re-sample in passes of at most `max_step`x. Off at scale 1.
+
+    `steps` 0 and empty `sampler` / `scheduler` mean "as the main pass"."""
+
+    scale: float = 1.0
+    upscaler: str = "latent-bislerp"
+    steps: int = 0
+    denoise: float = 0.5
+    sampler: str = ""
+    scheduler: str = ""
+    max_side: int = 2048
+    max_step: float = 1.75
+    label = "hires"
+
+    def __post_init__(self) -> None:
+        for name in ("scale", "denoise", "max_step"):
+            self._float(name)
+        checks.in_range("hires scale", self.scale, 1.0, 8.0, setting="hires_scale")
+        checks.choice("hires upscaler", self.upscaler, HIRES_UPSCALERS, setting="hires_upscaler")
+        checks.int_in_range("hires steps", self.steps, 0, 10_000, setting="hires_steps")
+        checks.in_range("hires denoise", self.denoise, 0.0, 1.0, open_low=True, setting="hires_denoise")
+        checks.text("hires sampler", self.sampler)  # names: `Recipe.validate`, when the recipe runs
+        checks.text("hires scheduler", self.scheduler)
+        checks.int_in_range("hires max side", self.max_side, 64, 16384, setting="hires_max_side")
+        checks.in_range("hires max step", self.max_step, 1.05, 4.0, setting="hires_max_step")
+
+    @property
+    def on(self) -> bool:
+        return self.scale != 1.0
+
+
+@dataclass(frozen=True)
+class Sources(_Group):
+    """img2img / inpainting inputs as given (absolute paths) plus a digest of each file, so a
+    re-run finds them again and refuses a file that changed since."""
+
     init_image: str = ""
     init_image_hash: str = ""
     mask: str = ""
     mask_hash: str = ""
+    label = "source image"
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            checks.one_line(
+                f.name.replace("_", " "), checks.text(f.name.replace("_", " "), getattr(self, f.name))
+            )
+        if self.mask and not self.init_image:
+            raise AnimaError("a mask needs an init image to repaint", setting="init_image")
+
+
+@dataclass(frozen=True)
+class Inpaint(_Group):
+    """How a mask is treated: feathering, growing, and "only masked" crops."""
+
     mask_blur: int = 4
     mask_grow: int = 0
-    inpaint_area: str = "whole"
-    inpaint_padding: int = 32
+    area: str = "whole"
+    padding: int = 32
+    label = "inpaint"
 
-    # ------------------------------------------------------------------ derived
-    @property
-    def nag(self) -> bool:
-        return self.nag_scale != 1.0
-
-    @property
-    def hires(self) -> bool:
-        return self.hires_scale != 1.0
+    def __post_init__(self) -> None:
+        checks.int_in_range("mask blur", self.mask_blur, 0, 256, setting="mask_blur")
+        checks.int_in_range("mask grow", self.mask_grow, -256, 256, setting="mask_grow")
+        checks.choice("inpaint area", self.area, INPAINT_AREAS, setting="inpaint_area")
+        checks.int_in_range("inpaint padding", self.padding, 0, 4096, setting="inpaint_padding")
 
     @property
     def only_masked(self) -> bool:
-        return self.inpaint_area == "only masked"
+        return self.area == "only masked"
 
-    # ------------------------------------------------------------------ validation
-    def validate(self, samplers: Collection[str] = (), schedulers: Collection[str] = ()) -> Workflow:
-        """Raise a one-line `AnimaError` for the first bad value; sampler names are checked when given."""
-        _choice("guidance", self.guidance, GUIDANCES)
-        _range("CFG rescale", self.cfg_rescale, 0.0, 1.0)
-        _finite("APG eta", self.apg_eta)
-        _range("APG momentum", self.apg_momentum, -5.0, 0.999)
-        _range("APG norm threshold", self.apg_norm_threshold, 0.0, math.inf)
-        _int_range("CFG-Zero init steps", self.cfg_zero_init_steps, 0, 10_000)
-        _range("NAG scale", self.nag_scale, 1.0, 50.0)
-        _range("NAG tau", self.nag_tau, 1.0, 100.0)
-        _range("NAG alpha", self.nag_alpha, 0.0, 1.0)
-        if self.variation_seed is not None:
-            _int_range("variation seed", self.variation_seed, 0, MAX_SEED)
-        _range("variation strength", self.variation_strength, 0.0, 1.0)
-        if self.variation_strength > 0 and self.variation_seed is None:
-            raise AnimaError("a variation strength needs a variation seed (--variation-seed)")
-        _range("hires scale", self.hires_scale, 1.0, 8.0)
-        _choice("hires upscaler", self.hires_upscaler, HIRES_UPSCALERS)
-        _int_range("hires steps", self.hires_steps, 0, 10_000)
-        if not (_is_number(self.hires_denoise) and 0 < self.hires_denoise <= 1):
-            raise AnimaError(f"hires denoise must be in (0, 1], got {self.hires_denoise!r}")
-        _int_range("hires max side", self.hires_max_side, 64, 16384)
-        _range("hires max step", self.hires_max_step, 1.05, 4.0)
-        _choice("tiled VAE mode", self.tiled_vae, TILED_VAE_MODES)
-        _int_range("mask blur", self.mask_blur, 0, 256)
-        _int_range("mask grow", self.mask_grow, -256, 256)
-        _choice("inpaint area", self.inpaint_area, INPAINT_AREAS)
-        _int_range("inpaint padding", self.inpaint_padding, 0, 4096)
-        if self.hires_sampler and samplers:
-            _choice("hires sampler", self.hires_sampler, samplers)
-        if self.hires_scheduler and schedulers:
-            _choice("hires scheduler", self.hires_scheduler, schedulers)
-        return self
 
-    # ------------------------------------------------------------------ Recipe.extra <-> Workflow
+@dataclass(frozen=True)
+class Perf(_Group):
+    """Speed options that change the image, so the recipe records them and a re-run repeats them.
+
+    `weights`: 8-bit DiT weights (None: the compute dtype); `step_cache`: threshold of the
+    first-block step cache (None: off); `fp16_accumulation`: fp16 accumulation in CUDA matmuls;
+    `tiled_vae`: tile the VAE (auto decides by free memory)."""
+
+    weights: str | None = None
+    step_cache: float | None = None
+    fp16_accumulation: bool = False
+    tiled_vae: str = "auto"
+    label = "speed"
+
+    def __post_init__(self) -> None:
+        if self.weights is not None:
+            checks.choice("weights format", self.weights, WEIGHT_FORMATS, setting="weights")
+        if self.step_cache is not None:
+            self._float("step_cache")
+            if not (checks.is_number(self.step_cache) and 0 < self.step_cache < 1):
+                raise AnimaError(
+                    f"step cache threshold must be in (0, 1), e.g. 0.1; got {self.step_cache!r}",
+                    setting="step_cache",
+                )
+        if not isinstance(self.fp16_accumulation, bool):
+            raise AnimaError(f"fp16 accumulation must be true or false, got {self.fp16_accumulation!r}")
+        checks.choice("tiled VAE mode", self.tiled_vae, TILED_VAE_MODES, setting="tiled_vae")
+
+
+@dataclass(frozen=True)
+class Origin(_Group):
+    """Where a recipe came from, for the record (the image depends on none of it): the wildcard
+    templates its prompts were expanded from, whether a prompt matrix made them, and the training
+    step of a sample image (0: not a training sample)."""
+
+    wildcard_prompt: str = ""
+    wildcard_negative_prompt: str = ""
+    prompt_matrix: bool = False
+    training_step: int = 0
+    label = "origin"
+
+    def __post_init__(self) -> None:
+        checks.int_in_range("training step", self.training_step, 0, 2**63 - 1, setting="training_step")
+        for name in ("wildcard_prompt", "wildcard_negative_prompt"):
+            checks.one_line(name.replace("_", " "), checks.text(name.replace("_", " "), getattr(self, name)))
+        if not isinstance(self.prompt_matrix, bool):
+            raise AnimaError(f"prompt matrix must be true or false, got {self.prompt_matrix!r}")
+
+
+@dataclass(frozen=True)
+class GridAxis:
+    """One axis of an X/Y/Z grid: a setting name (a recipe field, a flat setting, or ``size`` /
+    ``prompt`` / ``negative_prompt``) and its values as written (``cfg=3,4,5``)."""
+
+    name: str
+    values: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "values", tuple(self.values))
+        if not self.name or not self.values or not all(isinstance(v, str) and v for v in self.values):
+            raise AnimaError(f"grid axis {self.name!r} needs a name and at least one value")
+
     @classmethod
-    def from_extra(cls, extra: tuple[tuple[str, str], ...]) -> Workflow:
-        """Parse the known keys of ``Recipe.extra``; other keys are ignored. Validates."""
-        values: dict[str, Any] = {}
-        for key, text in extra:
-            spec = _BY_LABEL.get(key.lower())
-            if spec is None:
-                continue
-            name, _, parse = spec
-            try:
-                values[name] = parse(text.strip())
-            except ValueError:
-                raise AnimaError(f"recipe setting {key!r}: cannot read {text!r}") from None
-        return cls(**values).validate()
+    def parse(cls, text: str) -> GridAxis:
+        """``name=v1,v2`` (CSV-quoted values may hold commas) -> GridAxis; names are normalised
+        (``Hires-Scale`` -> ``hires_scale``) and checked when the grid is planned."""
+        name, sep, values = text.partition("=")
+        key = name.strip().lower().replace("-", "_").replace(" ", "_")
+        if not sep or not key:
+            raise AnimaError(f"grid axis {text!r}: write NAME=VALUE1,VALUE2 (for example cfg=3,4,5)")
+        items = [v.strip() for v in next(csv.reader([values], skipinitialspace=True), []) if v.strip()]
+        if not items:
+            raise AnimaError(f"grid axis {key} has no values")
+        return cls(key, tuple(items))
 
-    @classmethod
-    def from_recipe(cls, recipe) -> Workflow:
-        return cls.from_extra(recipe.extra)
-
-    def to_extra(self) -> tuple[tuple[str, str], ...]:
-        """The non-default settings as (label, text) pairs, in a fixed order."""
-        default = Workflow()
-        out = []
-        for name, label, _ in _SPECS:
-            value = getattr(self, name)
-            if value != getattr(default, name):
-                out.append((label, _format(value)))
-        return tuple(out)
-
-    def apply(self, recipe):
-        """`recipe` with its workflow pairs replaced by this workflow's (other extra pairs kept)."""
-        ours = {label.lower() for _, label, _ in _SPECS}
-        kept = tuple((k, v) for k, v in recipe.extra if k.lower() not in ours)
-        return recipe.with_(extra=kept + self.to_extra())
-
-    def with_(self, **changes: Any) -> Workflow:
-        known = {f.name for f in fields(self)}
-        for key in changes:
-            if key not in known:
-                raise AnimaError(f"unknown workflow setting {key!r}")
-        return dataclasses.replace(self, **changes)
+    def spec(self) -> str:
+        """``name=v1,v2`` (values holding commas or quotes CSV-quoted)."""
+        return f"{self.name}=" + ",".join(f'"{v}"' if any(c in v for c in ',"') else v for v in self.values)
 
 
-# ---------------------------------------------------------------------- parsing helpers
-def _parse_optional_int(text: str) -> int | None:
-    return None if text.lower() in ("", "none") else int(text)
-
-
-def _parse_upscaler(text: str) -> str:
-    return _A1111_UPSCALERS.get(text.lower(), text.lower())
-
-
-def _parse_name(text: str) -> str:
-    return text.strip().lower().replace(" ", "_")
-
-
-def _str(text: str) -> str:
-    return text
-
-
-def _lower(text: str) -> str:
-    return text.lower()
-
-
-_SPECS: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
-    ("guidance", "Guidance", _lower),
-    ("cfg_rescale", "CFG rescale", float),
-    ("apg_eta", "APG eta", float),
-    ("apg_momentum", "APG momentum", float),
-    ("apg_norm_threshold", "APG norm threshold", float),
-    ("cfg_zero_init_steps", "CFG-Zero init steps", int),
-    ("nag_scale", "NAG scale", float),
-    ("nag_tau", "NAG tau", float),
-    ("nag_alpha", "NAG alpha", float),
-    ("variation_seed", "Variation seed", _parse_optional_int),
-    ("variation_strength", "Variation seed strength", float),
-    ("hires_scale", "Hires upscale", float),
-    ("hires_upscaler", "Hires upscaler", _parse_upscaler),
-    ("hires_steps", "Hires steps", int),
-    ("hires_denoise", "Hires denoise", float),
-    ("hires_sampler", "Hires sampler", _parse_name),
-    ("hires_scheduler", "Hires schedule type", _parse_name),
-    ("hires_max_side", "Hires max side", int),
-    ("hires_max_step", "Hires max step", float),
-    ("tiled_vae", "Tiled VAE", _lower),
-    ("init_image", "Init image", _str),
-    ("init_image_hash", "Init image hash", _str),
-    ("mask", "Mask", _str),
-    ("mask_hash", "Mask hash", _str),
-    ("mask_blur", "Mask blur", int),
-    ("mask_grow", "Mask grow", int),
-    ("inpaint_area", "Inpaint area", _lower),
-    ("inpaint_padding", "Inpaint padding", int),
-)
-_BY_LABEL = {label.lower(): (name, label, parse) for name, label, parse in _SPECS}
-LABELS = {name: label for name, label, _ in _SPECS}
-
-
-def _format(value: Any) -> str:
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else repr(value)
-    return "" if value is None else str(value)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _finite(what: str, value: Any) -> None:
-    if not _is_number(value):
-        raise AnimaError(f"{what} must be a finite number, got {value!r}")
-
-
-def _range(what: str, value: Any, lo: float, hi: float) -> None:
-    if not (_is_number(value) and lo <= value <= hi):
-        bound = f"{lo:g}..{hi:g}" if hi != math.inf else f">= {lo:g}"
-        raise AnimaError(f"{what} must be in {bound}, got {value!r}")
-
-
-def _int_range(what: str, value: Any, lo: int, hi: int) -> None:
-    if not (isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi):
-        raise AnimaError(f"{what} must be an integer in {lo}..{hi}, got {value!r}")
-
-
-def _choice(what: str, value: Any, allowed: Collection[str]) -> None:
-    if value not in allowed:
-        raise AnimaError(f"unknown {what} {value!r}; choose from: {', '.join(sorted(allowed))}")
+GROUPS: dict[str, type[_Group]] = {
+    "guidance": Guidance,
+    "nag": Nag,
+    "variation": Variation,
+    "hires": Hires,
+    "sources": Sources,
+    "inpaint": Inpaint,
+    "perf": Perf,
+    "origin": Origin,
+}

@@ -17,8 +17,6 @@ margin for the allocator and kernels' workspaces); `--profile` reports what was 
 
 from __future__ import annotations
 
-import functools
-import gc
 from dataclasses import dataclass, field
 
 import torch
@@ -131,23 +129,16 @@ def plan_memory(
         tries = (
             "a smaller image or a larger budget"
             if quantized
-            else "--weights int8, a smaller image, or a larger budget"
+            else "int8 weights, a smaller image, or a larger budget"
         )
         raise AnimaError(
-            f"--vram-budget {budget / GB:.2f} GB is too small for this model and size (streaming needs "
-            f"{need:.2f} GB); try {tries}"
+            f"memory budget {budget / GB:.2f} GB is too small for this model and size (streaming needs "
+            f"{need:.2f} GB); try {tries}",
+            setting="vram_budget",
         )
     resident = min(n, (room - in_flight) // block) if block else n
     left = room - resident * block - in_flight + activations
     return MemoryPlan(stream_blocks=True, resident_blocks=int(resident), vae_budget=left, **common)
-
-
-def cpu_default_plan() -> MemoryPlan:
-    """The CLI's plan on a CPU without a budget: free the text encoder (2 GB in fp32) before the DiT
-    runs. Its reload costs a few seconds per new prompt, next to minutes of CPU sampling, and it keeps
-    the peak RSS of a run to about the DiT plus the VAE (the memory-mapped DiT is not resident yet
-    while the text encoder runs)."""
-    return MemoryPlan(budget=None, release_text_encoder=True)
 
 
 def auto_budget(device: torch.device) -> int | None:
@@ -158,81 +149,30 @@ def auto_budget(device: torch.device) -> int | None:
     return int(free)
 
 
-def budget_from_gb(value: float | str | None, device: torch.device) -> int | None:
-    """``--vram-budget``: a number of GB, 'auto' (free memory on CUDA, none on CPU) or None."""
+def parse_budget(value: float | str | None) -> float | str | None:
+    """A memory budget as users give it: a number of GB (or its text), 'auto', or None/'none'.
+
+    The one reader of budget values (CLI flags, server options, recorded settings)."""
     if value is None or value == "none":
         return None
     if value == "auto":
-        return auto_budget(device)
+        return "auto"
     try:
         gb = float(value)
     except (TypeError, ValueError):
-        raise AnimaError(f"--vram-budget takes a number of GB or 'auto', got '{value}'") from None
-    if not gb > 0:
-        raise AnimaError(f"--vram-budget must be > 0 GB, got {value}")
-    return int(gb * GB)
+        raise AnimaError(
+            f"memory budget takes a number of GB or 'auto', got '{value}'", setting="vram_budget"
+        ) from None
+    if not gb > 0 or gb != gb or gb == float("inf"):
+        raise AnimaError(f"memory budget must be > 0 GB, got {value}", setting="vram_budget")
+    return gb
 
 
-# -- the text encoder's lifetime ---------------------------------------------------------------
-
-
-def release_text_encoder(pipe) -> bool:
-    """Drop the pipeline's text encoder (it is rebuilt by `ensure_text_encoder` when needed again).
-
-    Returns False (and keeps it) when the pipeline has no `text_encoder_loader` to rebuild it with.
-    """
-    if getattr(pipe, "text_encoder_loader", None) is None or pipe.text_encoder is None:
-        return False
-    pipe.text_encoder = None
-    pipe.conditioner.text_encoder = None
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return True
-
-
-def ensure_text_encoder(pipe) -> None:
-    """Reload a released text encoder from its file (no-op when it is loaded)."""
-    if pipe.conditioner.text_encoder is not None:
-        return
-    loader = getattr(pipe, "text_encoder_loader", None)
-    if loader is None:
-        raise AnimaError("the text encoder was released and this pipeline cannot reload it")
-    pipe.text_encoder = loader()
-    pipe.conditioner.text_encoder = pipe.text_encoder
-
-
-def apply_memory_plan(pipe, plan: MemoryPlan, device: torch.device | str | None = None):
-    """Place a loaded pipeline's parts for `plan` on `device` (default: the pipeline's) and attach it.
-
-    Load the pipeline on the CPU when a budget is tight (nothing is copied twice), then call this: the
-    adapter, VAE, the DiT's non-block layers and its resident blocks move to the device, the text
-    encoder too unless the plan runs it on the CPU; streamed blocks stay in host memory behind a
-    `BlockStreamer`, which is returned (None when not streaming). The text encoder is released
-    later, after encoding, when the plan says so.
-    """
-    from anima.runtime.streaming import BlockStreamer
-
-    device = torch.device(device) if device is not None else pipe.device
-    pipe.device = device
-    pipe.conditioner.device = device
-    te_device = torch.device("cpu") if plan.text_encoder_on_host else device
-    for part in (pipe.adapter, pipe.vae):
-        part.to(device)
-    if pipe.text_encoder is not None:
-        pipe.text_encoder.to(te_device)
-    for name, child in pipe.dit.named_children():
-        if name != "blocks":
-            child.to(device)
-    loader = getattr(pipe, "text_encoder_loader", None)
-    if isinstance(loader, functools.partial) and "device" in loader.keywords:
-        pipe.text_encoder_loader = functools.partial(
-            loader.func, *loader.args, **{**loader.keywords, "device": te_device}
-        )
-    pipe.memory_plan = plan
-    if not plan.stream_blocks:
-        pipe.dit.blocks.to(device)
+def budget_from_gb(value: float | str | None, device: torch.device) -> int | None:
+    """A budget (see `parse_budget`) in bytes: 'auto' is the free memory on CUDA, none on a CPU."""
+    value = parse_budget(value)
+    if value is None:
         return None
-    return BlockStreamer(
-        pipe.dit.blocks, device, resident=plan.resident_blocks, prefetch=plan.prefetch
-    ).attach()
+    if value == "auto":
+        return auto_budget(device)
+    return int(value * GB)

@@ -22,14 +22,15 @@ _NAMES: dict[str, torch.dtype] = {
 SHORT_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+def parse_dtype(name: str | torch.dtype, *, what: str = "dtype") -> torch.dtype:
+    """The one place dtype names are read ("bf16", "float32", torch.float16, ...)."""
     if isinstance(name, torch.dtype):
         if name not in SHORT_NAMES:
-            raise AnimaError(f"unsupported dtype {name}; use fp32, bf16 or fp16")
+            raise AnimaError(f"unsupported {what} {name}; use fp32, bf16 or fp16")
         return name
-    key = name.lower().removeprefix("torch.")
+    key = str(name).lower().removeprefix("torch.")
     if key not in _NAMES:
-        raise AnimaError(f"unknown dtype '{name}'; use fp32, bf16 or fp16 (or auto)")
+        raise AnimaError(f"unknown {what} '{name}'; use fp32, bf16 or fp16 (or auto)")
     return _NAMES[key]
 
 

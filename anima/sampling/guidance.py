@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-GUIDANCES = ("cfg", "cfg-zero-star", "apg", "rescale-cfg")
+from anima.sampling.names import GUIDANCES
 
 
 def _dims(t: torch.Tensor) -> list[int]:

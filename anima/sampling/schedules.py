@@ -37,8 +37,9 @@ __all__ = [
 ]
 
 
-def _time_snr_shift(shift: float, t: torch.Tensor) -> torch.Tensor:
-    # Same float32 operation order as ComfyUI (alpha * t / (1 + (alpha - 1) * t)).
+def shift_sigma(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """The shift convention, written once: sigma(t) = shift t / (1 + (shift - 1) t) (ComfyUI's
+    ModelSamplingDiscreteFlow, multiplier 1), in ComfyUI's float32 operation order."""
     if shift == 1.0:
         return t
     return shift * t / (1 + (shift - 1) * t)
@@ -78,7 +79,7 @@ class FlowModelSampling:
 
     def sigma(self, timestep: torch.Tensor) -> torch.Tensor:
         """Inverse of `timestep`, with the shift applied."""
-        return _time_snr_shift(self.shift, timestep / self.multiplier)
+        return shift_sigma(timestep / self.multiplier, self.shift)
 
     def percent_to_sigma(self, percent: float) -> float:
         """Sigma at a fraction of the sampling run (0 = start, sigma 1; 1 = end, sigma 0), in float64."""
@@ -94,14 +95,24 @@ class FlowModelSampling:
     @staticmethod
     def noise_scaling(sigma: torch.Tensor, noise: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
         """Sampler start state ``sigma * noise + (1 - sigma) * latent`` (``latent`` in model space)."""
-        sigma = _reshape_sigma(sigma, noise.ndim)
-        return sigma * noise + (1.0 - sigma) * latent
+        return add_noise(latent, noise, sigma)
 
     @staticmethod
     def inverse_noise_scaling(sigma: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
         """ComfyUI divides the sampler output by ``1 - sigma_last`` (a no-op when the schedule ends at 0)."""
         sigma = _reshape_sigma(sigma, latent.ndim)
         return latent / (1.0 - sigma)
+
+
+def add_noise(latent: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """The flow-matching noising convention, the one place it is written (spec 2.9):
+    ``x_sigma = sigma * noise + (1 - sigma) * latent``.
+
+    `sigma` is a number, a scalar tensor or one value per batch row; it is cast to the latent's
+    dtype first (a bf16 training step noises in bf16), then broadcast over the latent's dims."""
+    s = torch.as_tensor(sigma, device=latent.device).to(latent.dtype)
+    s = s.reshape(()) if s.numel() == 1 else s.reshape(s.shape[:1] + (1,) * (latent.ndim - 1))
+    return s * noise + (1.0 - s) * latent
 
 
 def _reshape_sigma(sigma: torch.Tensor, ndim: int) -> torch.Tensor:

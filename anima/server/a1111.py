@@ -13,7 +13,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from anima.errors import AnimaError
-from anima.imageio import SAMPLER_LABELS, SCHEDULER_LABELS, a1111_parameters
+from anima.interop.a1111 import SAMPLER_LABELS, SCHEDULER_LABELS, infotext
 from anima.recipe import DEFAULT_NEGATIVE, Recipe
 
 VERSION = "anima-serve/1"
@@ -169,7 +169,7 @@ def info_json(job, recipe_used: Recipe, n_images: int, notes: list[str], model_h
     per_iter = r.batch_size
     seeds = [(r.seed + i // per_iter) % 2**64 for i in range(n_images)]
     infotexts = [
-        a1111_parameters(r.with_(seed=s), batch_pos=(i % per_iter) if per_iter > 1 else None)
+        infotext(r.with_(seed=s), batch_pos=(i % per_iter) if per_iter > 1 else None)
         for i, s in enumerate(seeds)
     ]
     info = {

@@ -36,7 +36,7 @@ def hires_settings(
     samplers: Collection[str],
     schedulers: Collection[str],
 ) -> tuple[dict[str, Any], list[str]]:
-    """(Workflow settings, notes) for a txt2img request's extra fields; ({}, []) without enable_hr."""
+    """(flat hires settings, notes) for a txt2img request's extra fields; ({}, []) without enable_hr."""
     from anima.server.a1111 import resolve_sampler
 
     if not extra.get("enable_hr"):
@@ -48,7 +48,7 @@ def hires_settings(
     if name.strip().lower() not in _EXACT:
         notes.append(f"hr_upscaler {name!r} is not available here: used {upscaler}")
     settings["hires_upscaler"] = upscaler
-    # Ranges and types of these are checked by `Workflow.validate` when they are applied.
+    # Ranges and types of these are checked by the recipe's `Hires` group when they are applied.
     settings["hires_steps"] = extra.get("hr_second_pass_steps") or 0
     denoise = extra.get("denoising_strength")
     settings["hires_denoise"] = DEFAULT_DENOISE if denoise is None else denoise
@@ -73,7 +73,7 @@ def hires_settings(
 
 def _scale(extra: Mapping[str, Any], width: int, height: int, notes: list[str]) -> Any:
     """A1111: hr_resize_x/y (0 = keep the aspect) win over hr_scale (default 2; range checked by
-    `Workflow.validate`)."""
+    the recipe's `Hires` group)."""
     rx, ry = extra.get("hr_resize_x") or 0, extra.get("hr_resize_y") or 0
     for key, v in (("hr_resize_x", rx), ("hr_resize_y", ry)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:

@@ -92,7 +92,7 @@ class JobSpec:
 
 
 @dataclass(frozen=True)
-class Job:
+class QueuedJob:
     seq: int
     id: str
     kind: str
@@ -136,7 +136,7 @@ class JobStore:
             self._db.close()
 
     # ----------------------------------------------------------------- writes
-    def add(self, spec: JobSpec, notes: list[str] | None = None, job_id: str | None = None) -> Job:
+    def add(self, spec: JobSpec, notes: list[str] | None = None, job_id: str | None = None) -> QueuedJob:
         job_id = job_id or new_job_id()
         with self._lock:
             self._db.execute(
@@ -145,7 +145,7 @@ class JobStore:
             )
         return self.get(job_id)
 
-    def claim_next(self) -> Job | None:
+    def claim_next(self) -> QueuedJob | None:
         """Atomically move the oldest queued job to `running` and return it."""
         with self._lock:
             row = self._db.execute(
@@ -204,12 +204,14 @@ class JobStore:
             return cur.rowcount == 1
 
     # ----------------------------------------------------------------- reads
-    def get(self, job_id: str) -> Job | None:
+    def get(self, job_id: str) -> QueuedJob | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         return _job(row) if row else None
 
-    def list(self, *, offset: int = 0, limit: int = 50, status: str | None = None) -> tuple[list[Job], int]:
+    def list(
+        self, *, offset: int = 0, limit: int = 50, status: str | None = None
+    ) -> tuple[list[QueuedJob], int]:
         """Newest first; `status` may be one status or 'active' (queued + running)."""
         where, args = "", ()
         if status == "active":
@@ -230,7 +232,7 @@ class JobStore:
                 f"SELECT COUNT(*) FROM jobs WHERE status IN ({placeholders})", statuses
             ).fetchone()[0]
 
-    def position(self, job: Job) -> int | None:
+    def position(self, job: QueuedJob) -> int | None:
         """How many queued jobs run before this one (None unless it is queued)."""
         if job.status != "queued":
             return None
@@ -258,8 +260,8 @@ def new_job_id() -> str:
     return secrets.token_hex(8)
 
 
-def _job(row: sqlite3.Row) -> Job:
-    return Job(
+def _job(row: sqlite3.Row) -> QueuedJob:
+    return QueuedJob(
         seq=row["seq"],
         id=row["id"],
         kind=row["kind"],

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from anima.errors import AnimaError
 from anima.server import a1111, images
-from anima.server.jobs import Job
+from anima.server.jobs import QueuedJob
 from anima.server.schemas import (
     ErrorResponse,
     GenerationResponse,
@@ -65,7 +65,7 @@ async def img2img(req: Img2ImgRequest, c: Ctx) -> GenerationResponse:
     return resp
 
 
-async def _run_job(c, prepared) -> Job:
+async def _run_job(c, prepared) -> QueuedJob:
     job = await run_in_threadpool(c.submitter.submit, prepared)
     with c.hub.subscribe() as sub:
         while True:
@@ -77,7 +77,7 @@ async def _run_job(c, prepared) -> Job:
             await sub.get(timeout=1.0)  # any event, or poll once a second
 
 
-def _response(c, job: Job, req, prepared) -> GenerationResponse:
+def _response(c, job: QueuedJob, req, prepared) -> GenerationResponse:
     from anima.imageio import read_recipe
 
     if job.status == "failed":
@@ -228,9 +228,10 @@ def set_options(options: Annotated[dict[str, Any], Body()], c: Ctx) -> OptionsUp
 
 @router.post("/png-info", response_model=PNGInfoResponse, responses=ERRORS)
 def png_info(req: PNGInfoRequest, c: Ctx) -> PNGInfoResponse:
-    from anima.imageio import PARAMETERS_KEY, parse_a1111_parameters
+    from anima.imageio import PARAMETERS_KEY
+    from anima.interop.a1111 import parse_infotext
 
     chunks = images.text_chunks(req.image, "image", c.limits)
     text = chunks.get(PARAMETERS_KEY, "")
     items = {k: v for k, v in chunks.items() if k != PARAMETERS_KEY}
-    return PNGInfoResponse(info=text, items=items, parameters=parse_a1111_parameters(text) if text else {})
+    return PNGInfoResponse(info=text, items=items, parameters=parse_infotext(text) if text else {})

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from anima.errors import AnimaError
 from anima.recipe import SIZE_PRESETS, Recipe
-from anima.server.jobs import STATUSES, Job
+from anima.server.jobs import STATUSES, QueuedJob
 from anima.server.routes_a1111 import ERRORS, Ctx
 from anima.server.schemas import ErrorResponse, JobCreate, JobOut, JobPage, ServerInfo
 from anima.server.security import resolve_inside
@@ -26,7 +26,7 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 EVENT_KEEPALIVE_S = 15.0
 
 
-def job_out(c, job: Job) -> JobOut:
+def job_out(c, job: QueuedJob) -> JobOut:
     step, steps = job.step, job.steps or job.spec.recipe.steps
     if job.status == "running":
         snap = c.worker.snapshot()
@@ -40,7 +40,7 @@ def job_out(c, job: Job) -> JobOut:
     )  # fmt: skip
 
 
-def _get(c, job_id: str) -> Job:
+def _get(c, job_id: str) -> QueuedJob:
     job = c.store.get(job_id)
     if job is None:
         raise HTTPException(404, f"no job {job_id!r}")

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from anima.errors import AnimaError
+from anima.workflows.hires import plan_passes
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -46,22 +47,13 @@ class Limits:
     def check_recipe(self, recipe, n_iter: int = 1) -> None:
         """Raise `AnimaError` naming the first limit `recipe` (run `n_iter` times) exceeds; a hires
         fix is checked at its final size."""
-        from anima.recipe.settings import Workflow
-        from anima.workflows.hires import plan_passes
-
-        wf = Workflow.from_recipe(recipe)
-        if wf.hires:
+        hires = recipe.hires
+        if hires.on:
             w, h = plan_passes(
-                recipe.width,
-                recipe.height,
-                wf.hires_scale,
-                max_step=wf.hires_max_step,
-                max_side=wf.hires_max_side,
+                recipe.width, recipe.height, hires.scale, max_step=hires.max_step, max_side=hires.max_side
             ).final
-            if wf.hires_steps > self.max_steps:
-                raise AnimaError(
-                    f"hires steps {wf.hires_steps} is over this server's limit of {self.max_steps}"
-                )
+            if hires.steps > self.max_steps:
+                raise AnimaError(f"hires steps {hires.steps} is over this server's limit of {self.max_steps}")
             if max(w, h) > self.max_side or w * h > self.max_pixels:
                 raise AnimaError(f"hires fix to {w}x{h} is over this server's size limits")
         for what, value in (("width", recipe.width), ("height", recipe.height)):

@@ -10,16 +10,27 @@ Only the worker thread calls `run`, so at most one model is loaded and used at a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
+import torch
+import torch.nn.functional as F
+
 from anima.errors import AnimaError
+from anima.imageio import to_uint8
+from anima.lora.file import check_lora
+from anima.model.latent import denormalize_latent
+from anima.pipeline import Pipeline, RunOptions
 from anima.recipe import Recipe
+from anima.sampling import samplers, schedules
 from anima.server.security import check_plain_name
 from anima.weights.discovery import ModelSet
 
@@ -65,17 +76,16 @@ class PipelineService:
         models: Sequence[ModelSet],
         *,
         lora_dirs: Sequence[Path] = (),
-        device: str = "cpu",
-        dtype: str = "auto",
+        options: RunOptions | None = None,
         rescan: Callable[[], Sequence[ModelSet]] | None = None,
     ) -> None:
         if not models:
-            raise AnimaError("no Anima model found to serve; pass --dit/--text-encoder/--vae or --models-dir")
+            raise AnimaError("no Anima model found to serve", setting="model")
         self._models = {m.name: m for m in models}
         self._lora_dirs = tuple(Path(d) for d in lora_dirs)
         self._loras = self._scan_loras()
-        self._device = device
-        self._dtype = dtype
+        # Names only, inside the LoRA folders (never paths): clients cannot point at other files.
+        self._options = dataclasses.replace(options or RunOptions(), lora_resolver=self.resolve_lora)
         self._rescan = rescan
         self._lock = threading.Lock()
         self._selected = next(iter(self._models))
@@ -90,14 +100,13 @@ class PipelineService:
         *,
         tokenizer_dir: Path,
         lora_dirs: Sequence[Path] = (),
-        device: str = "cpu",
-        dtype: str = "auto",
+        options: RunOptions | None = None,
     ) -> PipelineService:
         ms = ModelSet(
             Path(dit).stem, Path(dit), Path(text_encoder), Path(vae),
             Path(tokenizer_dir) / "qwen", Path(tokenizer_dir) / "t5", "explicit",
         )  # fmt: skip
-        return cls([ms], lora_dirs=lora_dirs, device=device, dtype=dtype)
+        return cls([ms], lora_dirs=lora_dirs, options=options)
 
     # ----------------------------------------------------------------- catalog
     def models(self) -> list[ModelInfo]:
@@ -137,8 +146,6 @@ class PipelineService:
     def resolve_lora(self, name: str) -> Path:
         """A LoRA by name (file stem), found only among the files inside the LoRA folders and
         checked (header only) to be a LoRA. Never a path: clients cannot point at other files."""
-        from anima.lora.file import check_lora
-
         check_plain_name(name, "LoRA")
         loras = self.loras()
         if name not in loras:
@@ -164,13 +171,9 @@ class PipelineService:
         return out
 
     def samplers(self) -> list[str]:
-        from anima.sampling import samplers
-
         return list(samplers.SAMPLERS)
 
     def schedulers(self) -> list[str]:
-        from anima.sampling import schedules
-
         return list(schedules.SCHEDULERS)
 
     # ----------------------------------------------------------------- running
@@ -180,18 +183,8 @@ class PipelineService:
                 return self._loaded[1]
             ms = self._models[name]
             self._loaded = None  # drop the old model before loading the next one
-        from anima.pipeline import Pipeline
-
         log.info("loading model %s", name)
-        if ms.diffusers is not None:
-            pipe = Pipeline.from_pretrained(ms.diffusers, device=self._device, dtype=self._dtype)
-        else:
-            pipe = Pipeline.from_files(
-                ms.dit, ms.text_encoder, ms.vae, qwen_tokenizer=ms.qwen_tokenizer,
-                t5_tokenizer=ms.t5_tokenizer, device=self._device, dtype=self._dtype,
-            )  # fmt: skip
-        pipe.model_name = name
-        pipe.lora_resolver = self.resolve_lora  # names only, inside the LoRA folders (not paths)
+        pipe = Pipeline.load(ms, self._options)
         with self._lock:
             self._loaded = (name, pipe)
         return pipe
@@ -211,14 +204,8 @@ class PipelineService:
         `init_image` is a PIL RGB image at the recipe size; `mask` an 'L' image of the same size
         (white = repaint); blur, grow and "only masked" come from the recipe's workflow settings.
         """
-        import numpy as np
-        import torch
-
-        from anima.runtime.precision import SHORT_NAMES
-
         name = self.check_model(recipe.model) if recipe.model else self.current_model()
         pipe = self._pipeline(name)
-        recipe = recipe.with_(model=name, dtype=SHORT_NAMES[pipe.dtype])
         init = pixel_mask = None
         if init_image is not None:
             arr = np.asarray(init_image.convert("RGB"), dtype=np.float32) / np.float32(255.0)
@@ -240,13 +227,6 @@ PREVIEW_MIN_INTERVAL_S = 0.5  # a VAE decode can cost more than a small step: ca
 def _previewer(pipe, sink: PreviewFn, every: int):
     """preview(step, total, x0) for the pipeline: decode x0 at <= 32 latents a side every `every`
     steps, at most once per PREVIEW_MIN_INTERVAL_S."""
-    import time
-
-    import torch.nn.functional as F
-
-    from anima.imageio import to_uint8
-    from anima.model.latent import denormalize_latent
-
     last = [0.0]
 
     def on_latent(step: int, total: int, x0) -> None:

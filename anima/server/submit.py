@@ -11,7 +11,7 @@ from pathlib import Path
 from anima.errors import AnimaError
 from anima.recipe import Recipe, parse_size
 from anima.server import a1111, images
-from anima.server.jobs import Job, JobSpec, JobStore, new_job_id
+from anima.server.jobs import JobSpec, JobStore, QueuedJob, new_job_id
 from anima.server.schemas import Img2ImgRequest, JobCreate, Txt2ImgRequest
 from anima.server.security import Limits, resolve_inside
 
@@ -47,7 +47,7 @@ class Submitter:
             self.service.schedulers(),
         )
         if hires:
-            recipe = _with_workflow(recipe, **hires)
+            recipe = recipe.with_(**hires)
         self._check(recipe, req.n_iter)
         notes = hires_notes + a1111.ignored_notes(req, img2img=False)
         return Prepared(JobSpec(recipe, req.n_iter, source="a1111"), notes)
@@ -72,8 +72,8 @@ class Submitter:
                 m, recipe.width, recipe.height, invert=bool(req.inpainting_mask_invert)
             )
             area = "only masked" if req.inpaint_full_res else "whole"
-            recipe = _with_workflow(
-                recipe, mask_blur=blur, inpaint_area=area, inpaint_padding=req.inpaint_full_res_padding
+            recipe = recipe.with_(
+                mask_blur=blur, inpaint_area=area, inpaint_padding=req.inpaint_full_res_padding
             )
             if req.inpainting_fill != 1:
                 notes.append(
@@ -109,7 +109,7 @@ class Submitter:
             if req.inpaint is not None:
                 m = images.decode_image(req.inpaint.mask, "inpaint.mask", self.limits)
                 mask = images.prepare_mask(m, recipe.width, recipe.height, invert=req.inpaint.invert)
-                recipe = _with_workflow(recipe, mask_blur=req.inpaint.blur)
+                recipe = recipe.with_(mask_blur=req.inpaint.blur)
         elif recipe.denoise < 1.0:
             raise AnimaError("denoise below 1 needs init_image (img2img)")
         spec = JobSpec(
@@ -127,7 +127,7 @@ class Submitter:
         for name, _ in split_prompt_loras(recipe).loras:
             self.service.resolve_lora(name)
 
-    def submit(self, prepared: Prepared) -> Job:
+    def submit(self, prepared: Prepared) -> QueuedJob:
         """Store inputs and queue the job. Refuses when the queue is full."""
         if self.store.count("queued") >= self.limits.max_queued:
             raise AnimaError(f"the queue is full ({self.limits.max_queued} jobs); try again later")
@@ -149,13 +149,6 @@ class Submitter:
         name = f"{job_id}-{what}.png"
         atomic_write(self.inputs_dir / name, lambda fh: image.save(fh, format="PNG", compress_level=1))
         return name
-
-
-def _with_workflow(recipe: Recipe, **settings) -> Recipe:
-    """`recipe` with workflow settings (mask blur, inpaint area...) recorded in its extra pairs."""
-    from anima.recipe.settings import Workflow
-
-    return Workflow.from_recipe(recipe).with_(**settings).validate().apply(recipe)
 
 
 def _snap16(v: int) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 
 from anima.errors import AnimaError
 from anima.server.events import EventHub
-from anima.server.jobs import Job, JobStore
+from anima.server.jobs import JobStore, QueuedJob
 from anima.server.service import GenerationService
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class Worker:
     def _publish_job(self, job_id: str) -> None:
         self.hub.publish({"type": "job", "id": job_id})
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: QueuedJob) -> None:
         spec = job.spec
         with self._lock:
             self._state = RunState(
@@ -211,7 +211,7 @@ class Worker:
             job_id = self._state.job_id
         self.hub.publish({"type": "preview", "id": job_id, "step": step})
 
-    def _inputs(self, job: Job):
+    def _inputs(self, job: QueuedJob):
         from PIL import Image
 
         def load(name: str | None, mode: str):
@@ -226,7 +226,7 @@ class Worker:
 
         return load(job.spec.init_image, "RGB"), load(job.spec.mask, "L")
 
-    def _save(self, job: Job, iteration: int, results) -> list[str]:
+    def _save(self, job: QueuedJob, iteration: int, results) -> list[str]:
         from anima.imageio import save_png
 
         folder = job.spec.output_name or time.strftime("%Y-%m-%d", time.localtime(job.created))

@@ -77,8 +77,21 @@ class TextConditioner:
         self.device = torch.device(device)
         self.dtype = dtype
 
+    def move_to(self, device: torch.device | str) -> None:
+        """Run the adapter and return contexts on `device` (the pipeline moves the modules)."""
+        self.device = torch.device(device)
+
+    def attach_text_encoder(self, text_encoder: torch.nn.Module) -> None:
+        self.text_encoder = text_encoder
+
+    def detach_text_encoder(self) -> None:
+        """Forget the text encoder (the pipeline released it to free memory); encoding needs it back."""
+        self.text_encoder = None
+
     @torch.no_grad()
     def encode(self, prompt: str) -> Conditioning:
+        if self.text_encoder is None:
+            raise RuntimeError("the text encoder was released; attach it again before encoding")
         tokens = self.tokenizer.tokenize(prompt)
         n = len(tokens.t5_ids)
         if n > MIN_CONTEXT_ROWS:

@@ -15,10 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-
-def shift_sigma(t: torch.Tensor, shift: float) -> torch.Tensor:
-    """sigma(t) = shift t / (1 + (shift - 1) t) (ComfyUI's ModelSamplingDiscreteFlow, multiplier 1)."""
-    return shift * t / (1 + (shift - 1) * t)
+from anima.sampling.schedules import add_noise, shift_sigma
 
 
 def sample_sigmas(
@@ -42,8 +39,7 @@ def sample_sigmas(
 
 def noisy_latent(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """x_sigma = (1 - sigma) x0 + sigma eps, sigma [B] broadcast over the latent dims."""
-    s = sigma.view(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
-    return (1 - s) * x0 + s * noise
+    return add_noise(x0, noise, sigma)
 
 
 def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

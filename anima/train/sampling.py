@@ -20,21 +20,16 @@ class SampleWriter:
 
     def _pipeline(self):
         if self._pipe is None:
-            from anima.pipeline import Pipeline
+            from anima.pipeline import Pipeline, RunOptions
 
             m = self.models
             device = m.dit.t_embedding_norm.weight.device
+            # The live modules, where training keeps them: nothing moved, nothing released.
+            options = RunOptions(device=str(device), dtype="fp32", release_text_encoder=False)
             self._pipe = Pipeline(
-                dit=m.dit,
-                adapter=m.adapter,
-                text_encoder=m.text_encoder,
-                tokenizer=m.tokenizer,
-                vae=m.vae,
-                device=device,
-                dtype=torch.float32,
-                model_name=Path(self.cfg.dit).stem,
-                model_hash=m.base_hash,
-            )
+                dit=m.dit, adapter=m.adapter, text_encoder=m.text_encoder, tokenizer=m.tokenizer, vae=m.vae,
+                options=options, model_name=Path(self.cfg.dit).stem, model_hash=m.base_hash,
+            )  # fmt: skip
         return self._pipe
 
     def write(self, step: int) -> list[Path]:
@@ -59,8 +54,7 @@ class SampleWriter:
                     cfg=cfg.sample_cfg,
                     sampler=cfg.sample_sampler,
                     seed=cfg.sample_seed + i,
-                    extra={"Training step": str(step)},
-                )
+                ).with_(training_step=step)
                 result = pipe.generate(recipe)
                 path = self.dir / f"step-{step:07d}-{i:02d}.png"
                 paths.append(save_png(path, to_uint8(result.images)[0], recipe))

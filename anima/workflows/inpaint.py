@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from anima.errors import AnimaError
 from anima.sampling.denoiser import Denoise
+from anima.sampling.schedules import add_noise
 
 
 # ---------------------------------------------------------------------- loading and shaping
@@ -113,8 +114,7 @@ def masked_denoiser(denoise: Denoise, init: torch.Tensor, noise: torch.Tensor, m
     keep = 1.0 - mask
 
     def wrapped(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        s = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
-        x = x * mask + (s * noise + (1.0 - s) * init) * keep
+        x = x * mask + add_noise(init, noise, sigma) * keep
         return denoise(x, sigma) * mask + init * keep
 
     return wrapped

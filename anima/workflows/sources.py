@@ -1,8 +1,8 @@
-"""Where a run's input images come from: flags, or the paths a PNG recorded; sizes checked.
+"""Where a run's input images come from: paths given now, or the paths a recipe recorded.
 
-A run with ``--init-image`` / ``--mask`` records both paths (absolute) and a digest of each file in
-the recipe, so ``--from-png`` finds them again and refuses when a file has changed since (the
-result would silently differ otherwise).
+A run with an init image / mask records both paths (absolute) and a digest of each file in the
+recipe (`Recipe.sources`), so a re-run finds them again and refuses when a file has changed since
+(the result would silently differ otherwise).
 
 Size rules (whole-image img2img and inpainting): without an explicit size the working size is the
 init image's own (which must be a multiple of 16); with one, the image is resized to it (Lanczos)
@@ -19,72 +19,97 @@ from pathlib import Path
 import torch
 
 from anima.errors import AnimaError
-from anima.recipe import nearest_valid_size
-from anima.recipe.settings import Workflow
+from anima.recipe import Recipe, Sources, nearest_valid_size
+from anima.workflows import inpaint
+from anima.workflows.init_image import check_size, file_digest, load_rgb
+from anima.workflows.resample import resize_images, resize_masks
 
 
 @dataclass(frozen=True)
-class Sources:
+class Inputs:
     """Input tensors for `Pipeline.generate` (None when not used)."""
 
     init_image: torch.Tensor | None = None  # [1, H, W, 3] in [0, 1]
     mask: torch.Tensor | None = None  # [1, H, W] in [0, 1]
 
 
-def _recorded(path_text: str, digest: str, what: str, flag: str) -> Path:
-    from anima.workflows.init_image import file_digest
+@dataclass(frozen=True)
+class SourcePlan:
+    """What the inputs decide before the recipe is made: the settings to record, the working size
+    taken from the init image (None: the size given), and the loaded tensors."""
 
+    sources: Sources
+    size: tuple[int, int] | None
+    inputs: Inputs
+
+
+def _recorded(path_text: str, digest: str, what: str) -> Path:
     path = Path(path_text)
     if not path.is_file():
-        raise AnimaError(f"the recipe's {what} {path} is missing; pass {flag} to use another file")
+        raise AnimaError(
+            f"the recipe's {what} {path} is missing; give the {what} again", setting=what.replace(" ", "_")
+        )
     if digest and file_digest(path) != digest:
-        raise AnimaError(f"the recipe's {what} {path} has changed since; pass {flag} to use it anyway")
+        raise AnimaError(
+            f"the recipe's {what} {path} has changed since; give it again to use it anyway",
+            setting=what.replace(" ", "_"),
+        )
     return path
 
 
-def resolve_sources(
-    recipe,
+def plan_sources(
     *,
     init_path: Path | None,
     mask_path: Path | None,
-    size_explicit: bool,
-):
-    """-> (recipe with sizes and source paths recorded, `Sources`). Nothing is written."""
-    from anima.workflows import inpaint
-    from anima.workflows.init_image import check_size, file_digest, load_rgb
-    from anima.workflows.resample import resize_images, resize_masks
-
-    wf = Workflow.from_recipe(recipe)
+    recorded: Sources | None = None,
+    size: tuple[int, int] | None,
+    only_masked: bool = False,
+) -> SourcePlan:
+    """Inputs given now win over the recorded ones. `size` is the working (width, height) when the
+    user gave one, else None (then the init image decides). Nothing is written."""
+    recorded = recorded or Sources()
+    init_digest = mask_digest = ""
     if init_path is not None:
-        wf = wf.with_(init_image=str(Path(init_path).resolve()), init_image_hash=file_digest(init_path))
-    elif wf.init_image:
-        init_path = _recorded(wf.init_image, wf.init_image_hash, "init image", "--init-image")
+        init_digest = file_digest(init_path)
+    elif recorded.init_image:
+        init_path = _recorded(recorded.init_image, recorded.init_image_hash, "init image")
+        init_digest = recorded.init_image_hash or file_digest(init_path)
     if mask_path is not None:
         if init_path is None:
-            raise AnimaError("--mask needs --init-image (the image to repaint)")
-        wf = wf.with_(mask=str(Path(mask_path).resolve()), mask_hash=file_digest(mask_path))
-    elif wf.mask and init_path is not None:
-        mask_path = _recorded(wf.mask, wf.mask_hash, "mask", "--mask")
+            raise AnimaError("a mask needs an init image (the image to repaint)", setting="init_image")
+        mask_digest = file_digest(mask_path)
+    elif recorded.mask and init_path is not None:
+        mask_path = _recorded(recorded.mask, recorded.mask_hash, "mask")
+        mask_digest = recorded.mask_hash or file_digest(mask_path)
     if init_path is None:
-        if wf.only_masked and not wf.mask:
-            raise AnimaError("only-masked inpainting needs --mask and --init-image")
-        return recipe, Sources()
-    if mask_path is None and wf.only_masked:
-        raise AnimaError("only-masked inpainting needs --mask")
-
+        if only_masked:
+            raise AnimaError("only-masked inpainting needs a mask and an init image", setting="mask")
+        return SourcePlan(Sources(), None, Inputs())
+    if mask_path is None and only_masked:
+        raise AnimaError("only-masked inpainting needs a mask", setting="mask")
+    sources = Sources(
+        init_image=str(Path(init_path).resolve()), init_image_hash=init_digest,
+        mask=str(Path(mask_path).resolve()) if mask_path is not None else "", mask_hash=mask_digest,
+    )  # fmt: skip
     image = load_rgb(init_path)
     height, width = image.shape[1:3]
-    mask = None
-    if mask_path is not None:
-        mask = inpaint.check_mask(inpaint.load_mask(mask_path), width, height)
-    if wf.only_masked:
-        if not size_explicit:
-            recipe = recipe.with_(width=nearest_valid_size(width), height=nearest_valid_size(height))
-    elif not size_explicit:
+    mask = inpaint.check_mask(inpaint.load_mask(mask_path), width, height) if mask_path is not None else None
+    if only_masked:
+        found = None if size is not None else (nearest_valid_size(width), nearest_valid_size(height))
+        return SourcePlan(sources, found, Inputs(image, mask))
+    if size is None:
         check_size(width, height)
-        recipe = recipe.with_(width=width, height=height)
-    elif (width, height) != (recipe.width, recipe.height):
-        image = resize_images(image, recipe.width, recipe.height, "lanczos")
+        return SourcePlan(sources, (width, height), Inputs(image, mask))
+    if (width, height) != size:
+        image = resize_images(image, size[0], size[1], "lanczos")
         if mask is not None:
-            mask = resize_masks(mask, recipe.width, recipe.height, "bilinear")
-    return wf.apply(recipe), Sources(image, mask)
+            mask = resize_masks(mask, size[0], size[1], "bilinear")
+    return SourcePlan(sources, None, Inputs(image, mask))
+
+
+def recipe_inputs(recipe: Recipe) -> Inputs:
+    """The inputs a (checked) recipe recorded, at its size: for batches and grid cells."""
+    return plan_sources(
+        init_path=None, mask_path=None, recorded=recipe.sources, size=(recipe.width, recipe.height),
+        only_masked=recipe.inpaint.only_masked,
+    ).inputs  # fmt: skip

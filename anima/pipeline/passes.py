@@ -1,0 +1,183 @@
+"""The passes of one image batch: main pass, hires passes, VAE decode, inpaint composite.
+
+`run` plans the passes, `sample` runs one of them: per-step contexts (prompt editing), guidance,
+NAG, the latent noise mask, the per-pass DiT caches, and the sampler. Progress is counted across
+all passes by `StepHooks`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from anima.errors import AnimaError
+from anima.model.dit_cache import FirstBlockCache, RunCaches
+from anima.model.latent import denormalize_latent, normalize_latent
+from anima.pipeline.result import Result
+from anima.recipe import Recipe
+from anima.sampling import samplers, schedules
+from anima.sampling.denoiser import make_denoiser
+from anima.sampling.guidance import GuidanceConfig, Guider
+from anima.text.prompt_editing import prompts_per_step
+from anima.workflows import hires, inpaint
+from anima.workflows.nag import NagControl, nag_attention
+from anima.workflows.resample import resize_images
+from anima.workflows.variations import varied_noise
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+Preview = Callable[[int, int, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class SamplingPass:
+    """Steps, strength, sampler and scheduler of one pass (the main pass or a hires pass)."""
+
+    steps: int
+    denoise: float
+    sampler: str
+    scheduler: str
+
+    def sigmas(self, shift: float) -> torch.Tensor:
+        return schedules.get_sigmas(
+            schedules.FlowModelSampling(shift=shift), self.scheduler, self.steps, denoise=self.denoise,
+            discard_penultimate=samplers.discards_penultimate(self.sampler),
+        )  # fmt: skip
+
+    def num_steps(self, shift: float) -> int:
+        return len(self.sigmas(shift)) - 1
+
+
+class StepHooks:
+    """Per-step callback of a run: NaN check, progress over all passes, live previews."""
+
+    def __init__(self, progress: Progress | None = None, preview: Preview | None = None) -> None:
+        self.progress, self.preview = progress, preview
+        self.total = 0
+        self.done = 0
+
+    def start(self, total: int) -> None:
+        self.total = total
+
+    def step(self, i: int, x0: torch.Tensor) -> None:
+        """Step `i` (0-based, counted over the whole run) produced the prediction `x0`."""
+        # Stop at the first non-finite step instead of writing a black image at the end.
+        if not torch.isfinite(x0).all():
+            raise AnimaError(
+                f"the prediction became NaN/inf at step {i + 1}; "
+                "use the bf16 or fp32 dtype (fp16 overflow) or a lower CFG"
+            )
+        if self.progress is not None:
+            self.progress(i + 1, self.total)
+        if self.preview is not None:
+            self.preview(i + 1, self.total, x0.cpu())  # the sampling state may live on a GPU
+
+    def finish_pass(self, steps: int) -> None:
+        self.done += steps
+
+
+def run(
+    pipe, recipe: Recipe, init_image: torch.Tensor | None, pixel_mask: torch.Tensor | None, hooks: StepHooks
+):
+    """The passes of one image batch -> `Result` (images, latents, recorded recipes, notes)."""
+    notes: list[str] = []
+    h = recipe.hires
+    plan = hires.plan_passes(recipe.width, recipe.height, h.scale, max_step=h.max_step, max_side=h.max_side)
+    if plan.sizes:
+        notes.append(plan.describe())
+        log.info("%s", notes[-1])
+    if recipe.perf.step_cache:
+        notes.append(
+            f"step cache on (threshold {recipe.perf.step_cache:g}): images differ from a run without it"
+        )
+    main = SamplingPass(recipe.steps, recipe.denoise, recipe.sampler, recipe.scheduler)
+    second = SamplingPass(
+        h.steps or recipe.steps, h.denoise, h.sampler or recipe.sampler, h.scheduler or recipe.scheduler
+    )
+    passes = [main] + [second] * len(plan.sizes)
+    hooks.start(sum(p.num_steps(recipe.shift) for p in passes))
+
+    tiled = recipe.perf.tiled_vae
+    b, height, width = recipe.batch_size, recipe.height // 8, recipe.width // 8
+    if init_image is not None:
+        latent = normalize_latent(pipe.encode_image(init_image, tiled=tiled)).float()
+        inpaint.ensure_finite(latent, "the encoded init image")
+        latent = latent.expand(b, -1, -1, -1, -1)
+    else:
+        latent = torch.zeros(b, 16, 1, height, width)
+    v = recipe.variation
+    noise = varied_noise(recipe.seed, tuple(latent.shape), v.seed, v.strength)
+    lmask = inpaint.latent_mask(pixel_mask, height, width) if pixel_mask is not None else None
+    contexts: dict[str, torch.Tensor] = {}  # prompt text -> context, shared by all passes
+    x = sample(pipe, recipe, main, latent, noise, lmask, hooks, contexts, first=True)
+    for w, hh in plan.sizes:
+        if h.upscaler == "lanczos":
+            pixels = pipe.decode_latent(denormalize_latent(x), tiled=tiled)
+            latent = normalize_latent(
+                pipe.encode_image(resize_images(pixels, w, hh, "lanczos"), tiled=tiled)
+            ).float()
+        else:
+            latent = hires.upscale_latent(x, hh // 8, w // 8, h.upscaler)
+        noise = varied_noise(recipe.seed, tuple(latent.shape), v.seed, v.strength)
+        x = sample(pipe, recipe, second, latent, noise, None, hooks, contexts, first=False)
+    images = pipe.decode_latent(denormalize_latent(x), tiled=tiled)
+    inpaint.ensure_finite(images, "the decoded image")
+    if pixel_mask is not None:
+        images = inpaint.composite(images, init_image, pixel_mask)
+    return Result(images=images, latents=x.cpu(), recipes=[recipe] * b, notes=notes)
+
+
+def sample(
+    pipe, recipe: Recipe, spec: SamplingPass, latent, noise, lmask, hooks: StepHooks, contexts, *, first: bool
+):
+    """One sampling pass from `latent` (model space) at `spec`'s steps, denoise and sampler."""
+    model_sampling = schedules.FlowModelSampling(shift=recipe.shift)
+    sigmas = spec.sigmas(recipe.shift)
+    n = len(sigmas) - 1
+    pos = pipe.contexts(prompts_per_step(recipe.prompt, n), contexts)
+    neg = pipe.contexts(prompts_per_step(recipe.negative_prompt, n), contexts)
+    pipe.after_text_encoding()
+    g = recipe.guidance
+    guider = Guider(
+        GuidanceConfig(g.kind, recipe.cfg, g.rescale, g.apg_eta, g.apg_momentum, g.apg_norm_threshold)
+    )
+    nag = NagControl(recipe.nag.scale, recipe.nag.tau, recipe.nag.alpha) if recipe.nag.on else None
+    zero_init = g.zero_init_steps if first and g.kind == "cfg-zero-star" else 0
+    step = FirstBlockCache(threshold=recipe.perf.step_cache) if recipe.perf.step_cache else None
+    # Per pass: the cross-attention K/V of each context (exact), and the opt-in step cache.
+    model_x0 = functools.partial(_model_x0, pipe, run=RunCaches(pipe.dit, step_cache=step), nag=nag)
+    denoise = make_denoiser(
+        model_x0, pos=pos, neg=neg, sigmas=sigmas, guider=guider, attention_guidance=nag is not None,
+        zero_init_steps=zero_init,
+    )  # fmt: skip
+    # The sampling state lives with the DiT: on a GPU, no host round trip (and no host-side
+    # sampler arithmetic with the GPU idle) per step. Noise is still drawn on the CPU (seeds).
+    dev = pipe.device
+    latent, noise = latent.to(dev), noise.to(dev)
+    if lmask is not None:
+        denoise = inpaint.masked_denoiser(denoise, latent, noise, lmask.to(dev))
+    x = model_sampling.noise_scaling(sigmas[0], noise, latent)
+    step_noise = samplers.noise_source_for(spec.sampler, x, sigmas, recipe.seed)
+    offset = hooks.done
+    with nag_attention(pipe.dit, nag) if nag is not None else contextlib.nullcontext():
+        x = samplers.SAMPLERS[spec.sampler](
+            denoise, x, sigmas, noise=step_noise, model_sampling=model_sampling,
+            callback=lambda i, _x, x0, _sigma: hooks.step(offset + i, x0),
+        )  # fmt: skip
+    hooks.finish_pass(n)
+    return x
+
+
+def _model_x0(pipe, x, sigma, ctx, negative=None, *, run: RunCaches, nag: NagControl | None) -> torch.Tensor:
+    """The DiT as an x0 predictor: x0 = x - sigma * v in fp32, on x's device; `negative`: NAG's
+    negative context for this (cond) forward."""
+    args = (x.to(pipe.device, pipe.dtype), sigma.to(pipe.device, torch.float32), ctx)
+    with nag.guiding(negative) if negative is not None else contextlib.nullcontext():
+        v = pipe.dit(*args, **run.kwargs(ctx))
+    return x - v.float().to(x.device) * sigma.to(x.device).view(-1, 1, 1, 1, 1)

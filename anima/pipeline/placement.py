@@ -1,0 +1,102 @@
+"""Applying a pipeline's `RunOptions` once, when it is built: 8-bit weights, the memory plan and
+where each part lives, the attention kernel, fused projections on GPUs, compilation.
+
+The order matters: the plan is made from the parts' sizes *after* quantisation, and compiled
+blocks cannot be streamed. Each decision is described in a note the front ends show.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import torch
+
+from anima.model.attention import set_backend
+from anima.model.dit import fuse_qkv
+from anima.pipeline.options import RunOptions
+from anima.runtime.memory import MemoryPlan, ModelSizes, budget_from_gb, dit_activation_bytes, plan_memory
+from anima.runtime.quant import quantize_dit
+from anima.runtime.streaming import BlockStreamer
+
+
+def load_device(options: RunOptions, device: torch.device) -> torch.device:
+    """Where to load the weights: the host when a budget will place them part by part on a GPU."""
+    return torch.device("cpu") if options.vram_budget is not None and device.type == "cuda" else device
+
+
+def prepare(pipe, notes: list[str]) -> tuple[MemoryPlan, BlockStreamer | None]:
+    """Apply `pipe.options` to the freshly built pipeline; -> (its memory plan, the block streamer
+    to keep alive, or None). Appends what was decided to `notes`."""
+    opts, device = pipe.options, pipe.device
+    if opts.fp16_accumulation:
+        notes.append(_fp16_accumulation(device))
+    if opts.weights:
+        report = quantize_dit(pipe.dit, opts.weights)
+        notes.append(f"weights: {report.layers} DiT layers in {opts.weights}, {report.saved_gb:.2f} GB saved")
+    budget = budget_from_gb(opts.vram_budget, device)
+    if budget is not None:
+        width, height, batch = opts.plan_size
+        tokens = math.ceil(height / 16) * math.ceil(width / 16)
+        act = dit_activation_bytes(pipe.dit.cfg, tokens, 2 * batch, pipe.dtype)
+        plan = plan_memory(budget, ModelSizes.of(pipe), act, quantized=bool(opts.weights))
+        notes.append(plan.describe())
+    else:
+        # On a CPU the text encoder (2 GB in fp32) is freed before the DiT runs: its reload costs a
+        # few seconds per new prompt next to minutes of CPU sampling, and the run's peak RSS stays
+        # near the DiT plus the VAE. On a GPU without a budget everything stays resident.
+        plan = MemoryPlan(budget=None, release_text_encoder=device.type == "cpu")
+    if opts.release_text_encoder is not None:
+        plan = dataclasses.replace(plan, release_text_encoder=opts.release_text_encoder)
+    streamer = place(pipe, plan, device)
+    set_backend(pipe.dit.modules(), opts.attention)
+    if device.type == "cuda" and not opts.weights and streamer is None:
+        # One [3D, D] matmul instead of three: fewer kernel launches on a GPU. On CPUs it measured
+        # within noise (+-5%), so they keep the three separate matmuls (no extra copy).
+        fused = sum(fuse_qkv(b.self_attn) for b in pipe.dit.blocks)
+        if fused:
+            notes.append(f"self-attention q/k/v fused in {fused} blocks")
+    if opts.compile:
+        if streamer is not None:
+            notes.append("compile skipped: compiled blocks cannot be streamed; raise the memory budget")
+        else:
+            notes.append(compile_dit(pipe, *opts.plan_size))
+    return plan, streamer
+
+
+def place(pipe, plan: MemoryPlan, device: torch.device) -> BlockStreamer | None:
+    """Put every part where `plan` says: streamed blocks stay on the host behind a `BlockStreamer`
+    (returned), the text encoder runs on the CPU when the plan says so."""
+    te_device = torch.device("cpu") if plan.text_encoder_on_host else device
+    pipe.place(device, text_encoder_device=te_device, keep_blocks_on_host=plan.stream_blocks)
+    if not plan.stream_blocks:
+        return None
+    return BlockStreamer(
+        pipe.dit.blocks, device, resident=plan.resident_blocks, prefetch=plan.prefetch
+    ).attach()
+
+
+def compile_dit(pipe, width: int, height: int, batch: int, options: dict | None = None) -> str:
+    """torch.compile each DiT block in place (names and state dict unchanged) and warm it up once at
+    the run's shapes, so the compile time is reported apart from the sampling time. `options`: Inductor
+    options of this compile only (e.g. ``{"coordinate_descent_tuning": True}``)."""
+    dit = pipe.dit
+    for block in dit.blocks:
+        block.compile(options=options)
+    x = torch.zeros(2 * batch, 16, 1, height // 8, width // 8, device=pipe.device, dtype=pipe.dtype)
+    sigma = torch.full((2 * batch,), 0.5, device=pipe.device)
+    ctx = torch.zeros(2 * batch, 512, dit.cfg.crossattn_emb_channels, device=pipe.device, dtype=pipe.dtype)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        dit(x, sigma, ctx, context_cache=dit.prepare_context(ctx))
+    return f"compile: DiT blocks compiled, warm-up {time.perf_counter() - t0:.1f} s"
+
+
+def _fp16_accumulation(device: torch.device) -> str:
+    """Process-wide switch (a torch backend flag, like TF32): asked for explicitly, CUDA only."""
+    matmul = torch.backends.cuda.matmul
+    if device.type != "cuda" or not hasattr(matmul, "allow_fp16_accumulation"):
+        return "fp16 accumulation ignored: needs a CUDA device and torch >= 2.7"
+    matmul.allow_fp16_accumulation = True
+    return "fp16 accumulation on for CUDA matmuls (results differ slightly)"

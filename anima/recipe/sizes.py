@@ -1,0 +1,61 @@
+"""Image sizes a recipe accepts, the named presets, and ``WIDTHxHEIGHT`` text."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from anima.errors import AnimaError
+from anima.recipe.checks import is_int
+
+MIN_SIZE = 16
+MAX_SIZE = 8192
+SIZE_MULTIPLE = 16  # VAE factor 8 x DiT patch 2: anything else would need padding or cropping
+
+# Named aspect presets near 1 MP (the training resolution of every Anima release).
+# Read-only so that no caller can change a preset for everyone else.
+SIZE_PRESETS: Mapping[str, tuple[int, int]] = MappingProxyType(
+    {
+        "square": (1024, 1024),
+        "portrait": (896, 1152),
+        "landscape": (1152, 896),
+        "tall": (832, 1216),
+        "wide": (1216, 832),
+        "phone": (768, 1344),
+        "cinema": (1344, 768),
+    }
+)
+
+
+def nearest_valid_size(value: int) -> int:
+    """The multiple of 16 closest to `value` (ties go up), clamped to the allowed range."""
+    snapped = (int(value) + SIZE_MULTIPLE // 2) // SIZE_MULTIPLE * SIZE_MULTIPLE
+    return min(max(snapped, MIN_SIZE), MAX_SIZE)
+
+
+def check_size(what: str, value: Any) -> int:
+    if not is_int(value):
+        raise AnimaError(f"{what} must be an integer, got {value!r}", setting=what)
+    if value < MIN_SIZE or value > MAX_SIZE:
+        raise AnimaError(f"{what} {value} is outside {MIN_SIZE}..{MAX_SIZE}", setting=what)
+    if value % SIZE_MULTIPLE:
+        raise AnimaError(
+            f"{what} {value} is not a multiple of {SIZE_MULTIPLE}; "
+            f"the nearest valid {what} is {nearest_valid_size(value)}",
+            setting=what,
+        )
+    return value
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """A size as users write it: a preset name (``portrait``) or ``WIDTHxHEIGHT`` -> (width, height)."""
+    spec = text.strip().lower()
+    if spec in SIZE_PRESETS:
+        return SIZE_PRESETS[spec]
+    m = re.fullmatch(r"(\d+)\s*[x×*]\s*(\d+)", spec)
+    if not m:
+        names = ", ".join(f"{k} ({w}x{h})" for k, (w, h) in SIZE_PRESETS.items())
+        raise AnimaError(f"size {text!r} is neither WIDTHxHEIGHT nor a preset: {names}")
+    return check_size("width", int(m.group(1))), check_size("height", int(m.group(2)))
