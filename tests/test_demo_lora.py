@@ -5,8 +5,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from anima.demo.lora_cli import train_star_lora
 from anima.demo.runner import evaluate_model, load_demo_pipeline
+
+pytestmark = pytest.mark.slow  # see pyproject.toml: the quick loop is -m 'not slow'
 
 
 def test_star_lora_teaches_a_new_shape(tmp_path) -> None:

@@ -119,6 +119,7 @@ def test_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_killed_run_restarts_with_each_image_rendered_once(tmp_path: Path) -> None:
     artists = write_artists(tmp_path / "artists.txt")
     out = tmp_path / "run"
@@ -158,6 +159,7 @@ def test_killed_run_restarts_with_each_image_rendered_once(tmp_path: Path) -> No
     assert sum(len(a["images"]) for a in data["artists"]) == 6
 
 
+@pytest.mark.slow
 def test_gallery_in_chromium(gallery: Path) -> None:
     """Debian's chromium opens the static page from disk: search, sort, copy a tag, keep a favourite."""
     from playwright.sync_api import sync_playwright  # test dependency, with Debian's chromium

@@ -49,6 +49,7 @@ def test_chart_is_written(tmp_path):
         assert im.size[0] >= 900 and im.size[1] == 760
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_dry_run_on_the_tiny_model(tmp_path):
     """`python -m bench.gpu` runs by hand on a lent GPU only; its CPU dry run keeps it from rotting."""
     import json

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from conftest import TINY, load_st
 from test_dit import CASES, build, tiny_dit_state
+
+pytestmark = pytest.mark.slow  # see pyproject.toml: the quick loop is -m 'not slow'
 
 
 @torch.no_grad()

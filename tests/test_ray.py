@@ -17,6 +17,8 @@ from anima.jobs.batch import BatchJob, LocalExecutor, run_jobs, with_keys
 from anima.jobs.store import OutputStore
 from anima.recipe import Recipe
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: the quick loop is -m 'not slow'
+
 N_JOBS = 40  # 32x32, 2 steps: the tiny fixture model; Ray start-up dominates on a 2-core box
 
 

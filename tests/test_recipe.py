@@ -154,3 +154,100 @@ def test_parse_size() -> None:
         parse_size("1000x1000")
     with pytest.raises(AnimaError, match="portrait"):
         parse_size("huge")
+
+
+# --------------------------------------------------------------------- typed settings (issue 12)
+def test_settings_are_typed_groups_validated_where_made() -> None:
+    from anima.recipe import SETTINGS, Hires, Nag, Perf
+
+    r = Recipe.make("a", hires_scale=1.5, hires_steps=12, nag_scale=3, step_cache=0.1, guidance="apg")
+    assert (
+        r.hires == Hires(scale=1.5, steps=12) and r.nag == Nag(scale=3.0) and r.perf == Perf(step_cache=0.1)
+    )
+    assert r.guidance.kind == "apg" and isinstance(r.nag.scale, float)
+    assert r.with_(hires_denoise=0.4).hires.denoise == 0.4 and r.hires.denoise == 0.5  # frozen
+    assert {r.setting(k) for k in ("hires_scale", "nag_scale")} == {1.5, 3.0}
+    assert hash(r) == hash(Recipe.make("a", hires_scale=1.5, hires_steps=12, nag_scale=3.0, step_cache=0.1,
+                                       guidance="apg"))  # fmt: skip
+    for flat, (group, field) in SETTINGS.items():  # every flat name addresses a real group field
+        assert hasattr(getattr(Recipe("x"), group), field), flat
+    for bad, needle in [
+        ({"hires_scale": 9}, "hires scale must be in 1..8"),
+        ({"hires_denoise": 0}, "hires denoise must be in (0, 1]"),
+        ({"guidance": "magic"}, "unknown guidance 'magic'"),
+        ({"variation_strength": 0.5}, "needs a variation seed"),
+        ({"step_cache": 1.5}, "step cache threshold must be in (0, 1)"),
+        ({"weights": "nf4"}, "unknown weights format 'nf4'"),
+        ({"mask": "/m.png"}, "a mask needs an init image"),
+        ({"inpaint_area": "half"}, "unknown inpaint area 'half'"),
+    ]:
+        with pytest.raises(AnimaError) as err:
+            Recipe.make("a", **bad)
+        assert needle in str(err.value) and "\n" not in str(err.value), bad
+        assert err.value.setting in SETTINGS  # the front ends phrase it (a flag, a field)
+
+
+def test_json_round_trip_with_groups_writes_only_what_differs() -> None:
+    from anima.recipe import GridAxis
+
+    r = Recipe.make(
+        "a", hires_scale=2, hires_sampler="euler", variation_seed=3, variation_strength=0.2,
+        init_image="/x.png", init_image_hash="abc", mask_blur=0, weights="int8", wildcard_prompt="__a__",
+        grid=(GridAxis("cfg", ("3", "4")),),
+    )  # fmt: skip
+    data = r.to_dict()
+    assert data["hires"] == {"scale": 2.0, "sampler": "euler"} and data["perf"] == {"weights": "int8"}
+    assert "nag" not in data and "guidance" not in data  # defaults are not written
+    assert data["grid"] == [{"name": "cfg", "values": ["3", "4"]}]
+    assert Recipe.from_json(r.to_json()) == r
+    for bad, needle in [
+        ({"hires": {"scal": 2}}, "unknown hires setting 'scal'"),
+        ({"hires": {"scale": 99}}, "recipe hires settings: hires scale must be in"),
+        ({"hires": 2}, "'hires' has the wrong type"),
+        ({"grid": [{"name": "cfg"}]}, "'grid' needs"),
+    ]:
+        with pytest.raises(AnimaError, match=None) as err:
+            Recipe.from_dict({"prompt": "a", **bad})
+        assert needle in str(err.value), bad
+
+
+def test_availability_of_samplers_is_checked_when_run_not_when_read() -> None:
+    """A recipe may describe an image made elsewhere (A1111's DPM2): it can be read and shown, and
+    says what is missing when it is run."""
+    r = Recipe.make("x", sampler="dpm_2", hires_scheduler="kl_optimal")
+    with pytest.raises(AnimaError, match="unknown sampler 'dpm_2'"):
+        r.validate()
+    assert Recipe("x").validate() is not None
+    with pytest.raises(AnimaError, match="unknown scheduler 'karras'"):
+        Recipe("x", scheduler="karras").validate(schedulers=("simple",))
+
+
+def test_legacy_v1_json_reads_its_text_pairs_as_typed_settings() -> None:
+    from anima.interop.legacy import recipe_from_data
+
+    old = {
+        "format": "anima-recipe/1", "prompt": "a", "steps": 8, "loras": [["s", 0.5]],
+        "extra": {"Hires upscale": "1.5", "NAG scale": "2", "Step cache": "0.1", "Grid X": "cfg=3,5",
+                  "FP16 accumulation": "on", "ADetailer model": "face"},
+    }  # fmt: skip
+    r = recipe_from_data(old)
+    assert (r.hires.scale, r.nag.scale, r.perf.step_cache, r.perf.fp16_accumulation) == (1.5, 2.0, 0.1, True)
+    assert r.grid[0].spec() == "cfg=3,5" and r.extra == (("ADetailer model", "face"),)
+    assert r.loras == (("s", 0.5),) and r.steps == 8
+    with pytest.raises(AnimaError, match="cannot read Hires upscale 'big'"):
+        recipe_from_data({**old, "extra": {"Hires upscale": "big"}})
+
+
+def test_a1111_infotext_labels_round_trip_every_setting() -> None:
+    from anima.interop.a1111 import infotext, parse_infotext, recipe_from_infotext, setting_pairs
+
+    r = Recipe.make(
+        "a", guidance="rescale-cfg", cfg_rescale=0.5, nag_scale=2, nag_tau=3, variation_seed=4,
+        variation_strength=0.3, hires_scale=1.5, hires_upscaler="lanczos", hires_steps=3, hires_denoise=0.4,
+        hires_sampler="euler", hires_scheduler="karras", tiled_vae="on", init_image="/i.png",
+        init_image_hash="ab", mask="/m.png", mask_hash="cd", mask_blur=2, mask_grow=-1,
+        inpaint_area="only masked", inpaint_padding=8, weights="fp8", step_cache=0.2, fp16_accumulation=True,
+        wildcard_prompt="__x__", prompt_matrix=True, training_step=5,
+    )  # fmt: skip
+    assert len(setting_pairs(r)) == 27  # every flat setting here differs from its default
+    assert recipe_from_infotext(parse_infotext(infotext(r))) == r

@@ -14,6 +14,8 @@ from schemathesis.specs.openapi.checks import (
 )
 from server_support import LiveServer, tiny_service
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: the quick loop is -m 'not slow'
+
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 EXAMPLES = 12  # per operation; ~25 operations
 

@@ -217,6 +217,7 @@ def test_shutdown_puts_the_running_job_back_in_the_queue(service, tmp_path):
     assert (status, step) == ("queued", 0)
 
 
+@pytest.mark.slow
 def test_load_50_jobs_from_10_clients_each_once(server):
     def client_run(k: int) -> list[str]:
         ids = []

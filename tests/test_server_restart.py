@@ -4,9 +4,12 @@ each exactly once (a real `anima serve` subprocess and the tiny model)."""
 from __future__ import annotations
 
 import httpx
+import pytest
 from server_support import ServerProcess, wait_job
 
 from anima.imageio import read_recipe
+
+pytestmark = pytest.mark.slow  # see pyproject.toml: the quick loop is -m 'not slow'
 
 
 def test_sigkill_with_20_queued_jobs_then_restart_completes_them(tmp_path):

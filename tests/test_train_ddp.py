@@ -15,6 +15,8 @@ from train_support import REPO, load_tensors, make_tiny, tiny_config
 
 from anima.train.trainer import Trainer
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: the quick loop is -m 'not slow'
+
 
 @pytest.fixture(autouse=True)
 def _restore_threads():

@@ -17,6 +17,8 @@ from train_support import REPO, load_tensors, make_tiny, tiny_config
 from anima.train.checkpoint import list_checkpoints
 from anima.train.trainer import Trainer
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: the quick loop is -m 'not slow'
+
 STEPS = 24
 
 

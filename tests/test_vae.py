@@ -257,6 +257,7 @@ def test_tiny_key_list_matches_module() -> None:
 # ---------------------------------------------------------------- tiled decode
 
 
+@pytest.mark.slow
 def test_decode_tiled_close_to_untiled(vae: WanVAE) -> None:
     # 1024x1024 image from a 128x128 latent; 3x3 tiles of 64 latents.
     z_norm = torch.randn(1, 16, 1, 128, 128, generator=torch.Generator().manual_seed(7))

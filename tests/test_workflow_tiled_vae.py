@@ -90,6 +90,7 @@ _PROBE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_tiled_decode_1024_lowers_peak_memory_and_stays_close() -> None:
     # A fresh process, with the resident set sampled during each decode (peak above its start). Large
     # blocks are mmap'ed so that a free returns them to the OS at once: the resident set then follows

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     mr.add_argument("--preset", choices=["tiny", "full"], default="tiny")
     mr.add_argument("--seed", type=int, default=0)
     mr.add_argument("out", type=Path, help="output folder")
-    _add_prompt_tool_parsers(sub)  # prompt, explore, batch (issue 7)
+    _add_prompt_tool_parsers(sub)  # prompt, explore, batch
     from anima.cli.serve import add_serve_args
 
     srv = sub.add_parser("serve", help="HTTP server: A1111-compatible API, job queue, web UI")
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(srv)
     from anima.cli.lora import add_lora_args
 
-    add_lora_args(sub.add_parser("lora", help="inspect and convert LoRA files (issue 5)"))
+    add_lora_args(sub.add_parser("lora", help="inspect and convert LoRA files"))
     from anima.cli.train import add_train_args
 
     add_train_args(sub.add_parser("train", help="train a LoRA / LoKr or fine-tune (TOML config + flags)"))

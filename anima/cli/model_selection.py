@@ -172,14 +172,14 @@ def _searched(places: dict) -> list[Path]:
 def lora_resolver(args: argparse.Namespace) -> Callable[[str], Path]:
     """Resolve names as the CLI user expects: a path, else a file stem in the models folder's loras/
     or a ComfyUI install's models/loras (the places `anima models` searches)."""
-    places = search_places(args)
     scans = []
 
     def resolve(name: str) -> Path:
         path = Path(name)
         if path.is_file():
             return path
-        if not scans:  # scan lazily: only when a name is not a path
+        if not scans:  # search lazily: only when a name is not a path
+            places = search_places(args)
             scans.extend(scan(places["models_dir"], places["comfyui_dirs"], None))
         return resolve_lora(name, scans)
 

@@ -25,7 +25,16 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from anima.demo import FILE_NAMES, MODEL_DIR
+from anima.demo import FILE_NAMES, MODEL_DIR, dataset
+from anima.demo.runner import evaluate_model
+from anima.demo.spec import vae_config, write_initial
+from anima.demo.tokenizer_train import train_tokenizers
+from anima.demo.vae_train import VAETrainConfig, polish_decoder, train_vae
+from anima.text.tokenize import AnimaTokenizer
+from anima.train.config import TrainConfig
+from anima.train.trainer import Trainer
+from anima.weights.loading import read_headers
+from anima.weights.safetensors import load_mmap, read_header, save
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,6 @@ QUICK = BuildConfig(
 
 
 def _train_config(cfg: BuildConfig, work: Path, out: Path, init_dit: Path):
-    from anima.train.config import TrainConfig
 
     return TrainConfig(
         dit=str(init_dit),
@@ -101,13 +109,6 @@ def build(cfg: BuildConfig, out_dir: Path, work_dir: Path, say=print) -> dict:
     """Run every step; returns a summary (timings, sizes) that also goes into the model README."""
     import torch
 
-    from anima.demo import dataset
-    from anima.demo.spec import vae_config, write_initial
-    from anima.demo.tokenizer_train import train_tokenizers
-    from anima.demo.vae_train import VAETrainConfig, polish_decoder, train_vae
-    from anima.text.tokenize import AnimaTokenizer
-    from anima.train.trainer import Trainer
-    from anima.weights.safetensors import save
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -189,7 +190,6 @@ def build(cfg: BuildConfig, out_dir: Path, work_dir: Path, say=print) -> dict:
 
 def _copy_labelled(src: Path, dst: Path) -> None:
     """Copy the trained DiT file, adding the demo label to the trainer's metadata."""
-    from anima.weights.safetensors import load_mmap, read_header, save
 
     header = read_header(src)
     tensors = {k: v.clone() for k, v in load_mmap(src, header).items()}
@@ -238,7 +238,6 @@ Build record:
 
 
 def write_readme(out_dir: Path, summary: dict) -> None:
-    from anima.weights.loading import read_headers
 
     params = 0
     for name in FILE_NAMES.values():
@@ -282,7 +281,6 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, vae_steps=args.vae_steps)
     summary = build(cfg, args.out, args.work)
     if not args.no_eval:
-        from anima.demo.runner import evaluate_model
 
         t = time.perf_counter()
         score = evaluate_model(model_dir=args.out)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from anima.demo.dataset import COLOURS, NEW_SHAPE, POSITIONS, SHAPES
+from anima.errors import AnimaError
 
 EVAL_SIZE = 64
 _PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)
@@ -280,8 +281,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m anima.demo.evaluate``: a command line edge, so it may import the runner (which
+    imports this module's evaluator) when it runs."""
     from anima.demo.runner import evaluate_model
-    from anima.errors import AnimaError
 
     args = _parser().parse_args(argv)
     try:

@@ -15,6 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from anima.demo import dataset, default_model
+from anima.demo.runner import evaluate_model
+from anima.train.config import TrainConfig
+from anima.train.trainer import Trainer
+
 
 def train_star_lora(
     work: Path,
@@ -29,9 +34,6 @@ def train_star_lora(
     say=print,
 ) -> tuple[Path, float]:
     """Render the star dataset, train the LoRA; returns (LoRA file, training minutes incl. caching)."""
-    from anima.demo import dataset, default_model
-    from anima.train.config import TrainConfig
-    from anima.train.trainer import Trainer
 
     m = default_model(model_dir)
     data = work / "star-data"
@@ -78,7 +80,6 @@ def train_star_lora(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from anima.demo.runner import evaluate_model
 
     p = argparse.ArgumentParser(prog="python -m anima.demo.lora_cli", description=__doc__.split("\n")[0])
     p.add_argument(

@@ -12,15 +12,18 @@ import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from anima.demo import dataset
+from anima.demo import RECIPE_DEFAULTS, dataset, default_model
 from anima.demo.evaluate import Detection, Score, detect, score
 from anima.errors import AnimaError
+from anima.imageio import save_png, to_uint8
+from anima.lora.apply import apply_loras, pipeline_models
+from anima.lora.file import load_lora
+from anima.pipeline import Pipeline
+from anima.recipe import Recipe
 
 
 def load_demo_pipeline(model_dir: str | Path | None = None):
     """A `Pipeline` (fp32, CPU) over the demo files."""
-    from anima.demo import default_model
-    from anima.pipeline import Pipeline
 
     m = default_model(model_dir)
     return Pipeline.from_files(
@@ -78,8 +81,6 @@ def evaluate_model(
     split: str = "held-out",
 ) -> Score:
     """Generate one image per prompt and score it. For `new_shape`, `Score.shape` counts stars found."""
-    from anima.demo import RECIPE_DEFAULTS
-    from anima.recipe import Recipe
 
     pipe = pipeline or load_demo_pipeline(model_dir)
     applied = _apply_loras(pipe, loras)
@@ -113,8 +114,6 @@ def evaluate_model(
 def _apply_loras(pipe, loras: Sequence[str]):
     if not loras:
         return None
-    from anima.lora.apply import apply_loras, pipeline_models
-    from anima.lora.file import load_lora
 
     files = []
     for spec in loras:
@@ -124,7 +123,6 @@ def _apply_loras(pipe, loras: Sequence[str]):
 
 
 def _save(folder: Path, i: int, image, recipe) -> None:
-    from anima.imageio import save_png, to_uint8
 
     save_png(folder / f"{i:03d}.png", to_uint8(image[None])[0], recipe)
 

@@ -29,7 +29,9 @@ from pathlib import Path
 
 import torch
 
-from anima.model.config import AdapterConfig, DiTConfig, TextEncoderConfig, VAEConfig
+from anima.model.config import AdapterConfig, DiTConfig, ModelSpec, TextEncoderConfig, VAEConfig
+from anima.weights.random import official_shapes
+from anima.weights.safetensors import save
 
 IMAGE_SIZE = 64
 CROSS_NORM_INIT = 2.5
@@ -101,8 +103,6 @@ def _init(name: str, shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor
 
 def write_initial(out_dir: str | Path, qwen_vocab: int, t5_vocab: int, seed: int = 0) -> tuple[Path, Path]:
     """Write the starting DiT (+ adapter) and the (final, frozen) text encoder; returns their paths."""
-    from anima.weights.random import official_shapes
-    from anima.weights.safetensors import save
 
     out = Path(out_dir)
     spec = _spec(qwen_vocab, t5_vocab)
@@ -127,7 +127,6 @@ def write_initial(out_dir: str | Path, qwen_vocab: int, t5_vocab: int, seed: int
 
 
 def _spec(qwen_vocab: int, t5_vocab: int):
-    from anima.model.config import ModelSpec
 
     return ModelSpec(
         dit=dit_config(),

@@ -17,6 +17,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from anima.text.tokenize import _qwen_pipeline
+
 QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 T5_SPECIALS = ("<pad>", "</s>", "<unk>")
 
@@ -25,7 +27,6 @@ def train_qwen(corpus: Sequence[str], out_dir: str | Path, vocab_size: int = 400
     """Byte-level BPE on `corpus` -> ``out_dir/{vocab.json, merges.txt, tokenizer_config.json}``."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    from anima.text.tokenize import _qwen_pipeline
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

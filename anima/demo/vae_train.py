@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import torch
 
 from anima.model.config import VAEConfig
+from anima.model.latent import LATENT_MEAN, LATENT_STD
+from anima.model.vae import WanVAE
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,6 @@ def init_vae(cfg: VAEConfig, seed: int) -> torch.nn.Module:
     zero); the last conv of every residual branch and every attention output projection start at
     zero, so each block starts as the identity, which trains faster and more steadily.
     """
-    from anima.model.vae import WanVAE
 
     g = torch.Generator().manual_seed(seed)
     vae = WanVAE(cfg)
@@ -210,7 +211,6 @@ def latent_stats(
 def calibrate(vae: torch.nn.Module, images: torch.Tensor) -> None:
     """Fold z' = a z + b into conv1 (rows of the mean half) and z = (z' - b) / a into conv2, so that
     latents have the Wan-2.1 per-channel mean/std (`anima.model.latent`). Exact reparametrisation."""
-    from anima.model.latent import LATENT_MEAN, LATENT_STD
 
     mean, std = latent_stats(vae, images)
     target_mean = torch.tensor(LATENT_MEAN)

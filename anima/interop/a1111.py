@@ -20,6 +20,7 @@ from typing import Any
 
 from anima.errors import AnimaError
 from anima.recipe import SETTINGS, GridAxis, Recipe
+from anima.recipe.settings import GROUPS
 
 # ComfyUI sampler name -> A1111 / Forge label (labels as in A1111 1.10 and Forge Neo).
 SAMPLER_LABELS: Mapping[str, str] = MappingProxyType(
@@ -145,6 +146,7 @@ SETTING_LABELS: Mapping[str, tuple[str, Callable[[str], Any]]] = MappingProxyTyp
 )
 assert set(SETTING_LABELS) == set(SETTINGS), "every flat setting needs an infotext label"
 _BY_LABEL = {label.lower(): (name, parse) for name, (label, parse) in SETTING_LABELS.items()}
+_DEFAULTS = {name: getattr(GROUPS[group](), key) for name, (group, key) in SETTINGS.items()}
 GRID_LABELS = ("Grid X", "Grid Y", "Grid Z")
 
 
@@ -172,11 +174,10 @@ def _quote(value: str) -> str:
 
 def setting_pairs(recipe: Recipe) -> list[tuple[str, str]]:
     """The non-default workflow settings as (label, text) pairs, in a fixed order."""
-    default = Recipe(recipe.prompt)
     pairs = []
     for name, (label, _) in SETTING_LABELS.items():
         value = recipe.setting(name)
-        if value != default.setting(name):
+        if value != _DEFAULTS[name]:
             pairs.append((label, _text(value)))
     pairs += [(label, axis.spec()) for label, axis in zip(GRID_LABELS, recipe.grid, strict=False)]
     return pairs

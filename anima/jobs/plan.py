@@ -93,11 +93,9 @@ def render(
     """
     outputs: list[tuple[Any, Recipe, dict | None]] = []
     cells = []
-    first = None
     for recipe in plan.recipes:
         src = inputs(recipe)
         result = pipe.generate(recipe, init_image=src.init_image, mask=src.mask, progress=progress)
-        first = first or result.recipes[0]
         for note in result.notes:
             if on_note is not None:
                 on_note(note)
@@ -111,8 +109,8 @@ def render(
     if plan.is_sheet:
         grid = plan.grid
         sheet = render_sheet([c[0] for c in cells], grid.x_labels, grid.y_labels, grid.z_labels)
-        made = plan.sheet_recipe.with_(dtype=first.dtype, model=first.model, model_hash=first.model_hash)
-        # Record the recipes the cells actually ran with (model, hash and dtype filled in).
+        made = pipe.record(plan.sheet_recipe)  # stamped like the cells: model, hash, dtype, weights
+        # Record the recipes the cells actually ran with.
         ran = grid.with_cells(c[1] for c in cells)
         outputs.append((sheet, made, {GRID_KEY: ran.to_json()}))
     return outputs

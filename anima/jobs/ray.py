@@ -121,7 +121,6 @@ class RayExecutor:
         return pids
 
     def run(self, jobs: Sequence[BatchJob], deliver: Deliver, fail: Fail) -> None:
-        from anima.recipe import Recipe
 
         ray = self._ray
         errors = ray.exceptions

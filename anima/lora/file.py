@@ -26,6 +26,8 @@ from anima.errors import AnimaError
 from anima.lora import keys as K
 from anima.lora.modules import Adapter, LoRA, from_tensors
 from anima.lora.targets import Target
+from anima.weights import file_kinds
+from anima.weights.safetensors import load_mmap, read_header, save
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +141,6 @@ def scan_keys(keys: list[str], name: str = "LoRA") -> KeyScan:
 def check_lora(path: str | Path) -> Path:
     """Header-only check that `path` is a LoRA for Anima (AnimaError otherwise); for CLIs, before
     any model is loaded."""
-    from anima.weights import file_kinds
-    from anima.weights.safetensors import read_header
 
     path = Path(path)
     header = read_header(path)
@@ -205,8 +205,6 @@ def lora_from_tensors(
 
 def load_lora(path: str | Path, name: str | None = None) -> LoRAFile:
     """Read a LoRA safetensors file (memory-mapped) in any supported format."""
-    from anima.weights import file_kinds
-    from anima.weights.safetensors import load_mmap, read_header
 
     path = Path(path)
     header = read_header(path)
@@ -264,7 +262,6 @@ def save_lora(
     dtype: torch.dtype | None = None,
 ) -> Path:
     """Write a LoRA file atomically. Metadata values must be strings (safetensors rule)."""
-    from anima.weights.safetensors import save
 
     tensors = state_dict_for(adapters, fmt, dtype)
     meta = {"format": "pt", **{str(k): str(v) for k, v in (metadata or {}).items()}}

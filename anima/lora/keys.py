@@ -1,12 +1,12 @@
 """LoRA file key names: recognise the format, parse keys into (target, tensor), write any format.
 
-A key is ``<module name>.<tensor suffix>``. Module names (spec section 8):
+A key is ``<module name>.<tensor suffix>``. Module names (anima-spec §8):
 
 - sd-scripts: ``lora_unet_<path with . -> _>`` (DiT), ``lora_unet_llm_adapter_<...>`` (adapter),
   ``lora_te_<...>`` (text encoder);
 - comfy and diffusion-pipe: ``diffusion_model.<path>``, ``diffusion_model.llm_adapter.<path>``,
   ``text_encoders.qwen3_06b.transformer.model.<path>``;
-- diffusers: ``transformer.<path renamed as in spec 1.6>``, ``text_conditioner.<path>``,
+- diffusers: ``transformer.<path renamed as in anima-spec §1.6>``, ``text_conditioner.<path>``,
   ``text_encoder.<path>``.
 
 Also read: ``model.diffusion_model.``, ``net.`` and bare DiT names, ``qwen3_06b.transformer.model.``

@@ -39,7 +39,7 @@ def _expand(*patterns: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-# Every nn.Linear of each part (spec 1.2 and 1.4); `{n}` is a block/layer index.
+# Every nn.Linear of each part (anima-spec §1.2 and 1.4); `{n}` is a block/layer index.
 TEMPLATES: dict[Part, tuple[str, ...]] = {
     "dit": _expand(
         "x_embedder.proj.1",
@@ -61,7 +61,7 @@ TEMPLATES: dict[Part, tuple[str, ...]] = {
     ),
 }
 
-# Default training targets (issue 5): attention q/k/v/out and the MLP of every block; sd-scripts'
+# Default training targets: attention q/k/v/out and the MLP of every block; sd-scripts'
 # default (its exclude regex drops modulations, norms, embedders and the final layer) gives the same.
 DEFAULT_TARGETS: dict[Part, str] = {
     "dit": r"blocks\.\d+\.((self|cross)_attn\.(q|k|v|output)_proj|mlp\.layer[12])",

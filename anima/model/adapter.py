@@ -1,4 +1,4 @@
-"""The Anima "LLM adapter": T5 token ids cross-attending to Qwen3 hidden states (spec §3.3).
+"""The Anima "LLM adapter": T5 token ids cross-attending to Qwen3 hidden states (anima-spec §3.3).
 
     x = embed(t5_ids)                                   # no input projection (target_dim == model_dim)
     for each block:

@@ -1,7 +1,7 @@
 """Scaled dot-product attention used by every Anima model, with a choice of kernel.
 
 One plain function, so a different kernel is swapped in at a single place. No masks: neither the DiT
-nor the adapter uses one (spec §2.6, §3.3).
+nor the adapter uses one (anima-spec §2.6, §3.3).
 
 Backends (`BACKENDS`):
 

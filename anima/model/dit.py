@@ -1,4 +1,4 @@
-"""MiniTrainDIT (Cosmos-Predict2) with the Anima settings: the image denoiser (spec §2).
+"""MiniTrainDIT (Cosmos-Predict2) with the Anima settings: the image denoiser (anima-spec §2).
 
 Attribute names equal the checkpoint keys without the ``net.`` prefix, so an official state dict
 (minus ``llm_adapter.*``, which belongs to the adapter module) loads with ``strict=True``. Nothing in
@@ -6,7 +6,7 @@ Attribute names equal the checkpoint keys without the ``net.`` prefix, so an off
 assign=True)`` to map a 2B checkpoint without a second copy.
 
 Precision. The compute dtype is the weight dtype. In fp32 and bf16 everything runs in it. In fp16
-the residual stream of the real model exceeds 65504 (spec §7), so there — and only there — the
+the residual stream of the real model exceeds 65504 (anima-spec §7), so there — and only there — the
 residual stream, the timestep embedding and the AdaLN modulations are kept in fp32 while attention
 and MLP run in fp16; sub-layer outputs are upcast before ``x += gate * out``. This is the ComfyUI
 scheme plus the sd-scripts #2302 fp32 modulation, expressed once through `_stream_dtype`.
@@ -44,7 +44,7 @@ def _lives_on(module: nn.Module, device: torch.device) -> bool:
 
 
 class TimeCond(NamedTuple):
-    """Timestep conditioning (spec §2.5)."""
+    """Timestep conditioning (anima-spec §2.5)."""
 
     sinusoid: torch.Tensor  # [B, 1, D] fp32: [cos(sigma f), sin(sigma f)]
     adaln_lora: torch.Tensor  # [B, 1, 3D]: linear_2(SiLU(linear_1(sinusoid))), added to every modulation
@@ -97,7 +97,7 @@ def _modulation_mlp(width: int, rank: int, n_out: int) -> nn.Sequential:
 
 
 class Patchify(nn.Module):
-    """``b c (t r) (h m) (w n) -> b t h w (c r m n)``: feature index c*r*m*n-major (spec §2.3)."""
+    """``b c (t r) (h m) (w n) -> b t h w (c r m n)``: feature index c*r*m*n-major (anima-spec §2.3)."""
 
     def __init__(self, patch_temporal: int, patch_spatial: int) -> None:
         super().__init__()
@@ -156,7 +156,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Self-attn (RoPE) -> cross-attn (no mask) -> MLP, each AdaLN-modulated and gated (spec §2.6)."""
+    """Self-attn (RoPE) -> cross-attn (no mask) -> MLP, each AdaLN-modulated and gated (anima-spec §2.6)."""
 
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
@@ -200,7 +200,7 @@ class Block(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """Modulated LayerNorm (shift first, then scale) and the projection to patch pixels (spec §2.7)."""
+    """Modulated LayerNorm (shift first, then scale) and the projection to patch pixels (anima-spec §2.7)."""
 
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
@@ -271,7 +271,7 @@ class MiniTrainDIT(nn.Module):
         return TimeCond(sinusoid, self.t_embedder[1](s), emb)
 
     def unpatchify(self, y: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        """[B, L, (p1 p2 r C)] -> [B, C, T, H, W]; channel index innermost (spec §2.7)."""
+        """[B, L, (p1 p2 r C)] -> [B, C, T, H, W]; channel index innermost (anima-spec §2.7)."""
         pt, ps = self.cfg.patch_temporal, self.cfg.patch_spatial
         t, h, w = grid
         y = y.reshape(y.shape[0], t, h, w, ps, ps, pt, -1)

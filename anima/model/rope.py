@@ -1,15 +1,15 @@
 """Rotary position embeddings for the DiT (3D, split-half) and the LLM adapter (1D, rotate-half).
 
 Tables (cos, sin) are always computed in float32; the apply functions say how they meet the
-activation dtype, because the two models differ there (spec §2.4 vs §3.3).
+activation dtype, because the two models differ there (anima-spec §2.4 vs §3.3).
 
-DiT (spec §2.4): the head is split into a temporal part and two equal spatial parts,
+DiT (anima-spec §2.4): the head is split into a temporal part and two equal spatial parts,
 ``dim_h = dim_w = head_dim // 6 * 2`` and ``dim_t = head_dim - 2 * dim_h`` (44/42/42 for 128). Each axis
 has its own frequencies ``1 / theta_axis ** (2j / dim_axis)`` with NTK-scaled thetas
 ``theta = 10000 * ratio ** (dim / (dim - 2))``, and the per-token angle vector is
 ``[t-angles, h-angles, w-angles]`` (head_dim / 2 entries). It rotates pairs (i, i + head_dim/2).
 
-Adapter (spec §3.3): HF Llama/Qwen style, ``inv_freq = 1 / theta ** (2i / head_dim)``,
+Adapter (anima-spec §3.3): HF Llama/Qwen style, ``inv_freq = 1 / theta ** (2i / head_dim)``,
 ``emb = cat(freqs, freqs)`` and ``x * cos + rotate_half(x) * sin``.
 """
 

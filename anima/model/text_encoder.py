@@ -1,4 +1,4 @@
-"""Qwen3 text encoder (Qwen3-0.6B-Base for Anima), used as a frozen feature extractor (spec §3.1).
+"""Qwen3 text encoder (Qwen3-0.6B-Base for Anima), used as a frozen feature extractor (anima-spec §3.1).
 
 The module *is* a ``transformers.Qwen3Model`` (so its state-dict keys are the checkpoint keys with
 ``model.`` stripped) built from an explicit `Qwen3Config`: no hub access, no config.json needed.

@@ -9,7 +9,6 @@ The passes of one image batch (main pass, hires passes, decode, inpaint composit
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -185,7 +184,6 @@ class Pipeline:
             return False
         self.text_encoder = None
         self.conditioner.detach_text_encoder()
-        gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return True

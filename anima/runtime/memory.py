@@ -10,7 +10,7 @@ estimates:
   prefetch (`anima.runtime.streaming.BlockStreamer`), and how many stay resident;
 - how much is left for the VAE decode, which the pipeline's tiling decision uses.
 
-Targets at 1024x1024 (issue 4): 8 GB runs bf16 with no streaming, 4 GB runs with 8-bit weights and
+Targets at 1024x1024: 8 GB runs bf16 with no streaming, 4 GB runs with 8-bit weights and
 streaming. The estimates are deliberately simple (weights + the largest live activations + a fixed
 margin for the allocator and kernels' workspaces); `--profile` reports what was actually used.
 """

@@ -105,7 +105,7 @@ class FlowModelSampling:
 
 
 def add_noise(latent: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-    """The flow-matching noising convention, the one place it is written (spec 2.9):
+    """The flow-matching noising convention, the one place it is written (anima-spec §2.9):
     ``x_sigma = sigma * noise + (1 - sigma) * latent``.
 
     `sigma` is a number, a scalar tensor or one value per batch row; it is cast to the latent's

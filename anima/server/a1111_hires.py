@@ -14,6 +14,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from anima.errors import AnimaError
+from anima.server.a1111 import resolve_sampler
 
 # A1111 upscaler names (lower case) -> anima's; anything else (ESRGAN, SwinIR, ...) becomes Lanczos.
 _UPSCALERS = {
@@ -37,7 +38,6 @@ def hires_settings(
     schedulers: Collection[str],
 ) -> tuple[dict[str, Any], list[str]]:
     """(flat hires settings, notes) for a txt2img request's extra fields; ({}, []) without enable_hr."""
-    from anima.server.a1111 import resolve_sampler
 
     if not extra.get("enable_hr"):
         return {}, []

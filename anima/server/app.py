@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from anima.errors import AnimaError
+from anima.server import routes_a1111, routes_native
 from anima.server.events import EventHub
 from anima.server.jobs import JobStore
 from anima.server.security import ApiKeyMiddleware, BodyLimitMiddleware, Limits
@@ -52,7 +53,6 @@ def create_app(
     start_worker: bool = True,
 ) -> FastAPI:
     """The app. The worker starts with the app (lifespan) unless `start_worker` is False."""
-    from anima.server import routes_a1111, routes_native
 
     data_dir = Path(data_dir)
     outputs_dir = Path(outputs_dir) if outputs_dir else data_dir / "outputs"

@@ -13,6 +13,8 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from anima.errors import AnimaError
+from anima.imageio import PARAMETERS_KEY, read_recipe
+from anima.interop.a1111 import parse_infotext
 from anima.server import a1111, images
 from anima.server.jobs import QueuedJob
 from anima.server.schemas import (
@@ -78,7 +80,6 @@ async def _run_job(c, prepared) -> QueuedJob:
 
 
 def _response(c, job: QueuedJob, req, prepared) -> GenerationResponse:
-    from anima.imageio import read_recipe
 
     if job.status == "failed":
         if (job.error or "").startswith("internal error"):
@@ -228,8 +229,6 @@ def set_options(options: Annotated[dict[str, Any], Body()], c: Ctx) -> OptionsUp
 
 @router.post("/png-info", response_model=PNGInfoResponse, responses=ERRORS)
 def png_info(req: PNGInfoRequest, c: Ctx) -> PNGInfoResponse:
-    from anima.imageio import PARAMETERS_KEY
-    from anima.interop.a1111 import parse_infotext
 
     chunks = images.text_chunks(req.image, "image", c.limits)
     text = chunks.get(PARAMETERS_KEY, "")

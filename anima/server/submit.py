@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from anima.errors import AnimaError
+from anima.imageio import atomic_write
+from anima.lora.use import split_prompt_loras
 from anima.recipe import Recipe, parse_size
 from anima.server import a1111, images
+from anima.server.a1111_hires import hires_settings
 from anima.server.jobs import JobSpec, JobStore, QueuedJob, new_job_id
 from anima.server.schemas import Img2ImgRequest, JobCreate, Txt2ImgRequest
 from anima.server.security import Limits, resolve_inside
@@ -36,7 +39,6 @@ class Submitter:
 
     # ----------------------------------------------------------------- A1111
     def prepare_txt2img(self, req: Txt2ImgRequest) -> Prepared:
-        from anima.server.a1111_hires import hires_settings
 
         recipe = a1111.recipe_from_request(req, self.service)
         hires, hires_notes = hires_settings(
@@ -120,7 +122,6 @@ class Submitter:
 
     # ----------------------------------------------------------------- common
     def _check(self, recipe: Recipe, n_iter: int) -> None:
-        from anima.lora.use import split_prompt_loras
 
         self.limits.check_recipe(recipe, n_iter)
         # recipe.loras and <lora:name:w> prompt tags: names inside the LoRA folders only.
@@ -144,7 +145,6 @@ class Submitter:
         return job
 
     def _save_input(self, job_id: str, what: str, image) -> str:
-        from anima.imageio import atomic_write
 
         name = f"{job_id}-{what}.png"
         atomic_write(self.inputs_dir / name, lambda fh: image.save(fh, format="PNG", compress_level=1))

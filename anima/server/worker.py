@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from anima.errors import AnimaError
+from anima.imageio import save_png
 from anima.server.events import EventHub
+from anima.server.images import png_bytes
 from anima.server.jobs import JobStore, QueuedJob
 from anima.server.service import GenerationService
 
@@ -203,7 +205,6 @@ class Worker:
         self._check()
 
     def _on_preview(self, step: int, total: int, image) -> None:
-        from anima.server.images import png_bytes
 
         data = png_bytes(image, compress_level=1)
         with self._lock:
@@ -227,7 +228,6 @@ class Worker:
         return load(job.spec.init_image, "RGB"), load(job.spec.mask, "L")
 
     def _save(self, job: QueuedJob, iteration: int, results) -> list[str]:
-        from anima.imageio import save_png
 
         folder = job.spec.output_name or time.strftime("%Y-%m-%d", time.localtime(job.created))
         rel = []

@@ -1,4 +1,4 @@
-"""Prompt string -> DiT cross-attention context (spec §3, §6).
+"""Prompt string -> DiT cross-attention context (anima-spec §3, §6).
 
     tokenize (segment-wise, weights) -> Qwen3 last hidden state -> LLM adapter(Qwen states, T5 ids)
     -> x per-token T5 weights -> zero-pad to 512 rows

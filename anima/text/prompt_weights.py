@@ -1,4 +1,4 @@
-"""ComfyUI prompt-weight syntax -> weighted text segments (spec §3.2, §6). No torch.
+"""ComfyUI prompt-weight syntax -> weighted text segments (anima-spec §3.2, §6). No torch.
 
 The rules, as ComfyUI applies them (and as the tiny fixtures pin them):
 

@@ -1,4 +1,4 @@
-"""Prompt -> Qwen3 ids and T5 ids + per-token weights, exactly as ComfyUI tokenizes for Anima (spec §3.2).
+"""Prompt -> Qwen3 ids, T5 ids and per-token weights, as ComfyUI tokenizes for Anima (anima-spec §3.2).
 
 The prompt is first cut into weighted segments (`anima.text.prompt_weights`); **each segment is tokenized on
 its own** and the ids are concatenated, which changes the ids, not only the weights.

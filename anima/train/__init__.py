@@ -3,7 +3,7 @@
 - `config`: the frozen `TrainConfig` (TOML file + command-line flags).
 - `data`: dataset folder scan, aspect buckets, caption processing, the resumable batch order.
 - `cache`: on-disk latent and text-encoder caches and their invalidation rules.
-- `objective`: timestep sampling and the velocity loss (spec 2.8).
+- `objective`: timestep sampling and the velocity loss (anima-spec §2.8).
 - `forward`: the DiT forward used for training (exact, cheaper on padded contexts; checkpointing).
 - `models`: loading the base model, the trainable weights (LoRA network or full), the result file.
 - `ema`: the exponential moving average of the trained weights.

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from anima.train.data import Item
+from anima.weights.safetensors import save
 
 
 def content_hash(path: str | Path) -> str:
@@ -48,7 +49,6 @@ def _key(*parts: object) -> str:
 
 
 def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    from anima.weights.safetensors import save
 
     save(tensors, path)
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from anima.model.dit import Attention
 from anima.text.conditioning import MIN_CONTEXT_ROWS
 
 
@@ -73,7 +74,6 @@ def dit_velocity(
 
     x: [B, 16, 1, h, w] model-space latent; sigma: [B] raw; context: [B, L, C] with L <= pad_rows.
     """
-    from anima.model.dit import Attention
 
     t, h, w = x.shape[2:]
     rows = max(pad_rows, context.shape[1])

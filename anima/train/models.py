@@ -15,7 +15,13 @@ import torch
 from torch import nn
 
 from anima.errors import AnimaError
+from anima.lora.network import LoRANetwork
+from anima.lora.targets import DEFAULT_TARGETS
 from anima.runtime.precision import parse_dtype
+from anima.text.tokenize import AnimaTokenizer
+from anima.weights import loading
+from anima.weights.hashes import model_hash
+from anima.weights.safetensors import save
 
 
 @dataclass
@@ -29,9 +35,6 @@ class Models:
 
 
 def load_models(cfg, device: torch.device) -> Models:
-    from anima.text.tokenize import AnimaTokenizer
-    from anima.weights import loading
-    from anima.weights.hashes import model_hash
 
     tok_dir = Path(cfg.tokenizer_dir)
     tokenizer = AnimaTokenizer.from_dirs(tok_dir / "qwen", tok_dir / "t5")
@@ -64,8 +67,6 @@ class Trainable:
                     part.requires_grad_(True)
                     self.named.update({prefix + n: p for n, p in part.named_parameters()})
         else:
-            from anima.lora.network import LoRANetwork
-            from anima.lora.targets import DEFAULT_TARGETS
 
             targets = {}
             if cfg.train_dit:
@@ -117,7 +118,6 @@ class Trainable:
         if self.network is not None:
             fmt = self.cfg.save_format
             return self.network.save(path, fmt=fmt, metadata=metadata, dtype=dtype)
-        from anima.weights.safetensors import save
 
         tensors = {f"net.{k}": v for k, v in self.models.dit.state_dict().items()}
         tensors.update({f"net.llm_adapter.{k}": v for k, v in self.models.adapter.state_dict().items()})

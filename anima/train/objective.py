@@ -1,4 +1,4 @@
-"""The rectified-flow objective Anima was trained with (spec 2.8) and its timestep sampling.
+"""The rectified-flow objective Anima was trained with (anima-spec §2.8) and its timestep sampling.
 
     x_sigma = (1 - sigma) x0 + sigma eps,   target v = eps - x0,   loss = mean((v_pred - v)^2)
 

@@ -11,6 +11,11 @@ from pathlib import Path
 
 import torch
 
+from anima.imageio import save_png, to_uint8
+from anima.pipeline import Pipeline, RunOptions
+from anima.recipe import Recipe
+from anima.train.ema import swapped_in
+
 
 class SampleWriter:
     def __init__(self, cfg, models, trainable, ema: dict[str, torch.Tensor]) -> None:
@@ -20,7 +25,6 @@ class SampleWriter:
 
     def _pipeline(self):
         if self._pipe is None:
-            from anima.pipeline import Pipeline, RunOptions
 
             m = self.models
             device = m.dit.t_embedding_norm.weight.device
@@ -33,9 +37,6 @@ class SampleWriter:
         return self._pipe
 
     def write(self, step: int) -> list[Path]:
-        from anima.imageio import save_png, to_uint8
-        from anima.recipe import Recipe
-        from anima.train.ema import swapped_in
 
         cfg = self.cfg
         if not cfg.sample_prompts:

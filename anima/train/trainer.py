@@ -16,6 +16,10 @@ Data parallel: run under ``torchrun --nproc-per-node N``; process r takes micro-
 m = (s * grad_accum + a) * N + r, gradients are averaged with one all-reduce, and only rank 0
 writes files. The CPU uses the gloo backend, CUDA nccl. N processes with accumulation A compute the
 same update as one process with accumulation N * A (up to summation order).
+
+This module is a little over 400 lines because it is one class whose methods share the optimizer,
+model and cache state; the pieces that stand alone (data, caches, checkpoints, logs, EMA,
+sampling) are their own modules.
 """
 
 from __future__ import annotations
@@ -33,10 +37,18 @@ from pathlib import Path
 import torch
 
 from anima.errors import AnimaError
+from anima.model.latent import normalize_latent
+from anima.model.vae import image_to_vae_input
 from anima.train import checkpoint as ckpt
+from anima.train.cache import LatentCache, TextCache, TextEntry, content_hash
 from anima.train.config import TrainConfig
-from anima.train.data import BatchOrder, mix_seed, process_caption
+from anima.train.data import BatchOrder, load_image, mix_seed, process_caption, scan
 from anima.train.ema import EMA, swapped_in
+from anima.train.forward import adapter_context, dit_velocity, encode_captions
+from anima.train.logs import TrainLog
+from anima.train.models import Trainable, load_models
+from anima.train.objective import flow_loss, sample_sigmas
+from anima.train.sampling import SampleWriter
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +102,6 @@ class Trainer:
     def _setup(self) -> None:
         import torch.distributed as dist
 
-        from anima.train.data import scan
-        from anima.train.models import Trainable, load_models
 
         cfg = self.cfg
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -133,8 +143,6 @@ class Trainer:
     def _make_caches(self) -> None:
         import torch.distributed as dist
 
-        from anima.train.cache import LatentCache, TextCache, content_hash
-        from anima.train.data import load_image
 
         cfg = self.cfg
         root = cfg.cache_path()
@@ -165,14 +173,11 @@ class Trainer:
 
     @torch.no_grad()
     def _encode_images(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        from anima.model.vae import image_to_vae_input
 
         x = image_to_vae_input(images_uint8.float() / 255.0).to(self.device)
         return self.models.vae.encode(x).float().cpu()
 
     def _encode_text(self, captions: list[str]) -> list:
-        from anima.train.cache import TextEntry
-        from anima.train.forward import encode_captions
 
         m = self.models
         grad = self.cfg.train_text_encoder
@@ -196,10 +201,6 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def _micro_loss(self, micro: int) -> torch.Tensor:
-        from anima.model.latent import normalize_latent
-        from anima.train.data import load_image
-        from anima.train.forward import adapter_context, dit_velocity
-        from anima.train.objective import flow_loss, sample_sigmas
 
         cfg, m = self.cfg, self.models
         idx = self.order.batch(micro)
@@ -243,7 +244,6 @@ class Trainer:
     def _cached_latent(self, item) -> torch.Tensor:
         z = self.latents.get(item)
         if z is None:  # cache entry vanished (deleted while running): encode again
-            from anima.train.data import load_image
 
             z = self._encode_images(load_image(item)[None])[0]
             self.latents.put(item, z)
@@ -321,8 +321,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ run
     def run(self) -> Path:
-        from anima.train.logs import TrainLog
-        from anima.train.sampling import SampleWriter
+        """Train to `cfg.steps` and save the result. A thread count the config sets is this run's
+        only: the caller's is restored afterwards (CPU float sums, hence images, depend on it)."""
+        threads = torch.get_num_threads()
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self) -> Path:
 
         self._setup()
         cfg = self.cfg

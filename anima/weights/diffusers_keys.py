@@ -1,7 +1,7 @@
 """Key names of the diffusers-format Anima folders, as renames of the official (ComfyUI) names.
 
 The official names are the source of truth (our modules are named after them). diffusers renames
-them once, in `scripts/convert_anima_to_diffusers.py` (spec section 1.6); we only write that
+them once, in `scripts/convert_anima_to_diffusers.py` (anima-spec §1.6); we only write that
 forward direction. Reading a diffusers folder builds the inverse from the official key list of
 the module being loaded, so there is no second, hand-written table to drift out of sync.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-# Order matters: each rule sees the output of the ones before it (spec 1.6).
+# Order matters: each rule sees the output of the ones before it (anima-spec §1.6).
 _DIT_RULES: tuple[tuple[str, str], ...] = (
     ("t_embedder.1", "time_embed.t_embedder"),
     ("t_embedding_norm", "time_embed.norm"),

@@ -1,13 +1,12 @@
-"""Finding model files: what a safetensors file is, and where the Anima files live.
+"""Finding model files: where the Anima files live, and which of them belong together.
 
-File kinds are read from the safetensors JSON header only (a few KB, no tensor data), so a folder
-of multi-GB checkpoints is classified in milliseconds; the key-name rules are `anima.weights.file_kinds`'
-(the loaders use the same ones), so discovery never offers a file the loader would refuse.
+Files are classified by their headers alone (`anima.weights.model_files.inspect_file`), so a
+folder of multi-GB checkpoints is searched in milliseconds, with the loaders' own key rules.
 
 `discover` searches, in this order, and returns one `ModelSet` per DiT found:
 
-1. explicit paths (``--dit``, ``--text-encoder``, ``--vae``): they override whatever is found;
-2. a models folder (``--models-dir``), laid out like ComfyUI's (diffusion_models/, text_encoders/,
+1. explicit paths (the dit, text encoder and VAE slots): they override whatever is found;
+2. a models folder, laid out like ComfyUI's (diffusion_models/, text_encoders/,
    vae/, loras/, plus tokenizers/) or flat;
 3. ComfyUI installs (their models/ folder and the tokenizers bundled in comfy/text_encoders/);
 4. the Hugging Face cache (``models--circlestone-labs--Anima*``: split_files/ snapshots and
@@ -20,26 +19,37 @@ environment variables: the CLI passes paths in (see `default_hf_cache`, `default
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from anima.errors import AnimaError
-from anima.weights import file_kinds
+from anima.weights.hashes import file_sha256
+from anima.weights.model_files import (
+    KIND_NAMES,
+    QWEN_TOKENIZER_DIRS,
+    T5_TOKENIZER_DIRS,
+    FileInfo,
+    Kind,
+    ModelSet,
+    header_shapes,
+    inspect_file,
+    is_qwen_tokenizer_dir,
+    is_t5_tokenizer_dir,
+    sniff_kind,
+    tokenizers_in,
+)
+
+__all__ = [
+    "KIND_NAMES", "QWEN_TOKENIZER_DIRS", "T5_TOKENIZER_DIRS", "FileInfo", "Kind", "ModelSet", "choose",
+    "discover", "file_sha256", "find_tokenizers", "header_shapes", "inspect_file", "is_qwen_tokenizer_dir",
+    "is_t5_tokenizer_dir", "resolve_lora", "scan", "sniff_kind",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["dit", "text_encoder", "vae", "lora", "unknown"]
-KIND_NAMES = {
-    "dit": "DiT",
-    "text_encoder": "text encoder",
-    "vae": "VAE",
-    "lora": "LoRA",
-    "unknown": "unknown",
-}
 
 # ComfyUI's folders for DiTs, text encoders and VAEs (current, then legacy names). The header, not
 # the folder, decides what a file is: a VAE left in diffusion_models/ is still found as a VAE.
@@ -53,98 +63,8 @@ PREFERRED_DIT_STEMS = (
     "anima-preview2",
     "anima-preview",
 )
-QWEN_TOKENIZER_DIRS = ("qwen", "tokenizer", "qwen25_tokenizer")
-T5_TOKENIZER_DIRS = ("t5", "t5_tokenizer")
 HF_REPO_GLOB = "models--circlestone-labs--Anima*"
 _MAX_DEPTH = 3  # ComfyUI users nest models in subfolders; do not crawl whole disks
-
-
-# --------------------------------------------------------------------- kinds
-def header_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
-    """{tensor name: shape} from the header alone (keys as stored); `AnimaError` names a bad file."""
-    from anima.weights.safetensors import read_header  # imports torch: keep it off module import
-
-    return read_header(path).shapes
-
-
-@dataclass(frozen=True)
-class FileInfo:
-    """A classified weight file. `text_width` is the Qwen3 width (a DiT's adapter input or a text
-    encoder's hidden size); `latent_channels` is the VAE latent width (a DiT's input or a VAE's)."""
-
-    path: Path
-    kind: Kind
-    description: str
-    text_width: int | None = None
-    latent_channels: int | None = None
-
-
-def _dim(shapes: Mapping[str, tuple[int, ...]], key: str, axis: int) -> int | None:
-    shape = shapes.get(key)
-    return shape[axis] if shape is not None and len(shape) > axis else None
-
-
-# file_kinds knows more layouts than discovery needs; the rest count as "unknown" here.
-_KINDS: dict[str, Kind] = {
-    file_kinds.DIT: "dit",
-    file_kinds.TEXT_ENCODER: "text_encoder",
-    file_kinds.VAE: "vae",
-    file_kinds.VAE_DIFFUSERS: "vae",
-    file_kinds.LORA: "lora",
-}
-
-
-def inspect_file(path: str | Path) -> FileInfo:
-    """Classify a safetensors file by its tensor names and read the widths pairing needs."""
-    path = Path(path)
-    shapes = header_shapes(path)
-    found = file_kinds.detect(shapes.keys())
-    kind, p = _KINDS.get(found.kind, "unknown"), found.prefix
-    if kind == "dit":
-        patch_in = _dim(shapes, p + "x_embedder.proj.1.weight", 1)
-        return FileInfo(
-            path,
-            kind,
-            found.description,
-            text_width=_dim(shapes, p + "llm_adapter.blocks.0.cross_attn.k_proj.weight", 1),
-            latent_channels=patch_in // 4 - 1 if patch_in else None,  # (latent + mask) x 2 x 2
-        )
-    if kind == "text_encoder":
-        return FileInfo(path, kind, found.description, text_width=_dim(shapes, p + "embed_tokens.weight", 1))
-    if kind == "vae":  # decoder input width = latent channels (Wan naming, then diffusers naming)
-        latent = _dim(shapes, "decoder.conv1.weight", 1) or _dim(shapes, "decoder.conv_in.weight", 1)
-        return FileInfo(path, kind, found.description, latent_channels=latent)
-    return FileInfo(path, kind, found.description)
-
-
-def sniff_kind(path: str | Path) -> Kind:
-    """'dit', 'text_encoder', 'vae', 'lora' or 'unknown'; `AnimaError` naming the file if unreadable."""
-    return inspect_file(path).kind
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 24) -> str:
-    """Full SHA-256 (hex). Its first 10 characters are A1111's / civitai's "Model hash" (AutoV2)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# --------------------------------------------------------------------- tokenizers
-def is_qwen_tokenizer_dir(d: Path) -> bool:
-    return ((d / "vocab.json").is_file() and (d / "merges.txt").is_file()) or (d / "tokenizer.json").is_file()
-
-
-def is_t5_tokenizer_dir(d: Path) -> bool:
-    return (d / "tokenizer.json").is_file() or (d / "spiece.model").is_file()
-
-
-def _tokenizers_in(root: Path) -> tuple[Path | None, Path | None]:
-    """(qwen, t5) tokenizer folders directly under `root` (qwen/ t5/, tokenizer/ t5_tokenizer/, ...)."""
-    qwen = next((root / n for n in QWEN_TOKENIZER_DIRS if is_qwen_tokenizer_dir(root / n)), None)
-    t5 = next((root / n for n in T5_TOKENIZER_DIRS if is_t5_tokenizer_dir(root / n)), None)
-    return qwen, t5
 
 
 def find_tokenizers(
@@ -163,7 +83,7 @@ def find_tokenizers(
     """
     roots: list[Path] = []
     if tokenizer_dir is not None:
-        q, t = _tokenizers_in(Path(tokenizer_dir))
+        q, t = tokenizers_in(Path(tokenizer_dir))
         if q is None or t is None:
             if q is None:
                 sub, need = "qwen", "vocab.json + merges.txt (or tokenizer.json)"
@@ -181,7 +101,7 @@ def find_tokenizers(
         roots += [d for scan in _scan_hf_cache(Path(hf_cache)) for d in scan.diffusers]
     qwen = t5 = None
     for root in roots:
-        q, t = _tokenizers_in(root)
+        q, t = tokenizers_in(root)
         qwen, t5 = qwen or q, t5 or t
         if qwen and t5:
             break
@@ -250,7 +170,7 @@ def scan_models_folder(root: Path, source: str) -> SourceScan:
     scan.loras += [p for p in _safetensors_under(root / "loras") if p not in scan.loras]
     scan.diffusers = [d for d in [root, *sorted(root.iterdir())] if d.is_dir() and _is_diffusers(d)]
     for d in [root / "tokenizers", root, *scan.diffusers]:
-        q, t = _tokenizers_in(d)
+        q, t = tokenizers_in(d)
         scan.qwen_tokenizer, scan.t5_tokenizer = scan.qwen_tokenizer or q, scan.t5_tokenizer or t
     scan.dits.sort(key=_dit_rank)
     scan.text_encoders.sort(key=lambda i: (not i.path.name.startswith("qwen_3_06b"), str(i.path)))
@@ -283,7 +203,7 @@ def _scan_hf_cache(cache: Path) -> list[SourceScan]:
                 scans.append(scan_models_folder(snap / "split_files", f"hf-cache:{repo.name}"))
             elif _is_diffusers(snap):
                 scan = SourceScan(f"hf-cache:{repo.name}", snap, diffusers=[snap])
-                scan.qwen_tokenizer, scan.t5_tokenizer = _tokenizers_in(snap)
+                scan.qwen_tokenizer, scan.t5_tokenizer = tokenizers_in(snap)
                 scans.append(scan)
     return scans
 
@@ -300,29 +220,12 @@ def scan(models_dir: Path | None, comfyui_dirs: Sequence[Path], hf_cache: Path |
         if not (root / "models").is_dir():
             raise AnimaError(f"{root} is not a ComfyUI install (no models/ folder)")
         s = scan_models_folder(root / "models", f"comfyui:{root}")
-        q, t = _tokenizers_in(root / "comfy" / "text_encoders")
+        q, t = tokenizers_in(root / "comfy" / "text_encoders")
         s.qwen_tokenizer, s.t5_tokenizer = s.qwen_tokenizer or q, s.t5_tokenizer or t
         scans.append(s)
     if hf_cache is not None and Path(hf_cache).is_dir():
         scans += _scan_hf_cache(Path(hf_cache))
     return scans
-
-
-# --------------------------------------------------------------------- model sets
-@dataclass(frozen=True)
-class ModelSet:
-    """Files for one generation setup. For a diffusers-format pipeline `diffusers` is its root
-    folder and `dit`, `text_encoder`, `vae` are its transformer/, text_encoder/, vae/ subfolders
-    (or explicit files that override them); otherwise these are the three ComfyUI files."""
-
-    name: str
-    dit: Path
-    text_encoder: Path
-    vae: Path
-    qwen_tokenizer: Path | None
-    t5_tokenizer: Path | None
-    source: str
-    diffusers: Path | None = None
 
 
 EXPLICIT_KEYS = ("dit", "text_encoder", "vae", "qwen_tokenizer", "t5_tokenizer")

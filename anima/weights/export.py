@@ -1,6 +1,6 @@
 """Write a diffusers-format Anima folder from the three official files.
 
-The same layout `scripts/convert_anima_to_diffusers.py --save_pipeline` produces (spec 1.6):
+The same layout `scripts/convert_anima_to_diffusers.py --save_pipeline` produces (anima-spec §1.6):
 transformer/, text_conditioner/, text_encoder/, tokenizer/, t5_tokenizer/, vae/, scheduler/ and a
 model_index.json naming the diffusers/transformers classes, so both `Pipeline.from_pretrained` and
 diffusers' `AnimaModularPipeline.from_pretrained` read it. diffusers is not needed to write it: the
@@ -16,6 +16,7 @@ from pathlib import Path
 from anima.errors import AnimaError
 from anima.model.config import AdapterConfig, DiTConfig, TextEncoderConfig, VAEConfig
 from anima.model.latent import LATENT_MEAN, LATENT_STD
+from anima.model.text_encoder import qwen3_config
 from anima.weights import diffusers_keys, file_kinds
 from anima.weights.loading import read_headers
 from anima.weights.safetensors import load_mmap, save
@@ -96,7 +97,6 @@ def export_diffusers(
     out_dir: str | Path,
 ) -> Path:
     """Convert the official files (and the two tokenizer folders) into a diffusers folder."""
-    from anima.model.text_encoder import qwen3_config
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):

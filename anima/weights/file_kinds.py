@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-# Prefixes of the DiT keys seen in the wild (spec 1.2): official, ComfyUI full checkpoints, bare.
+# Prefixes of the DiT keys seen in the wild (anima-spec §1.2): official, ComfyUI full checkpoints, bare.
 DIT_PREFIXES = ("net.", "model.diffusion_model.", "diffusion_model.", "")
 TE_PREFIXES = ("model.", "qwen3_06b.transformer.model.", "text_encoders.qwen3_06b.transformer.model.", "")
 

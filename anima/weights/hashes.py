@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 
 
-def _sha256(path: Path, chunk: int = 1 << 24) -> str:
+def file_sha256(path: str | Path, chunk: int = 1 << 24) -> str:
+    """Full SHA-256 (hex) of a file; its first 10 characters are A1111's / civitai's "Model hash"."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -34,11 +35,11 @@ def model_hash(path: str | Path, cache_file: str | Path | None = None) -> str:
         if key in cache:
             return cache[key]
     if len(files) == 1:
-        digest = _sha256(files[0])
+        digest = file_sha256(files[0])
     else:
         h = hashlib.sha256()
         for f in files:
-            h.update(_sha256(f).encode())
+            h.update(file_sha256(f).encode())
         digest = h.hexdigest()
     short = digest[:10]
     if cache_file is not None:

@@ -16,7 +16,11 @@ import torch
 from torch import nn
 
 from anima.errors import AnimaError
+from anima.model.adapter import LLMAdapter
 from anima.model.config import AdapterConfig, DiTConfig, TextEncoderConfig, VAEConfig
+from anima.model.dit import MiniTrainDIT
+from anima.model.text_encoder import Qwen3TextEncoder
+from anima.model.vae import WanVAE
 from anima.weights import diffusers_keys, file_kinds
 from anima.weights.mapped_pages import file_mappings, release
 from anima.weights.safetensors import Header, load_mmap, read_header
@@ -115,8 +119,6 @@ def load_dit(
     path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = torch.float32
 ) -> tuple[nn.Module, nn.Module]:
     """Load the DiT file (official `net.`, `model.diffusion_model.` or bare keys) -> (DiT, adapter)."""
-    from anima.model.adapter import LLMAdapter
-    from anima.model.dit import MiniTrainDIT
 
     path, device = Path(path), torch.device(device)
     headers, shapes = read_headers(path)
@@ -146,8 +148,6 @@ def load_dit_diffusers(
     dtype: torch.dtype | None = torch.float32,
 ) -> tuple[nn.Module, nn.Module]:
     """Load `transformer/` + `text_conditioner/` of a diffusers-format Anima folder."""
-    from anima.model.adapter import LLMAdapter
-    from anima.model.dit import MiniTrainDIT
 
     device = torch.device(device)
     t_dir, a_dir = Path(transformer_dir), Path(text_conditioner_dir)
@@ -204,7 +204,6 @@ def load_text_encoder(
 
     dtype None keeps the file's dtype; the encoder computes in fp32 regardless (see its module).
     """
-    from anima.model.text_encoder import Qwen3TextEncoder
 
     path, device = Path(path), torch.device(device)
     headers, shapes = read_headers(path)
@@ -226,7 +225,6 @@ def load_vae(
     path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = torch.float32
 ) -> nn.Module:
     """Load the Qwen-Image VAE (official Wan-2.1 names, or a diffusers `vae/` folder)."""
-    from anima.model.vae import WanVAE
 
     path, device = Path(path), torch.device(device)
     headers, shapes = read_headers(path)

@@ -14,7 +14,11 @@ from pathlib import Path
 import torch
 
 from anima.errors import AnimaError
+from anima.model.adapter import LLMAdapter
 from anima.model.config import AdapterConfig, DiTConfig, ModelSpec, TextEncoderConfig, VAEConfig
+from anima.model.dit import MiniTrainDIT
+from anima.model.text_encoder import Qwen3TextEncoder
+from anima.model.vae import WanVAE
 from anima.weights.safetensors import save
 
 TINY = ModelSpec(
@@ -49,10 +53,6 @@ class RandomFiles:
 
 def official_shapes(spec: ModelSpec) -> dict[str, dict[str, tuple[int, ...]]]:
     """File key -> shape for the three official files of `spec`."""
-    from anima.model.adapter import LLMAdapter
-    from anima.model.dit import MiniTrainDIT
-    from anima.model.text_encoder import Qwen3TextEncoder
-    from anima.model.vae import WanVAE
 
     with torch.device("meta"):
         dit = MiniTrainDIT(spec.dit).state_dict()

@@ -1,21 +1,20 @@
 """Safetensors files without a second copy in RAM.
 
-We parse the header ourselves and map the file once with `torch.UntypedStorage.from_file`
-(MAP_PRIVATE: pages come from the page cache and are copied only if written). Every tensor is a
-view into that mapping, so loading the 4 GB DiT costs address space, not memory, until a dtype
-or device conversion actually needs new storage. Parsing the header ourselves also lets us say
-exactly what is wrong with a truncated or corrupt file instead of surfacing a Rust panic.
+The header is parsed without torch (`anima.weights.header`); the file is mapped once with
+`torch.UntypedStorage.from_file` (MAP_PRIVATE: pages come from the page cache and are copied only
+if written). Every tensor is a view into that mapping, so loading the 4 GB DiT costs address
+space, not memory, until a dtype or device conversion actually needs new storage.
 """
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 
 import torch
 
-from anima.errors import AnimaError
+from anima.weights.header import Header, read_header
+
+__all__ = ["DTYPES", "Header", "load_mmap", "read_header", "save"]
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -31,71 +30,6 @@ DTYPES: dict[str, torch.dtype] = {
     "F8_E4M3": torch.float8_e4m3fn,
     "F8_E5M2": torch.float8_e5m2,
 }
-
-_MAX_HEADER = 100 * 1024 * 1024
-
-
-class Header:
-    """The parsed JSON header of a safetensors file: names, dtypes, shapes, byte ranges."""
-
-    def __init__(self, path: Path, entries: dict[str, dict], metadata: dict[str, str], data_start: int):
-        self.path = path
-        self.entries = entries
-        self.metadata = metadata
-        self.data_start = data_start
-
-    @property
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {k: tuple(v["shape"]) for k, v in self.entries.items()}
-
-    def keys(self) -> list[str]:
-        return list(self.entries)
-
-
-def read_header(path: str | Path) -> Header:
-    """Read and validate the header; raises AnimaError naming the file on any defect."""
-    path = Path(path)
-    if not path.exists():
-        raise AnimaError(f"{path}: file not found")
-    if path.is_dir():
-        raise AnimaError(f"{path}: is a folder, expected a .safetensors file")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise AnimaError(f"{path}: not a safetensors file (only {size} bytes)")
-        (n,) = struct.unpack("<Q", raw)
-        if n == 0 or n > _MAX_HEADER or 8 + n > size:
-            raise AnimaError(
-                f"{path}: not a safetensors file or truncated (header length {n}, file size {size})"
-            )
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise AnimaError(f"{path}: corrupt safetensors header ({e.__class__.__name__})") from None
-    if not isinstance(header, dict):
-        raise AnimaError(f"{path}: corrupt safetensors header (not a JSON object)")
-    metadata = header.pop("__metadata__", None) or {}
-    data_start = 8 + n
-    data_len = size - data_start
-    for name, e in header.items():
-        try:
-            dtype, shape, (lo, hi) = e["dtype"], e["shape"], e["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise AnimaError(f"{path}: corrupt safetensors header entry '{name}'") from None
-        if dtype not in DTYPES:
-            raise AnimaError(f"{path}: tensor '{name}' has unsupported dtype {dtype}")
-        numel = 1
-        for s in shape:
-            numel *= s
-        if hi - lo != numel * DTYPES[dtype].itemsize or not 0 <= lo <= hi:
-            raise AnimaError(f"{path}: corrupt safetensors header: bad byte range for '{name}'")
-        if hi > data_len:
-            raise AnimaError(
-                f"{path}: file is truncated ({size} bytes; tensor '{name}' needs {data_start + hi}). "
-                "Re-download it."
-            )
-    return Header(path, header, metadata, data_start)
 
 
 def load_mmap(path: str | Path, header: Header | None = None) -> dict[str, torch.Tensor]:

@@ -56,17 +56,6 @@ def check_size(width: int, height: int, what: str = "init image") -> None:
         )
 
 
-def fit_init_image(image: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
-    """The init image at the working size: its own (checked) or `size` = (width, height) via Lanczos."""
-    from anima.workflows.resample import resize_images
-
-    height, width = image.shape[1:3]
-    if size is None:
-        check_size(width, height)
-        return image
-    return resize_images(image, size[0], size[1], "lanczos")
-
-
 def check_image_tensor(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Validate a [1, H, W, 3] (or [H, W, 3]) float image for the API; returns it as float [1, H, W, 3]."""
     if image.ndim == 3:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from anima.errors import AnimaError
 from anima.sampling.denoiser import Denoise
 from anima.sampling.schedules import add_noise
+from anima.workflows.resample import resize_images, resize_masks
 
 
 # ---------------------------------------------------------------------- loading and shaping
@@ -203,7 +204,6 @@ def only_masked(run, image: torch.Tensor, mask: torch.Tensor, padding: int, widt
     `run(crop_image, crop_mask)` generates at the working size and returns a pipeline Result; the
     answer holds the Result fields for the full image (images, latents, recipes, notes).
     """
-    from anima.workflows.resample import resize_images, resize_masks
 
     box = crop_box(mask, padding, width, height)
     result = run(

@@ -16,6 +16,8 @@ from PIL import Image
 from playwright import sync_api
 from server_support import LiveServer, tiny_service, wait_job
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: the quick loop is -m 'not slow'
+
 CHROMIUM = os.environ.get("ANIMA_TEST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = REPO / "tests" / "artifacts" / "browser"
 CHROMIUM_ARGS = [
