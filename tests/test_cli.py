@@ -132,7 +132,7 @@ BAD = [
     ("wrong_kind", "Qwen-Image / Wan-2.1 VAE file, not a DiT"),
     ("corrupt_file", "corrupt"),
     ("truncated_file", "truncated"),
-    ("unsupported_size", "multiple of 16"),
+    ("unsupported_size", "multiple of 8"),
     ("steps_zero", "steps"),
     ("negative_cfg", "cfg"),
     ("unknown_sampler", "sampler"),

@@ -46,8 +46,8 @@ def test_recipe_is_frozen_and_hashable_with_lists_frozen() -> None:
         ({"cfg": float("nan")}, "cfg"),
         ({"width": 8}, "width 8 is outside"),
         ({"height": 8208}, "height 8208 is outside"),
-        ({"width": 1000}, "nearest valid width is 1008"),
-        ({"height": 1030}, "nearest valid height is 1024"),
+        ({"width": 1004}, "nearest valid width is 1008"),  # multiples of 8, as ComfyUI takes them
+        ({"height": 1027}, "nearest valid height is 1024"),
         ({"batch_size": 0}, "batch size"),
         ({"denoise": 0.0}, "denoise"),
         ({"denoise": 1.5}, "denoise"),
@@ -74,9 +74,9 @@ def test_validate_accepts_edges() -> None:
 
 
 def test_nearest_valid_size() -> None:
-    # 1016 sits halfway between 1008 and 1024: ties go up.
-    got = [nearest_valid_size(v) for v in (1000, 1007, 1008, 1015, 1016, 1, 99999)]
-    assert got == [1008, 1008, 1008, 1008, 1024, 16, 8192]
+    # 1004 sits halfway between 1000 and 1008: ties go up.
+    got = [nearest_valid_size(v) for v in (1000, 1003, 1004, 1007, 1012, 1, 99999)]
+    assert got == [1000, 1000, 1008, 1008, 1016, 16, 8192]
 
 
 def test_json_round_trip() -> None:
@@ -150,8 +150,9 @@ def test_parse_size() -> None:
     assert parse_size(" Wide ") == (1216, 832)
     assert parse_size("1536x1024") == (1536, 1024)
     assert parse_size("768 X 1344") == (768, 1344)
+    assert parse_size("1080x1920") == (1080, 1920)  # multiples of 8 (the DiT pads and crops back)
     with pytest.raises(AnimaError, match="nearest valid width is 1008"):
-        parse_size("1000x1000")
+        parse_size("1005x1000")
     with pytest.raises(AnimaError, match="portrait"):
         parse_size("huge")
 

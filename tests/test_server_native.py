@@ -140,7 +140,7 @@ def test_img2img_and_inpaint_jobs(server, client):
         ({"recipe": recipe(batch_size=5)}, 400, "batch size 5"),
         ({"recipe": recipe(), "n_iter": 5}, 400, "n_iter 5"),
         ({"recipe": recipe(prompt="x" * 2001)}, 400, "2001 characters"),
-        ({"recipe": recipe(size="60x64")}, 400, "not a multiple of 16"),
+        ({"recipe": recipe(size="60x64")}, 400, "not a multiple of 8"),
         ({"recipe": recipe(sampler="nope")}, 400, "unknown sampler"),
         ({"recipe": recipe(denoise=0.5)}, 400, "needs init_image"),
         ({"recipe": recipe(), "init_image": "bm90IGFuIGltYWdl"}, 400, "could not be decoded"),

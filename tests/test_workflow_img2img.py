@@ -56,15 +56,24 @@ def test_cli_img2img_matches_the_fixture_and_takes_the_image_size(tmp_path, caps
     assert np.array_equal(_pixels(again), _pixels(out))
 
 
-def test_size_not_multiple_of_16_is_refused_with_a_suggestion(tmp_path, capsys) -> None:
-    odd = tmp_path / "odd.png"
+def test_size_not_multiple_of_8_is_centre_cropped_like_comfyui_vae_encode(tmp_path) -> None:
+    """Issue 14: ComfyUI takes any multiple of 8 and its VAEEncode centre-crops the rest, offset
+    (side % 8) // 2: 130x121 -> 128x120 from (1, 0). The same image cropped by hand gives the same PNG."""
+    odd, cropped = tmp_path / "odd.png", tmp_path / "cropped.png"
     Image.open(INIT).convert("RGB").resize((130, 121)).save(odd)
-    out = tmp_path / "x.png"
-    rc = main(["generate", "p", "--init-image", str(odd), "--denoise", "0.5", *MODEL_FLAGS, "-o", str(out)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1
-    assert "130x121" in err[0] and "--size 128x128" in err[0] and "crop" in err[0]
-    assert not out.exists()
+    Image.open(odd).crop((1, 0, 129, 120)).save(cropped)
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for src, out in ((odd, a), (cropped, b)):
+        argv = ["generate", "p", "--init-image", str(src), "--denoise", "0.5", "--seed", "3", *MODEL_FLAGS]
+        assert main([*argv, "-o", str(out)]) == 0
+    assert Image.open(a).size == (128, 120)
+    assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+    tiny = tmp_path / "tiny.png"
+    Image.open(INIT).convert("RGB").resize((12, 12)).save(tiny)  # too small to take at all
+    assert (
+        main(["generate", "p", "--init-image", str(tiny), *MODEL_FLAGS, "-o", str(tmp_path / "t.png")]) == 2
+    )
+    assert not (tmp_path / "t.png").exists()
 
 
 def test_explicit_size_resizes_with_lanczos(tmp_path) -> None:

@@ -12,7 +12,10 @@ from anima.recipe.checks import is_int
 
 MIN_SIZE = 16
 MAX_SIZE = 8192
-SIZE_MULTIPLE = 16  # VAE factor 8 x DiT patch 2: anything else would need padding or cropping
+# The VAE's factor. The DiT's 2x2 patches would want 16, but it pads an odd latent circularly to
+# its patch size and crops the output back, as ComfyUI does, so any multiple of 8 is a valid size
+# (1080x1920 as well as 1216x832) and gives ComfyUI's image.
+SIZE_MULTIPLE = 8
 
 # Named aspect presets near 1 MP (the training resolution of every Anima release).
 # Read-only so that no caller can change a preset for everyone else.
@@ -30,7 +33,7 @@ SIZE_PRESETS: Mapping[str, tuple[int, int]] = MappingProxyType(
 
 
 def nearest_valid_size(value: int) -> int:
-    """The multiple of 16 closest to `value` (ties go up), clamped to the allowed range."""
+    """The multiple of 8 closest to `value` (ties go up), clamped to the allowed range."""
     snapped = (int(value) + SIZE_MULTIPLE // 2) // SIZE_MULTIPLE * SIZE_MULTIPLE
     return min(max(snapped, MIN_SIZE), MAX_SIZE)
 

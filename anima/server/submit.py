@@ -11,7 +11,7 @@ from pathlib import Path
 from anima.errors import AnimaError
 from anima.imageio import atomic_write
 from anima.lora.use import split_prompt_loras
-from anima.recipe import Recipe, parse_size
+from anima.recipe import Recipe, nearest_valid_size, parse_size
 from anima.server import a1111, images
 from anima.server.a1111_hires import hires_settings
 from anima.server.jobs import JobSpec, JobStore, QueuedJob, new_job_id
@@ -59,8 +59,8 @@ class Submitter:
         first = images.decode_image(req.init_images[0], "init_images[0]", self.limits)
         if len(req.init_images) > 1:
             notes.append(f"only the first of {len(req.init_images)} init_images is used")
-        # No size given: the init image's, snapped to the nearest multiple of 16.
-        size = (_snap16(first.width), _snap16(first.height))
+        # No size given: the init image's, snapped to the nearest multiple of 8.
+        size = (nearest_valid_size(first.width), nearest_valid_size(first.height))
         if req.denoising_strength <= 0:
             raise AnimaError("denoising_strength must be above 0 for img2img")
         recipe = a1111.recipe_from_request(req, self.service, denoise=req.denoising_strength, size=size)
@@ -149,10 +149,6 @@ class Submitter:
         name = f"{job_id}-{what}.png"
         atomic_write(self.inputs_dir / name, lambda fh: image.save(fh, format="PNG", compress_level=1))
         return name
-
-
-def _snap16(v: int) -> int:
-    return max(16, (v + 8) // 16 * 16)
 
 
 def _replace(spec: JobSpec, **changes) -> JobSpec:

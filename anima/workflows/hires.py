@@ -24,12 +24,15 @@ import torch
 import torch.nn.functional as F
 
 from anima.errors import AnimaError
-from anima.recipe import SIZE_MULTIPLE
+
+# Hires pass sizes land on multiples of 16: whole DiT patches, no padding in the passes that add
+# the detail (any multiple of 8 would run, this keeps every planned size as it always was).
+PASS_MULTIPLE = 16
 
 
 def _snap(value: float) -> int:
     """The nearest multiple of 16 (halves round up; never below 16)."""
-    return max(SIZE_MULTIPLE, math.floor(value / SIZE_MULTIPLE + 0.5) * SIZE_MULTIPLE)
+    return max(PASS_MULTIPLE, math.floor(value / PASS_MULTIPLE + 0.5) * PASS_MULTIPLE)
 
 
 @dataclass(frozen=True)

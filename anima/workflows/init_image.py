@@ -1,9 +1,8 @@
 """img2img inputs: load an init image, decide the working size, resize with Lanczos, fingerprint files.
 
 Size policy (for the whole-image modes): without an explicit size the image's own size is used,
-and it must be a multiple of 16 (VAE factor 8 x DiT patch 2); otherwise the error names the nearest
-valid size to pass with ``--size`` (the image is then resized with Lanczos) or suggests a crop.
-With an explicit size that differs, the image is resized (stretched) to it.
+centre-cropped to multiples of 8 as ComfyUI's VAEEncode does. With an explicit size that differs,
+the image is resized (stretched) to it with Lanczos.
 """
 
 from __future__ import annotations
@@ -46,14 +45,25 @@ def file_digest(path: str | Path) -> str:
 
 
 def check_size(width: int, height: int, what: str = "init image") -> None:
-    """Refuse a size the model cannot take directly, naming the nearest size that works."""
-    bad = [v for v in (width, height) if v % SIZE_MULTIPLE or not MIN_SIZE <= v <= MAX_SIZE]
-    if bad:
+    """Refuse a size the model cannot take, naming the nearest size that works."""
+    if not (MIN_SIZE <= width <= MAX_SIZE and MIN_SIZE <= height <= MAX_SIZE):
         w, h = nearest_valid_size(width), nearest_valid_size(height)
         raise AnimaError(
-            f"the {what} is {width}x{height}, not a multiple of {SIZE_MULTIPLE} on each side: "
-            f"pass --size {w}x{h} to resize it (Lanczos) or crop it to a multiple of {SIZE_MULTIPLE}"
+            f"the {what} is {width}x{height}, outside {MIN_SIZE}..{MAX_SIZE}: set the size to {w}x{h} to "
+            "resize it (Lanczos)",
+            setting="size",
         )
+
+
+def crop_to_multiple(image: torch.Tensor, multiple: int = SIZE_MULTIPLE) -> torch.Tensor:
+    """[B, H, W, C] centre-cropped to multiples of `multiple`, as ComfyUI's VAEEncode does: offset
+    ``(side % multiple) // 2`` on each axis (140x108 -> 136x104 from (2, 2))."""
+    h, w = image.shape[1:3]
+    dh, dw = h % multiple, w % multiple
+    if not (dh or dw):
+        return image
+    y, x = dh // 2, dw // 2
+    return image[:, y : y + h - dh, x : x + w - dw]
 
 
 def check_image_tensor(image: torch.Tensor, width: int, height: int) -> torch.Tensor:

@@ -5,10 +5,10 @@ recipe (`Recipe.sources`), so a re-run finds them again and refuses when a file 
 (the result would silently differ otherwise).
 
 Size rules (whole-image img2img and inpainting): without an explicit size the working size is the
-init image's own (which must be a multiple of 16); with one, the image is resized to it (Lanczos)
-and the mask with it (bilinear). "Only masked" inpainting never resizes the init image: the crop
-is what gets resized, to the working size, which defaults to the image's size rounded to a
-multiple of 16.
+init image's own, centre-cropped to multiples of 8 (as ComfyUI's VAEEncode does, mask with it);
+with one, the image is resized to it (Lanczos) and the mask with it (bilinear). "Only masked"
+inpainting never resizes the init image: the crop is what gets resized, to the working size,
+which defaults to the image's size rounded to a multiple of 8.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from anima.errors import AnimaError
 from anima.recipe import Recipe, Sources, nearest_valid_size
 from anima.workflows import inpaint
-from anima.workflows.init_image import check_size, file_digest, load_rgb
+from anima.workflows.init_image import check_size, crop_to_multiple, file_digest, load_rgb
 from anima.workflows.resample import resize_images, resize_masks
 
 
@@ -99,7 +99,9 @@ def plan_sources(
         return SourcePlan(sources, found, Inputs(image, mask))
     if size is None:
         check_size(width, height)
-        return SourcePlan(sources, (width, height), Inputs(image, mask))
+        image = crop_to_multiple(image)
+        mask = None if mask is None else crop_to_multiple(mask[..., None])[..., 0]
+        return SourcePlan(sources, (image.shape[2], image.shape[1]), Inputs(image, mask))
     if (width, height) != size:
         image = resize_images(image, size[0], size[1], "lanczos")
         if mask is not None:
