@@ -79,19 +79,29 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m anima.cli serve ...` in a subprocess (for kill -9 tests)."""
 
-    def __init__(self, data_dir: Path, *extra: str, port: int | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, *extra: str, port: int | None = None, home: Path | None = None
+    ) -> None:
+        """`home`: run as a fresh user whose home is this folder, with no model arguments (the
+        server then finds no model and serves the bundled demo); None: the tiny model's files."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        models = [
+            "--dit", str(TINY_FILES["dit"]), "--text-encoder", str(TINY_FILES["text_encoder"]),
+            "--vae", str(TINY_FILES["vae"]), "--tokenizer-dir", str(TOKENIZERS), "--dtype", "fp32",
+        ]  # fmt: skip
         self.args = [
             sys.executable, "-m", "anima", "serve", "--port", str(self.port), "--data-dir", str(data_dir),
-            "--dit", str(TINY_FILES["dit"]), "--text-encoder", str(TINY_FILES["text_encoder"]),
-            "--vae", str(TINY_FILES["vae"]), "--tokenizer-dir", str(TOKENIZERS), "--dtype", "fp32", *extra,
+            *(models if home is None else []), *extra,
         ]  # fmt: skip
+        self.home = home
         self.proc: subprocess.Popen | None = None
         self.log = Path(data_dir) / f"server-{self.port}.log"
 
     def start(self, timeout: float = 60) -> ServerProcess:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+        if self.home is not None:
+            env.update(fresh_user_env(self.home))
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -119,6 +129,19 @@ class ServerProcess:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def fresh_user_env(home: Path) -> dict[str, str]:
+    """Environment of a new user on a fresh machine: an empty home, no model or cache anywhere."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {
+        "HOME": str(home),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "XDG_DATA_HOME": str(home / ".local" / "share"),
+    }
+    for key in ("ANIMA_HOME", "ANIMA_MODELS_DIR", "COMFYUI_PATH", "HF_HOME", "HF_HUB_CACHE"):
+        env[key] = ""  # empty counts as unset
+    return env
 
 
 def wait_job(client: httpx.Client, job_id: str, timeout: float = 60) -> dict:

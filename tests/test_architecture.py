@@ -38,7 +38,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "anima.explore": (*_BELOW_PIPELINE, "anima.pipeline", "anima.jobs"),
     "anima.train": (*_BELOW_PIPELINE, "anima.pipeline"),
     "anima.demo": (*_BELOW_PIPELINE, "anima.pipeline", "anima.train", "anima.jobs"),
-    "anima.server": (*_BELOW_PIPELINE, "anima.pipeline", "anima.jobs"),
+    "anima.server": (*_BELOW_PIPELINE, "anima.pipeline", "anima.jobs", "anima.demo"),
     "anima.cli": ("anima",),
     "anima.__main__": ("anima.cli",),
 }  # fmt: skip

@@ -122,7 +122,7 @@ def test_quality_presets() -> None:
     assert p.startswith("ye-pop\n" + CARD_POSITIVE_PREFIX)
     p, n = apply_quality("1girl", None, quality_preset("custom", "score_9", "lowres"))
     assert (p, n) == ("score_9, 1girl", "lowres")
-    with pytest.raises(AnimaError, match="custom needs"):
+    with pytest.raises(AnimaError, match="custom quality preset needs"):
         quality_preset("custom")
     with pytest.raises(AnimaError, match="unknown quality preset"):
         quality_preset("best")

@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from anima import demo
 from anima.errors import AnimaError
 from anima.weights.discovery import (
     ModelSet,
@@ -48,7 +49,7 @@ def _explicit(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k, None) for k in ("dit", "text_encoder", "vae")}
 
 
-DEMO_SOURCE = "demo"
+DEMO_SOURCE = demo.SOURCE
 DEMO_NAMES = ("demo", "anima-demo", "anima-demo-dit")  # --model names that pick the bundled DEMO model
 _MODEL_FLAGS = ("dit", "text_encoder", "vae", "diffusers", "model")
 

@@ -31,6 +31,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--cors-origin", action="append", default=[], help="allow this browser origin (repeatable)"
     )
+    h = p.add_argument_group("prompt help (web UI)")
+    h.add_argument("--artists", type=Path, help="artist list for @name completion and the linter")
+    h.add_argument("--tags", type=Path, help="tag list to complete (a1111-tagcomplete CSV: danbooru.csv)")
     s = p.add_argument_group("storage")
     s.add_argument("--data-dir", type=Path, help="queue database and inputs (default: <anima data>/server)")
     s.add_argument("--output-dir", type=Path, help="where images are written (default: DATA_DIR/outputs)")
@@ -68,7 +71,14 @@ def build_app(args: argparse.Namespace):
             raise AnimaError(f"--lora-dir {d}: no such folder")
     _import_server_deps()
     from anima.cli.perf_flags import run_options
-    from anima.server.app import create_app
+    from anima.prompt_tools.artist_index import ArtistIndex
+    from anima.prompt_tools.tag_list import TagList
+    from anima.server.app import PromptHelp, create_app
+
+    prompt_help = PromptHelp(
+        artists=ArtistIndex.load(args.artists) if args.artists else None,
+        tags=TagList.load(args.tags) if args.tags else None,
+    )
     from anima.server.service import PipelineService
     from anima.weights.discovery import default_data_dir
 
@@ -81,7 +91,7 @@ def build_app(args: argparse.Namespace):
     data_dir = args.data_dir or default_data_dir(os.environ, Path.home()) / "server"
     app = create_app(
         service, data_dir=data_dir, outputs_dir=args.output_dir, limits=limits, api_key=api_key,
-        cors_origins=args.cors_origin, preview_every=args.preview_every,
+        cors_origins=args.cors_origin, preview_every=args.preview_every, prompt_help=prompt_help,
     )  # fmt: skip
     return app, host
 

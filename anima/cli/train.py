@@ -15,6 +15,8 @@ import signal
 import sys
 from pathlib import Path
 
+from anima.errors import AnimaError
+
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     from anima.train.config import add_flags
@@ -24,6 +26,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--demo", action="store_true", help="rebuild the bundled demo model (python -m anima.demo.build_cli)"
+    )
+    p.add_argument(
+        "--model",
+        help="train on a model anima finds, as `anima generate --model` does ('demo': the bundled "
+        "demo model); --dit/--text-encoder/--vae/--tokenizer-dir override its files",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_flags(p)
@@ -41,7 +48,7 @@ def run_train(args: argparse.Namespace) -> int:
     from anima.train.config import config_from_args
     from anima.train.trainer import Trainer
 
-    cfg = config_from_args(args, args.config)
+    cfg = config_from_args(args, args.config, base=_model_files(args.model) if args.model else None)
     bar = None
 
     def on_step(info) -> None:
@@ -72,10 +79,27 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_files(name: str) -> dict[str, str]:
+    """The training config's file fields for model `name` (found as `anima generate` finds it)."""
+    from anima.cli import model_selection
+
+    lookup = argparse.Namespace(model=name, dit=None, text_encoder=None, vae=None, tokenizer_dir=None)
+    files = model_selection.resolve_files(lookup)
+    if files.diffusers is not None:
+        raise AnimaError(f"model {name!r} is a diffusers folder; training takes the single-file layout")
+    if files.qwen_tokenizer is None or files.qwen_tokenizer.parent != files.t5_tokenizer.parent:
+        raise AnimaError(f"model {name!r}: its tokenizers are not in one folder; pass --tokenizer-dir")
+    notice = model_selection.model_notice(files)
+    if notice:
+        print(notice, file=sys.stderr)
+    return {
+        "dit": str(files.dit), "text_encoder": str(files.text_encoder), "vae": str(files.vae),
+        "tokenizer_dir": str(files.qwen_tokenizer.parent),
+    }  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point for ``python -m anima.cli.train`` (what torchrun starts)."""
-    from anima.errors import AnimaError
-
     parser = argparse.ArgumentParser(prog="anima train", description="train a LoRA, LoKr or a full fine-tune")
     add_train_args(parser)
     args = parser.parse_args(argv)

@@ -8,19 +8,18 @@ them when it is made. Nothing here is parsed again later.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from anima.errors import AnimaError
 from anima.recipe import HIRES_UPSCALERS, SETTINGS, TILED_VAE_MODES
+from anima.recipe.model_defaults import TURBO_DEFAULTS
 from anima.sampling.names import GUIDANCES
 
-# --preset name -> recipe defaults (core fields and flat settings; each overridden by an explicit flag).
-# Turbo (model card): CFG 1 (no uncond pass), 8-12 steps, er_sde; the negative prompt works
-# through NAG instead of CFG.
-PRESETS: dict[str, dict[str, Any]] = {
-    "turbo": {"cfg": 1.0, "steps": 10, "sampler": "er_sde", "nag_scale": 5.0},
-}
+# --preset name -> recipe defaults (core fields and flat settings; each overridden by an explicit
+# flag). Turbo: the model card's (`anima.recipe.model_defaults`), the same the web UI applies.
+PRESETS: dict[str, Mapping[str, Any]] = {"turbo": TURBO_DEFAULTS}
 
 
 def add_workflow_args(p: argparse.ArgumentParser) -> None:

@@ -37,6 +37,7 @@ RECIPE_DEFAULTS = MappingProxyType(
         "dtype": "fp32",
     }
 )
+SOURCE = "demo"  # the `ModelSet.source` of the bundled demo model
 NOTICE = (
     "using the bundled DEMO model (tiny, coloured shapes only; not Anima): see anima/demo/model/README.md"
 )

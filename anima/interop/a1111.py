@@ -20,7 +20,7 @@ from typing import Any
 
 from anima.errors import AnimaError
 from anima.recipe import SETTINGS, GridAxis, Recipe
-from anima.recipe.settings import GROUPS
+from anima.recipe.core import changed_settings
 
 # ComfyUI sampler name -> A1111 / Forge label (labels as in A1111 1.10 and Forge Neo).
 SAMPLER_LABELS: Mapping[str, str] = MappingProxyType(
@@ -146,7 +146,6 @@ SETTING_LABELS: Mapping[str, tuple[str, Callable[[str], Any]]] = MappingProxyTyp
 )
 assert set(SETTING_LABELS) == set(SETTINGS), "every flat setting needs an infotext label"
 _BY_LABEL = {label.lower(): (name, parse) for name, (label, parse) in SETTING_LABELS.items()}
-_DEFAULTS = {name: getattr(GROUPS[group](), key) for name, (group, key) in SETTINGS.items()}
 GRID_LABELS = ("Grid X", "Grid Y", "Grid Z")
 
 
@@ -174,11 +173,8 @@ def _quote(value: str) -> str:
 
 def setting_pairs(recipe: Recipe) -> list[tuple[str, str]]:
     """The non-default workflow settings as (label, text) pairs, in a fixed order."""
-    pairs = []
-    for name, (label, _) in SETTING_LABELS.items():
-        value = recipe.setting(name)
-        if value != _DEFAULTS[name]:
-            pairs.append((label, _text(value)))
+    changed = changed_settings(recipe)
+    pairs = [(label, _text(changed[name])) for name, (label, _) in SETTING_LABELS.items() if name in changed]
     pairs += [(label, axis.spec()) for label, axis in zip(GRID_LABELS, recipe.grid, strict=False)]
     return pairs
 

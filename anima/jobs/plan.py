@@ -80,6 +80,13 @@ def plan_job(
     return plan
 
 
+def sheet_plan(sheet: Recipe) -> RenderPlan:
+    """The plan of a contact sheet's recipe (a recipe whose `grid` holds its axes): its cells."""
+    if not sheet.grid:
+        raise AnimaError("this recipe has no grid axes", setting="grid")
+    return plan_job(sheet.with_(grid=()), grid=sheet.grid)
+
+
 InputsFor = Callable[[Recipe], Inputs]  # recipe -> its init image and mask
 
 

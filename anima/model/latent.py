@@ -52,3 +52,25 @@ def denormalize_latent(z_norm: torch.Tensor) -> torch.Tensor:
     """Model space -> VAE space: ``z_norm * std + mean`` per channel. `z_norm` is [B, 16, ...]."""
     mean, std = _stats(z_norm)
     return z_norm * std + mean
+
+
+# A linear projection of a model-space latent to RGB, for cheap previews while sampling: the
+# factors ComfyUI's Wan21 latent format uses for its "latent2rgb" previewer (16 x 3, plus a bias),
+# so a preview here looks like one there. Not an image: one pixel per 8x8 block, rough colours.
+PREVIEW_RGB_FACTORS: tuple[tuple[float, float, float], ...] = (
+    (-0.1299, -0.1692, 0.2932), (0.0671, 0.0406, 0.0442), (0.3568, 0.2548, 0.1747),
+    (0.0372, 0.2344, 0.1420), (0.0313, 0.0189, -0.0328), (0.0296, -0.0956, -0.0665),
+    (-0.3477, -0.4059, -0.2925), (0.0166, 0.1902, 0.1975), (-0.0412, 0.0267, -0.1364),
+    (-0.1293, 0.0740, 0.1636), (0.0680, 0.3019, 0.1128), (0.0032, 0.0581, 0.0639),
+    (-0.1251, 0.0927, 0.1699), (0.0060, -0.0633, 0.0005), (0.3477, 0.2275, 0.2950),
+    (0.1984, 0.0913, 0.1861),
+)  # fmt: skip
+PREVIEW_RGB_BIAS: tuple[float, float, float] = (-0.1835, -0.0868, -0.3360)
+
+
+def preview_rgb(x0: torch.Tensor) -> torch.Tensor:
+    """First image of a model-space latent [B, 16, T, h, w] -> uint8 RGB [h, w, 3] (first frame)."""
+    z = x0[0, :, 0].float().cpu()  # [16, h, w]
+    factors = torch.tensor(PREVIEW_RGB_FACTORS, dtype=torch.float32)  # [16, 3]
+    rgb = torch.einsum("chw,cr->hwr", z, factors) + torch.tensor(PREVIEW_RGB_BIAS)
+    return ((rgb + 1.0) / 2.0).clamp(0, 1).mul(255).to(torch.uint8)

@@ -41,7 +41,9 @@ def quality_preset(
         return QualityPreset("none", "", "")
     if name == "custom":
         if positive_prefix is None and negative is None:
-            raise AnimaError("--quality custom needs --quality-prefix and/or --quality-negative")
+            raise AnimaError(
+                "a custom quality preset needs a prefix and/or a negative prompt", setting="quality"
+            )
         return QualityPreset("custom", positive_prefix or "", negative or "")
     raise AnimaError(f"unknown quality preset {name!r}; choose from: {', '.join(QUALITY_CHOICES)}")
 

@@ -87,6 +87,9 @@ SETTINGS: Mapping[str, tuple[str, str]] = {
 }
 
 
+SETTING_DEFAULTS: Mapping[str, Any] = {name: getattr(GROUPS[g](), k) for name, (g, k) in SETTINGS.items()}
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything that determines an image. Hashable, so it can key caches and dedupe jobs.
@@ -209,6 +212,17 @@ class Recipe:
     @classmethod
     def from_json(cls, text: str) -> Recipe:
         return codec.from_json(cls, text)
+
+
+def changed_settings(recipe: Recipe) -> dict[str, Any]:
+    """The flat settings of `recipe` that differ from their defaults, in `SETTINGS` order: the
+    short form front ends show and send (``{"hires_scale": 1.5, "nag_scale": 3.0}``)."""
+    out = {}
+    for name, (group, key) in SETTINGS.items():
+        value = getattr(getattr(recipe, group), key)
+        if value != SETTING_DEFAULTS[name]:
+            out[name] = value
+    return out
 
 
 def groups_of(flat: Mapping[str, Any], base: Mapping[str, _Group] | None = None) -> dict[str, _Group]:

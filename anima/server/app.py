@@ -16,7 +16,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from anima.errors import AnimaError
-from anima.server import routes_a1111, routes_native
+from anima.prompt_tools.artist_index import ArtistIndex
+from anima.prompt_tools.tag_list import TagList
+from anima.server import routes_a1111, routes_native, routes_ui
 from anima.server.events import EventHub
 from anima.server.jobs import JobStore
 from anima.server.security import ApiKeyMiddleware, BodyLimitMiddleware, Limits
@@ -26,6 +28,14 @@ from anima.server.worker import Worker
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
+
+
+@dataclass(frozen=True)
+class PromptHelp:
+    """The lists the page completes from and the linter checks against (`--artists`, `--tags`)."""
+
+    artists: ArtistIndex | None = None
+    tags: TagList | None = None
 
 
 @dataclass
@@ -39,6 +49,7 @@ class ServerContext:
     data_dir: Path
     outputs_dir: Path
     inputs_dir: Path
+    prompt_help: PromptHelp
 
 
 def create_app(
@@ -51,6 +62,7 @@ def create_app(
     cors_origins: Sequence[str] = (),
     preview_every: int = 2,
     start_worker: bool = True,
+    prompt_help: PromptHelp | None = None,
 ) -> FastAPI:
     """The app. The worker starts with the app (lifespan) unless `start_worker` is False."""
 
@@ -76,7 +88,10 @@ def create_app(
     submitter = Submitter(
         store, service, limits, inputs_dir=inputs_dir, outputs_dir=outputs_dir, wake=worker.wake
     )
-    ctx = ServerContext(service, store, worker, hub, submitter, limits, data_dir, outputs_dir, inputs_dir)
+    ctx = ServerContext(
+        service, store, worker, hub, submitter, limits, data_dir, outputs_dir, inputs_dir,
+        prompt_help or PromptHelp(),
+    )  # fmt: skip
     _remove_stale_temp_files(outputs_dir)
 
     @contextlib.asynccontextmanager
@@ -107,6 +122,7 @@ def create_app(
 
     app.include_router(routes_a1111.router)
     app.include_router(routes_native.router)
+    app.include_router(routes_ui.router)
     routes_native.mount_ui(app, STATIC_DIR)
 
     # add_middleware wraps: the last added runs first. Auth inside CORS (preflights carry no key).

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from anima.errors import AnimaError
+from anima.interop.legacy import recipe_from_data
 from anima.recipe import Recipe
 
 FINISHED = ("done", "failed", "cancelled", "interrupted")
@@ -64,6 +65,8 @@ class JobSpec:
 
     @property
     def kind(self) -> str:
+        if self.recipe.grid:
+            return "grid"
         return "inpaint" if self.mask else "img2img" if self.init_image else "txt2img"
 
     def to_json(self) -> str:
@@ -82,7 +85,7 @@ class JobSpec:
     def from_json(cls, text: str) -> JobSpec:
         d = json.loads(text)
         return cls(
-            recipe=Recipe.from_dict(d["recipe"]),
+            recipe=recipe_from_data(d["recipe"]),  # queued before an upgrade: the old JSON too
             n_iter=int(d["n_iter"]),
             init_image=d.get("init_image"),
             mask=d.get("mask"),
@@ -210,14 +213,24 @@ class JobStore:
         return _job(row) if row else None
 
     def list(
-        self, *, offset: int = 0, limit: int = 50, status: str | None = None
+        self, *, offset: int = 0, limit: int = 50, status: str | None = None, text: str = ""
     ) -> tuple[list[QueuedJob], int]:
-        """Newest first; `status` may be one status or 'active' (queued + running)."""
-        where, args = "", ()
+        """Newest first; `status` may be one status or 'active' (queued + running); `text`: only
+        jobs whose prompt or negative prompt holds it (case-insensitive, for the history search)."""
+        conds: list[str] = []
+        args: tuple = ()
         if status == "active":
-            where, args = "WHERE status IN ('queued','running')", ()
+            conds.append("status IN ('queued','running')")
         elif status:
-            where, args = "WHERE status=?", (status,)
+            conds.append("status=?")
+            args += (status,)
+        if text:
+            conds.append(
+                "(instr(lower(json_extract(spec, '$.recipe.prompt')), lower(?)) > 0"
+                " OR instr(lower(json_extract(spec, '$.recipe.negative_prompt')), lower(?)) > 0)"
+            )
+            args += (text, text)
+        where = ("WHERE " + " AND ".join(conds)) if conds else ""
         with self._lock:
             total = self._db.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
             rows = self._db.execute(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,26 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from anima.demo import NOTICE as DEMO_NOTICE
 from anima.errors import AnimaError
-from anima.recipe import SIZE_PRESETS, Recipe
+from anima.jobs.grid import AXES, SEARCH_REPLACE
+from anima.prompt_tools.presets import quality_preset
+from anima.recipe import (
+    HIRES_UPSCALERS,
+    INPAINT_AREAS,
+    SETTING_DEFAULTS,
+    SIZE_PRESETS,
+    TILED_VAE_MODES,
+    Recipe,
+    changed_settings,
+)
+from anima.recipe.model_defaults import TURBO_DEFAULTS
+from anima.sampling.names import GUIDANCES
 from anima.server.jobs import STATUSES, QueuedJob
 from anima.server.routes_a1111 import ERRORS, Ctx
-from anima.server.schemas import ErrorResponse, JobCreate, JobOut, JobPage, ServerInfo
+from anima.server.schemas import Choices, ErrorResponse, JobCreate, JobOut, JobPage, ModelDefaults, ServerInfo
 from anima.server.security import resolve_inside
+from anima.server.settings_schema import CLIENT_SETTINGS
 
 router = APIRouter(prefix="/api", tags=["native"])
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
@@ -34,7 +49,8 @@ def job_out(c, job: QueuedJob) -> JobOut:
             step, steps = snap.step, snap.total
     return JobOut(
         id=job.id, status=job.status, kind=job.kind, created=job.created, started=job.started,
-        finished=job.finished, recipe=job.spec.recipe.to_dict(), n_iter=job.spec.n_iter,
+        finished=job.finished, recipe=job.spec.recipe.to_dict(), settings=changed_settings(job.spec.recipe),
+        n_iter=job.spec.n_iter,
         outputs=job.outputs, urls=[f"/api/outputs/{p}" for p in job.outputs], error=job.error,
         notes=job.notes, step=step, steps=steps, position=c.store.position(job),
     )  # fmt: skip
@@ -61,10 +77,11 @@ def list_jobs(
     offset: int = Query(0, ge=0, le=10**9),
     limit: int = Query(50, ge=1, le=200),
     status: str | None = Query(None, description="one status, or 'active' (queued + running)"),
+    q: str = Query("", max_length=200, description="only jobs whose prompt holds this text"),
 ) -> JobPage:
     if status is not None and status not in (*STATUSES, "active"):
         raise AnimaError(f"unknown status {status!r}; use one of {', '.join(STATUSES)} or active")
-    jobs, total = c.store.list(offset=offset, limit=limit, status=status)
+    jobs, total = c.store.list(offset=offset, limit=limit, status=status, text=q)
     return JobPage(items=[job_out(c, j) for j in jobs], total=total, offset=offset, limit=limit)
 
 
@@ -145,11 +162,25 @@ async def events(request: Request, c: Ctx) -> StreamingResponse:
 
 @router.get("/info", response_model=ServerInfo, responses=ERRORS)
 def info(c: Ctx) -> ServerInfo:
-    """What the web UI needs to build its pickers."""
+    """What the web UI needs to build its pickers, and the defaults each model starts from."""
     d = Recipe(prompt="")
+    models = c.service.models()
+    current = c.service.current_model()
+    demo_in_use = any(m.demo and m.name == current for m in models)
     return ServerInfo(
-        models=[m.name for m in c.service.models()], current_model=c.service.current_model(),
+        models=[m.name for m in models], current_model=current,
+        model_info=[ModelDefaults(name=m.name, demo=m.demo, defaults=dict(m.defaults)) for m in models],
+        notice=DEMO_NOTICE if demo_in_use else None,
         loras=sorted(c.service.loras()), samplers=c.service.samplers(), schedulers=c.service.schedulers(),
+        choices=Choices(
+            guidances=list(GUIDANCES), hires_upscalers=list(HIRES_UPSCALERS),
+            tiled_vae_modes=list(TILED_VAE_MODES),
+            inpaint_areas=list(INPAINT_AREAS), grid_axes=sorted([*AXES, *SEARCH_REPLACE]),
+            quality_presets=[dataclasses.asdict(quality_preset("default"))],
+            presets={"turbo": dict(TURBO_DEFAULTS)},
+        ),
+        setting_defaults={k: SETTING_DEFAULTS[k] for k in CLIENT_SETTINGS},
+        prompt_help={"artists": c.prompt_help.artists is not None, "tags": c.prompt_help.tags is not None},
         size_presets={k: list(v) for k, v in SIZE_PRESETS.items()},
         defaults={k: v for k, v in d.to_dict().items() if k not in ("format", "prompt", "extra", "loras")},
         limits=c.limits.as_dict(),

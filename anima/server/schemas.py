@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from anima.server.settings_schema import SettingsIn
+
 MAX_PROMPT_CHARS = 20_000  # absolute; the configured limit may be lower
 MAX_SIDE = 8192
 
@@ -162,6 +164,10 @@ class RecipeIn(BaseModel):
     denoise: float | None = Field(None, gt=0, le=1)
     model: str | None = Field(None, max_length=256)
     loras: list[tuple[str, float]] = Field(default_factory=list, max_length=16)
+    settings: SettingsIn | None = Field(None, description="workflow settings by flat name (hires_scale, ...)")
+    grid: list[str] = Field(
+        default_factory=list, max_length=3, description="X/Y/Z grid axes as NAME=V1,V2 (a contact sheet)"
+    )
 
 
 class InpaintIn(BaseModel):
@@ -195,6 +201,7 @@ class JobOut(BaseModel):
     started: float | None
     finished: float | None
     recipe: dict[str, Any]
+    settings: dict[str, Any] = Field(description="its workflow settings that differ from their defaults")
     n_iter: int
     outputs: list[str] = Field(description="output paths relative to the outputs folder")
     urls: list[str]
@@ -212,12 +219,35 @@ class JobPage(BaseModel):
     limit: int
 
 
+class ModelDefaults(BaseModel):
+    name: str
+    demo: bool = Field(description="the bundled demo model (tiny, coloured shapes only)")
+    defaults: dict[str, Any] = Field(description="recipe fields and flat settings this model starts from")
+
+
+class Choices(BaseModel):
+    guidances: list[str]
+    hires_upscalers: list[str]
+    tiled_vae_modes: list[str]
+    inpaint_areas: list[str]
+    grid_axes: list[str]
+    quality_presets: list[dict[str, str]] = Field(description="name, positive_prefix, negative")
+    presets: dict[str, dict[str, Any]] = Field(description="name -> recipe fields and settings (turbo)")
+
+
 class ServerInfo(BaseModel):
     models: list[str]
     current_model: str
+    model_info: list[ModelDefaults] = Field(default_factory=list)
+    notice: str | None = Field(None, description="a banner line (e.g. the demo model is in use)")
     loras: list[str]
     samplers: list[str]
     schedulers: list[str]
+    choices: Choices | None = None
+    prompt_help: dict[str, bool] = Field(default_factory=dict, description="artists / tags lists loaded")
     size_presets: dict[str, list[int]] = Field(description="name -> [width, height]")
     defaults: dict[str, Any]
+    setting_defaults: dict[str, Any] = Field(default_factory=dict, description="flat setting -> default")
     limits: dict[str, int]
+
+

@@ -12,24 +12,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from anima import demo
 from anima.errors import AnimaError
-from anima.imageio import to_uint8
 from anima.lora.file import check_lora
-from anima.model.latent import denormalize_latent
+from anima.model.latent import preview_rgb
 from anima.pipeline import Pipeline, RunOptions
 from anima.recipe import Recipe
+from anima.recipe.model_defaults import defaults_for
 from anima.sampling import samplers, schedules
 from anima.server.security import check_plain_name
 from anima.weights.discovery import ModelSet
@@ -45,6 +44,8 @@ class ModelInfo:
     name: str
     filename: str
     hash: str | None
+    demo: bool = False
+    defaults: dict = field(default_factory=dict)  # recipe fields and flat settings (`defaults_for`)
 
 
 class GenerationService(Protocol):
@@ -115,7 +116,9 @@ class PipelineService:
             out = []
             for name, ms in self._models.items():
                 h = loaded[1].model_hash if loaded and loaded[0] == name else None
-                out.append(ModelInfo(name, str(ms.diffusers or ms.dit), h))
+                demo_model = ms.source == demo.SOURCE
+                defaults = defaults_for(name, demo.RECIPE_DEFAULTS if demo_model else None)
+                out.append(ModelInfo(name, str(ms.diffusers or ms.dit), h, demo_model, defaults))
             return out
 
     def current_model(self) -> str:
@@ -225,19 +228,18 @@ PREVIEW_MIN_INTERVAL_S = 0.5  # a VAE decode can cost more than a small step: ca
 
 
 def _previewer(pipe, sink: PreviewFn, every: int):
-    """preview(step, total, x0) for the pipeline: decode x0 at <= 32 latents a side every `every`
-    steps, at most once per PREVIEW_MIN_INTERVAL_S."""
+    """preview(step, total, x0) for the pipeline: every `every` steps, at most once per
+    PREVIEW_MIN_INTERVAL_S, the linear latent-to-RGB projection of x0 (`preview_rgb`, the reference
+    UIs' "latent2rgb" preview: no VAE, so previews cost nothing next to a step), shown at the
+    image's size (each latent pixel an 8x8 block), as A1111 clients expect."""
     last = [0.0]
+    factor = pipe.vae.spatial_factor
 
     def on_latent(step: int, total: int, x0) -> None:
         if step % every or step >= total or time.monotonic() - last[0] < PREVIEW_MIN_INTERVAL_S:
             return  # the last step's image is the result itself
-        z = denormalize_latent(x0[:1].float())
-        h, w = z.shape[-2:]
-        f = max(1, math.ceil(max(h, w) / 32))  # a small decode: previews must not slow sampling much
-        if f > 1:
-            z = F.interpolate(z[:, :, 0], size=(max(1, h // f), max(1, w // f)), mode="area")[:, :, None]
-        sink(step, total, to_uint8(pipe.decode_latent(z))[0])
+        rgb = preview_rgb(x0).numpy()
+        sink(step, total, np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1))
         last[0] = time.monotonic()
 
     return on_latent

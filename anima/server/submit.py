@@ -10,6 +10,8 @@ from pathlib import Path
 
 from anima.errors import AnimaError
 from anima.imageio import atomic_write
+from anima.jobs.grid import parse_axis
+from anima.jobs.plan import sheet_plan
 from anima.lora.use import split_prompt_loras
 from anima.recipe import Recipe, nearest_valid_size, parse_size
 from anima.server import a1111, images
@@ -88,7 +90,7 @@ class Submitter:
     # ----------------------------------------------------------------- native
     def prepare_native(self, req: JobCreate) -> Prepared:
         r = req.recipe
-        fields = r.model_dump(exclude_none=True, exclude={"size", "loras"})
+        fields = r.model_dump(exclude_none=True, exclude={"size", "loras", "settings", "grid"})
         if r.size is not None:
             if r.width is not None or r.height is not None:
                 raise AnimaError("give either size or width/height, not both")
@@ -97,9 +99,16 @@ class Submitter:
             fields["seed"] = secrets.randbits(32)
         if "model" in fields:
             fields["model"] = self.service.check_model(fields["model"])
-        recipe = Recipe(**fields, loras=tuple(r.loras))
+        settings = r.settings.model_dump(exclude_none=True) if r.settings is not None else {}
+        axes = tuple(parse_axis(a) for a in r.grid)
+        recipe = Recipe.make(fields.pop("prompt"), **fields, **settings, loras=tuple(r.loras), grid=axes)
         recipe.validate(self.service.samplers(), self.service.schedulers())
         self._check(recipe, req.n_iter)
+        if axes:
+            if req.init_image is not None or req.n_iter != 1:
+                raise AnimaError("a grid job draws one image per cell: no init image, n_iter 1")
+            for cell in sheet_plan(recipe).recipes:  # every cell checked now, before anything is queued
+                self._check(cell, 1)
         if req.output_name is not None:
             resolve_inside(self.outputs_dir, req.output_name, "output")
         init = mask = None

@@ -16,6 +16,9 @@ from typing import Any
 
 from anima.errors import AnimaError
 from anima.imageio import save_png
+from anima.jobs.contact_sheet import render_sheet
+from anima.jobs.grid import GRID_KEY
+from anima.jobs.plan import sheet_plan
 from anima.server.events import EventHub
 from anima.server.images import png_bytes
 from anima.server.jobs import JobStore, QueuedJob
@@ -145,7 +148,10 @@ class Worker:
         status, error = "done", None
         try:
             init, mask = self._inputs(job)
-            for k in range(spec.n_iter):
+            if spec.recipe.grid:
+                outputs = self._run_sheet(job)
+                self.store.set_outputs(job.id, outputs)
+            for k in range(0 if spec.recipe.grid else spec.n_iter):
                 with self._lock:
                     self._state.iteration, self._state.step, self._state.skip = k, 0, False
                 self._check(between_steps=True)
@@ -185,6 +191,27 @@ class Worker:
         with self._lock:
             self._state = RunState()
         self._publish_job(job.id)
+
+    def _run_sheet(self, job: QueuedJob) -> list[str]:
+        """A grid job: every cell of the sheet (one image each), then one contact sheet PNG holding
+        every cell's recipe, as `anima generate --grid` writes it (re-runnable with --from-png)."""
+        plan = sheet_plan(job.spec.recipe)
+        cells = []
+        with self._lock:
+            self._state.n_iter = len(plan.recipes)
+        for k, cell in enumerate(plan.recipes):
+            with self._lock:
+                self._state.iteration, self._state.step = k, 0
+            self._check(between_steps=True)
+            results, notes = self.service.run(cell, progress=self._on_step)
+            for note in notes if k == 0 else ():
+                self.store.add_note(job.id, note)
+            cells.append(results[0])
+        grid = plan.grid.with_cells(r for _, r in cells)
+        sheet = render_sheet([img for img, _ in cells], grid.x_labels, grid.y_labels, grid.z_labels)
+        first = cells[0][1]
+        made = job.spec.recipe.with_(model=first.model, model_hash=first.model_hash, dtype=first.dtype)
+        return self._save(job, 0, [(sheet, made)], {GRID_KEY: grid.to_json()})
 
     def _check(self, between_steps: bool = False) -> None:
         with self._lock:
@@ -227,14 +254,14 @@ class Worker:
 
         return load(job.spec.init_image, "RGB"), load(job.spec.mask, "L")
 
-    def _save(self, job: QueuedJob, iteration: int, results) -> list[str]:
+    def _save(self, job: QueuedJob, iteration: int, results, extra: dict | None = None) -> list[str]:
 
         folder = job.spec.output_name or time.strftime("%Y-%m-%d", time.localtime(job.created))
         rel = []
         batch = len(results)
         for b, (arr, recipe) in enumerate(results):
             name = f"{folder}/{job.seq:06d}-{job.id[:8]}-{iteration}-{b}.png"
-            meta = {"anima_job": {"id": job.id, "kind": job.kind, "iteration": iteration}}
+            meta = {"anima_job": {"id": job.id, "kind": job.kind, "iteration": iteration}, **(extra or {})}
             save_png(self.outputs_dir / name, arr, recipe, meta, batch_pos=b if batch > 1 else None)
             rel.append(name)
         return rel

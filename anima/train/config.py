@@ -14,6 +14,7 @@ import dataclasses
 import json
 import tomllib
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -298,9 +299,12 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
             )
 
 
-def config_from_args(args: argparse.Namespace, config_path: str | Path | None) -> TrainConfig:
-    """TOML (if any) overridden by the flags present in `args`."""
-    values = read_toml(config_path) if config_path else {}
+def config_from_args(
+    args: argparse.Namespace, config_path: str | Path | None, base: Mapping[str, Any] | None = None
+) -> TrainConfig:
+    """`base` (the files of a model named with --model), overridden by the TOML (if any), overridden
+    by the flags present in `args`."""
+    values = {**(base or {}), **(read_toml(config_path) if config_path else {})}
     for name in _FIELDS:
         if hasattr(args, name):
             values[name] = getattr(args, name)

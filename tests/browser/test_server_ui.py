@@ -60,7 +60,7 @@ def page(browser, server):
         "request", lambda r: external.append(r.url) if not r.url.startswith((server.url, "data:")) else None
     )
     pg.goto(server.url + "/")
-    pg.wait_for_function("document.querySelector('#sampler').options.length > 0")
+    pg.wait_for_function("!document.querySelector('#generate').disabled")
     yield pg
     context.close()
     assert not errors, errors
