@@ -2,6 +2,7 @@
 
 from anima.recipe.codec import FORMAT as RECIPE_FORMAT
 from anima.recipe.core import DEFAULT_NEGATIVE, DTYPES, SETTINGS, Recipe
+from anima.recipe.regions import Region
 from anima.recipe.settings import (
     HIRES_UPSCALERS,
     INPAINT_AREAS,
@@ -15,6 +16,8 @@ from anima.recipe.settings import (
     Nag,
     Origin,
     Perf,
+    Reference,
+    Regional,
     Sources,
     Variation,
 )
@@ -23,6 +26,7 @@ from anima.recipe.sizes import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, SIZE_PRESETS, 
 __all__ = [
     "DEFAULT_NEGATIVE", "DTYPES", "HIRES_UPSCALERS", "INPAINT_AREAS", "MAX_SEED", "MAX_SIZE", "MIN_SIZE",
     "RECIPE_FORMAT", "SETTINGS", "SIZE_MULTIPLE", "SIZE_PRESETS", "TILED_VAE_MODES", "WEIGHT_FORMATS",
-    "GridAxis", "Guidance", "Hires", "Inpaint", "Nag", "Origin", "Perf", "Recipe", "Sources", "Variation",
+    "GridAxis", "Guidance", "Hires", "Inpaint", "Nag", "Origin", "Perf", "Recipe", "Reference", "Region",
+    "Regional", "Sources", "Variation",
     "nearest_valid_size", "parse_size",
 ]  # fmt: skip
