@@ -48,7 +48,11 @@ def add_workflow_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--variation-strength", type=float, help="0 = the seed's image, 1 = the variation seed's")
     # hires fix
     g.add_argument("--hires-scale", type=float, help="hires fix: final size factor (passes of <= 1.75x)")
-    g.add_argument("--hires-upscaler", choices=HIRES_UPSCALERS, help="how to enlarge between passes")
+    g.add_argument(
+        "--hires-upscaler", metavar="NAME",
+        help=f"how to enlarge between passes: {', '.join(HIRES_UPSCALERS)}, or an upscaler model "
+        "(a file in models/upscale_models/ or a path, e.g. 4x-AnimeSharp.pth)",
+    )  # fmt: skip
     g.add_argument("--hires-steps", type=int, help="steps of each hires pass (default: --steps)")
     g.add_argument("--hires-denoise", type=float, help="strength of each hires pass in (0, 1] (0.5)")
     g.add_argument("--hires-sampler", help="sampler of the hires passes (default: --sampler)")

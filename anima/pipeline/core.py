@@ -31,8 +31,9 @@ from anima.weights import loading
 from anima.weights.discovery import ModelSet
 from anima.weights.hashes import model_hash
 from anima.workflows import inpaint
-from anima.workflows.init_image import check_image_tensor
+from anima.workflows.init_image import check_image_tensor, file_digest
 from anima.workflows.tiled_vae import encode_tiled, free_memory, should_tile
+from anima.workflows.upscale_model import UpscaleModel
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class Pipeline:
         # What the options decided (memory plan, 8-bit savings, compile warm-up), for the front ends.
         self.notes: list[str] = []
         self.memory_plan, self._streamer = placement.prepare(self, self.notes)
+        self._upscalers: dict[Path, UpscaleModel] = {}  # loaded once per pipeline, on its device
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -254,9 +256,13 @@ class Pipeline:
         perf = recipe.perf.with_(
             weights=self.options.weights, fp16_accumulation=self.options.fp16_accumulation
         )
-        if all(getattr(recipe, k) == v for k, v in stamp.items()) and perf == recipe.perf:
+        hires = recipe.hires
+        if hires.on and hires.uses_model and not hires.upscaler_hash:  # the file that ran, by digest
+            hires = hires.with_(upscaler_hash=file_digest(self.upscaler_path(hires.upscaler)))
+        same = (perf, hires) == (recipe.perf, recipe.hires)
+        if same and all(getattr(recipe, k) == v for k, v in stamp.items()):
             return recipe
-        return recipe.with_(**stamp, perf=perf)
+        return recipe.with_(**stamp, perf=perf, hires=hires)
 
     def _generate(self, recipe: Recipe, init_image, mask, hooks: passes.StepHooks) -> Result:
         if recipe.denoise < 1.0 and init_image is None:
@@ -286,6 +292,30 @@ class Pipeline:
         return Result(**result)
 
     # ---------------------------------------------------------------- parts
+    def upscaler_path(self, name: str) -> Path:
+        """The file of upscaler model `name`: the options' resolver's answer, else `name` as a path."""
+        resolve = self.options.upscaler_resolver
+        path = Path(resolve(name)) if resolve is not None else Path(name)
+        if not path.is_file():
+            raise AnimaError(
+                f"upscaler model {name!r} not found; give a path or a file in models/upscale_models/",
+                setting="hires_upscaler",
+            )
+        return path
+
+    def upscaler(self, name: str, expected_hash: str = "") -> UpscaleModel:
+        """Upscaler model `name` on this pipeline's device, loaded once; `expected_hash` (a recorded
+        digest) refuses a file that has changed since the recipe was made."""
+        path = self.upscaler_path(name).resolve()
+        if expected_hash and file_digest(path) != expected_hash:
+            raise AnimaError(
+                f"upscaler model {path.name} has changed since the recipe was made (digest differs)",
+                setting="hires_upscaler",
+            )
+        if path not in self._upscalers:
+            self._upscalers[path] = UpscaleModel.load(path).to(self.device)
+        return self._upscalers[path]
+
     def contexts(self, prompts: list[str], cache: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """One DiT context per prompt (on the device, compute dtype); each distinct text encoded once
         per run (`cache` maps texts already encoded in this run to their contexts)."""

@@ -117,8 +117,10 @@ def run(
     contexts: dict[str, torch.Tensor] = {}  # prompt text -> context, shared by all passes
     x = sample(pipe, recipe, main, latent, noise, lmask, hooks, contexts, first=True)
     for w, hh in plan.sizes:
-        if h.upscaler == "lanczos":
+        if h.upscaler == "lanczos" or h.uses_model:
             pixels = pipe.decode_latent(denormalize_latent(x), tiled=tiled)
+            if h.uses_model:  # the model's own factor first, then Lanczos to the pass size
+                pixels = pipe.upscaler(h.upscaler, h.upscaler_hash)(pixels)
             latent = normalize_latent(
                 pipe.encode_image(resize_images(pixels, w, hh, "lanczos"), tiled=tiled)
             ).float()

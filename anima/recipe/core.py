@@ -22,6 +22,7 @@ from typing import Any
 
 from anima.errors import AnimaError
 from anima.recipe import checks, codec
+from anima.recipe.regions import Region, check_regions
 from anima.recipe.settings import (
     GROUPS,
     MAX_SEED,
@@ -38,7 +39,6 @@ from anima.recipe.settings import (
     Variation,
     _Group,
 )
-from anima.recipe.regions import Region, check_regions
 from anima.recipe.sizes import check_size
 from anima.sampling.names import SAMPLER_NAMES, SCHEDULER_NAMES
 

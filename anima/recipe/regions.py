@@ -39,11 +39,14 @@ class Region:
     def __post_init__(self) -> None:
         checks.text("region prompt", self.prompt)
         for what in ("mask", "mask_hash"):
-            checks.one_line(f"region {what.replace('_', ' ')}", checks.text(f"region {what}", getattr(self, what)))
+            label = f"region {what.replace('_', ' ')}"
+            checks.one_line(label, checks.text(label, getattr(self, what)))
         try:
             rect = tuple(float(v) if checks.is_number(v) else v for v in self.rect)
         except TypeError:
-            raise AnimaError(f"a region rectangle is four numbers, got {self.rect!r}", setting="regions") from None
+            raise AnimaError(
+                f"a region rectangle is four numbers, got {self.rect!r}", setting="regions"
+            ) from None
         object.__setattr__(self, "rect", rect)
         if bool(rect) == bool(self.mask):
             raise AnimaError("a region needs either a rectangle or a mask (not both)", setting="regions")
@@ -74,7 +77,9 @@ class Region:
             try:
                 rect = tuple(float(v) for v in m.groups())
             except ValueError:
-                raise AnimaError(f"region {text!r}: the rectangle is not four numbers", setting="regions") from None
+                raise AnimaError(
+                    f"region {text!r}: the rectangle is not four numbers", setting="regions"
+                ) from None
             return cls(prompt.strip(), rect=rect)
         return cls(prompt.strip(), mask=place.strip())
 
@@ -97,7 +102,8 @@ class Region:
         rect = data.get("rect", ())
         if not isinstance(rect, list | tuple):
             raise AnimaError(f"a region rectangle is four numbers, got {rect!r}", setting="regions")
-        return cls(data["prompt"], rect=tuple(rect), mask=data.get("mask", ""), mask_hash=data.get("mask_hash", ""))
+        mask, digest = data.get("mask", ""), data.get("mask_hash", "")
+        return cls(data["prompt"], rect=tuple(rect), mask=mask, mask_hash=digest)
 
 
 def couple(text: str, direction: str) -> tuple[str, tuple[Region, ...]]:

@@ -20,9 +20,9 @@ from anima.recipe import checks
 from anima.sampling.names import GUIDANCES
 
 HIRES_UPSCALERS = ("latent-bislerp", "latent-nearest-exact", "latent-bilinear", "lanczos")
-# Besides the built-in names, a hires upscaler may be an upscaler model (ESRGAN, RCAN, SwinIR, DAT, ...):
-# a file name in models/upscale_models/ or a path, with one of these suffixes (`anima.workflows.upscale_model`).
-UPSCALER_MODEL_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt", ".bin")
+# Besides the built-in names, a hires upscaler may be an upscaler model (ESRGAN, RCAN, SwinIR, DAT,
+# ...): a file in models/upscale_models/ or a path, with one of these suffixes (`workflows.upscale_model`).
+UPSCALER_MODEL_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt")
 REGION_OVERLAPS = ("error", "blend")
 TILED_VAE_MODES = ("auto", "on", "off")
 INPAINT_AREAS = ("whole", "only masked")
