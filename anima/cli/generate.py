@@ -83,6 +83,7 @@ def read_request(args: argparse.Namespace, files, model_hash: str) -> Request:
     Precedence: explicit flags > --preset > the model's own defaults (the demo's 64x64) > the PNG's
     recipe. A PNG made with this very model keeps its settings over the model defaults."""
     from anima.cli.model_selection import model_recipe_defaults
+    from anima.cli.region_flags import check_region_inputs, region_values
     from anima.cli.upscale import check_hires_upscaler, upscaler_resolver
     from anima.cli.workflow_flags import check_counts, preset, workflow_settings
     from anima.imageio import read_png_text, read_recipe
@@ -117,6 +118,7 @@ def read_request(args: argparse.Namespace, files, model_hash: str) -> Request:
         values["width"], values["height"] = parse_size(args.size)
     if prompt is not None:
         values["prompt"] = prompt
+    values |= region_values(args, base, prompt)  # --couple may rewrite the prompt
     if args.lora:
         from anima.lora.prompt import parse_lora_arg
 
@@ -127,7 +129,7 @@ def read_request(args: argparse.Namespace, files, model_hash: str) -> Request:
         if "nag_scale" not in explicit:
             flat.pop("nag_scale")  # NAG only serves a negative prompt: a preset's NAG goes with it
     # The settings' groups, made (and so checked) now, before any input file is read.
-    values |= groups_of(flat, {g: getattr(base, g) for g in GROUPS} if base else None)
+    values |= groups_of(flat, {g: values[g] for g in GROUPS if g in values} or None)
     device = _device(args.device)
     # A reproduction must run in the precision the image was made in (bf16 != fp32 bit for bit).
     dtype_name = args.dtype or (base.dtype if base else str(defaults.get("dtype", "auto")))
@@ -147,6 +149,7 @@ def read_request(args: argparse.Namespace, files, model_hash: str) -> Request:
     values |= {"model": files.name if files is not None else "", "model_hash": model_hash, "dtype": dtype}
     recipe = Recipe.make(values.pop("prompt"), **values).validate()  # made, and so checked, once
     recipe = check_hires_upscaler(args, recipe, upscaler_resolver(args))
+    check_region_inputs(recipe)
     stored = None
     if args.from_png and not (args.grid or args.prompt_matrix):
         text = read_png_text(args.from_png).get(GRID_KEY)

@@ -32,6 +32,7 @@ from anima.weights.discovery import ModelSet
 from anima.weights.hashes import model_hash
 from anima.workflows import inpaint
 from anima.workflows.init_image import check_image_tensor, file_digest
+from anima.workflows.reference import load_reference
 from anima.workflows.tiled_vae import encode_tiled, free_memory, should_tile
 from anima.workflows.upscale_model import UpscaleModel
 
@@ -226,13 +227,15 @@ class Pipeline:
         mask: torch.Tensor | None = None,
         progress: Progress | None = None,
         preview: Preview | None = None,
+        reference: torch.Tensor | None = None,
     ) -> Result:
         """Run one recipe.
 
         `init_image` ([1,H,W,3] in [0,1]) makes it img2img at recipe.denoise; `mask` ([1,H,W] in
         [0,1], white = repaint, the init image's size) makes it inpainting. `progress(step, total)`
         counts the steps of all passes; `preview(step, total, x0)` sees each step's denoised latent
-        (normalized), for live previews.
+        (normalized), for live previews. `reference` ([1,H,W,3]) is the image of reference editing;
+        without it a recipe's recorded reference image is loaded (and its digest checked).
         """
         if not isinstance(recipe, Recipe):
             raise AnimaError(f"generate takes a Recipe, got {type(recipe).__name__}")
@@ -242,7 +245,9 @@ class Pipeline:
         with applied_loras(
             self, recipe.loras, resolve=self.options.lora_resolver, merge=self.options.merge_loras
         ):
-            return self._generate(recipe, init_image, mask, passes.StepHooks(progress, preview))
+            if reference is None and recipe.reference.on:
+                reference = load_reference(recipe.reference)
+            return self._generate(recipe, init_image, mask, passes.StepHooks(progress, preview), reference)
 
     def record(self, recipe: Recipe) -> Recipe:
         """The recipe as this pipeline runs it: its model, hash, dtype and 8-bit weights stamped in.
@@ -264,13 +269,13 @@ class Pipeline:
             return recipe
         return recipe.with_(**stamp, perf=perf, hires=hires)
 
-    def _generate(self, recipe: Recipe, init_image, mask, hooks: passes.StepHooks) -> Result:
+    def _generate(self, recipe: Recipe, init_image, mask, hooks: passes.StepHooks, reference=None) -> Result:
         if recipe.denoise < 1.0 and init_image is None:
             raise AnimaError("denoise < 1 needs an init image (img2img)")
         if mask is None:
             if init_image is not None:
                 init_image = check_image_tensor(init_image, recipe.width, recipe.height)
-            return passes.run(self, recipe, init_image, None, hooks)
+            return passes.run(self, recipe, init_image, None, hooks, reference)
         if init_image is None:
             raise AnimaError("a mask needs an init image to repaint")
         if recipe.hires.on:
@@ -283,10 +288,10 @@ class Pipeline:
         )
         if not recipe.inpaint.only_masked:
             image = check_image_tensor(image, recipe.width, recipe.height)
-            return passes.run(self, recipe, image, pixel_mask, hooks)
+            return passes.run(self, recipe, image, pixel_mask, hooks, reference)
         # "Only masked": repaint a crop around the mask at the recipe size, paste it back.
         result = inpaint.only_masked(
-            lambda img, m: passes.run(self, recipe, img, m, hooks), image.float(), pixel_mask,
+            lambda img, m: passes.run(self, recipe, img, m, hooks, reference), image.float(), pixel_mask,
             recipe.inpaint.padding, recipe.width, recipe.height,
         )  # fmt: skip
         return Result(**result)
