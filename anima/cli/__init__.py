@@ -140,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # settings whose flag is not simply "--" + the name with dashes
-_FLAGS = {"inpaint_area": "--only-masked", "guidance_kind": "--guidance"}
+_FLAGS = {
+    "inpaint_area": "--only-masked", "guidance_kind": "--guidance", "regions": "--region",
+    "reference_image": "--reference", "reference": "--reference",
+}  # fmt: skip
 
 
 def cli_message(error: AnimaError) -> str:

@@ -21,7 +21,8 @@ def add_region_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("regional prompts and reference editing")
     g.add_argument(
         "--region", action="append", default=[], metavar="PLACE:PROMPT",
-        help="a regional prompt (repeatable): '0,0,0.5,1: blonde girl' (x0,y0,x1,y1 in 0..1) or 'mask.png: ...'",
+        help="a regional prompt (repeatable): '0,0,0.5,1: blonde girl' (x0,y0,x1,y1 in 0..1) "
+        "or 'mask.png: ...'",
     )  # fmt: skip
     g.add_argument(
         "--couple", choices=COUPLE_DIRECTIONS,
@@ -31,7 +32,7 @@ def add_region_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--regions-base-weight", type=float, help="share of the base prompt inside regions (0.2)")
     g.add_argument("--regions-end-step", type=int, help="regions for the first N steps only (0: all)")
     g.add_argument("--regions-overlap", choices=REGION_OVERLAPS, help="overlapping regions: error or blend")
-    g.add_argument("--reference", type=Path, metavar="IMAGE", help="reference editing image (needs an Edit LoRA)")
+    g.add_argument("--reference", type=Path, metavar="IMAGE", help="image for reference editing (Edit LoRA)")
     g.add_argument("--reference-strength", type=float, help="scale of the reference latent (1)")
 
 

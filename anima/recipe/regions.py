@@ -73,6 +73,10 @@ class Region:
                 setting="regions",
             )
         m = _RECT.match(place)
+        if m is None and re.fullmatch(r"[\d.,\s+-]+", place):
+            raise AnimaError(
+                f"region {text!r}: a rectangle is four numbers x0,y0,x1,y1 in 0..1", setting="regions"
+            )
         if m is not None:
             try:
                 rect = tuple(float(v) for v in m.groups())
