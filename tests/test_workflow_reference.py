@@ -95,7 +95,8 @@ def test_reference_run_on_the_tiny_model(pipe, tmp_path) -> None:
     assert result.images.shape == (1, 64, 64, 3) and result.latents.shape == (1, 16, 1, 8, 8)
     assert seen["x"].shape == (1, 16, 2, 8, 8) and seen["v"].shape == (1, 16, 2, 8, 8)
     assert grids[0] == (2, 4, 4)
-    assert embed_in[0].shape[1] == 17 and torch.equal(embed_in[0][:, 16], torch.zeros_like(embed_in[0][:, 16]))
+    mask_channel = embed_in[0][:, 16]  # the padding mask, on both frames
+    assert embed_in[0].shape[1] == 17 and torch.equal(mask_channel, torch.zeros_like(mask_channel))
     expected_ref = pipe.encode_image(fit_image(_load(tmp_path / "ref.png"), 64, 64))
     from anima.model.latent import normalize_latent
 

@@ -142,6 +142,15 @@ class OptionsUpdateResponse(BaseModel):
 
 
 # --------------------------------------------------------------------- native API
+class RegionIn(BaseModel):
+    """A regional prompt: its prompt and a rectangle x0, y0, x1, y1 in fractions of the image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(..., max_length=MAX_PROMPT_CHARS)
+    rect: tuple[float, float, float, float]
+
+
 class RecipeIn(BaseModel):
     """The settings `anima generate` accepts; omitted ones take the Recipe defaults."""
 
@@ -162,6 +171,10 @@ class RecipeIn(BaseModel):
     denoise: float | None = Field(None, gt=0, le=1)
     model: str | None = Field(None, max_length=256)
     loras: list[tuple[str, float]] = Field(default_factory=list, max_length=16)
+    regions: list[RegionIn] = Field(default_factory=list, max_length=16, description="regional prompts")
+    regions_base_weight: float | None = Field(None, ge=0, le=1)
+    regions_end_step: int | None = Field(None, ge=0, le=10_000)
+    regions_overlap: Literal["error", "blend"] | None = None
 
 
 class InpaintIn(BaseModel):

@@ -11,7 +11,7 @@ from pathlib import Path
 from anima.errors import AnimaError
 from anima.imageio import atomic_write
 from anima.lora.use import split_prompt_loras
-from anima.recipe import Recipe, nearest_valid_size, parse_size
+from anima.recipe import Recipe, Region, nearest_valid_size, parse_size
 from anima.server import a1111, images
 from anima.server.a1111_hires import hires_settings
 from anima.server.jobs import JobSpec, JobStore, QueuedJob, new_job_id
@@ -47,6 +47,7 @@ class Submitter:
             recipe.height,
             self.service.samplers(),
             self.service.schedulers(),
+            tuple(self.service.upscalers()),
         )
         if hires:
             recipe = recipe.with_(**hires)
@@ -88,7 +89,8 @@ class Submitter:
     # ----------------------------------------------------------------- native
     def prepare_native(self, req: JobCreate) -> Prepared:
         r = req.recipe
-        fields = r.model_dump(exclude_none=True, exclude={"size", "loras"})
+        fields = r.model_dump(exclude_none=True, exclude={"size", "loras", "regions"})
+        regions = tuple(Region(x.prompt, rect=tuple(x.rect)) for x in r.regions)
         if r.size is not None:
             if r.width is not None or r.height is not None:
                 raise AnimaError("give either size or width/height, not both")
@@ -97,7 +99,7 @@ class Submitter:
             fields["seed"] = secrets.randbits(32)
         if "model" in fields:
             fields["model"] = self.service.check_model(fields["model"])
-        recipe = Recipe(**fields, loras=tuple(r.loras))
+        recipe = Recipe.make(fields.pop("prompt"), **fields, loras=tuple(r.loras), regions=regions)
         recipe.validate(self.service.samplers(), self.service.schedulers())
         self._check(recipe, req.n_iter)
         if req.output_name is not None:
