@@ -57,28 +57,6 @@ class GenerationService(Protocol):
     def resolve_lora(self, name: str) -> Path: ...
     def upscalers(self) -> dict[str, Path]: ...
     def resolve_upscaler(self, name: str) -> Path: ...
-    def upscalers(self) -> dict[str, Path]:
-        """Upscaler model files by file name, inside the upscaler folders only (names, never paths)."""
-        out: dict[str, Path] = {}
-        for root in self._upscaler_dirs:
-            base = root.resolve()
-            for p in sorted(base.rglob("*")) if base.is_dir() else []:
-                real = p.resolve()
-                if p.suffix.lower() in UPSCALER_SUFFIXES and real.is_relative_to(base) and real.is_file():
-                    out.setdefault(p.name, real)
-        return out
-
-    def resolve_upscaler(self, name: str) -> Path:
-        """A file name (or stem, as A1111 lists them) of the upscaler folders."""
-        found = self.upscalers()
-        hit = found.get(name) or next((p for n, p in found.items() if Path(n).stem == name), None)
-        if hit is None:
-            raise AnimaError(
-                f"upscaler model {name!r} not found; known: {', '.join(sorted(found)) or 'none'}",
-                setting="hires_upscaler",
-            )
-        return hit
-
     def refresh(self) -> None: ...
     def samplers(self) -> list[str]: ...
     def schedulers(self) -> list[str]: ...
