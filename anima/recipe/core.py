@@ -101,7 +101,8 @@ SETTINGS: Mapping[str, tuple[str, str]] = {
 class Recipe:
     """Everything that determines an image. Hashable, so it can key caches and dedupe jobs.
 
-    `loras` holds (name, strength) pairs; `grid` the axes of a contact sheet's recipe; `extra`
+    `loras` holds (name, strength) pairs; `regions` the regional prompts (`anima.recipe.regions`,
+    their shared settings the `regional` group); `grid` the axes of a contact sheet's recipe; `extra`
     only (key, value) text pairs written by other tools (unknown A1111 fields on import), kept so
     they survive a round trip. Lists and dicts given for them are frozen into tuples.
     """
