@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv = sub.add_parser("serve", help="HTTP server: A1111-compatible API, job queue, web UI")
     add_serve_args(srv)
     _add_model_args(srv)
+    from anima.cli.upscale import add_upscale_args
+
+    add_upscale_args(sub.add_parser("upscale", help="upscale an image with an upscaler model (ESRGAN, ...)"))
     from anima.cli.lora import add_lora_args
 
     add_lora_args(sub.add_parser("lora", help="inspect and convert LoRA files"))
@@ -109,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
             from anima.cli.serve import run_serve
 
             return run_serve(args)
+        if args.command == "upscale":
+            from anima.cli.upscale import run_upscale
+
+            return run_upscale(args)
         if args.command == "lora":
             from anima.cli.lora import run_lora
 
@@ -133,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # settings whose flag is not simply "--" + the name with dashes
-_FLAGS = {"inpaint_area": "--only-masked", "guidance_kind": "--guidance"}
+_FLAGS = {
+    "inpaint_area": "--only-masked", "guidance_kind": "--guidance", "regions": "--region",
+    "reference_image": "--reference", "reference": "--reference",
+}  # fmt: skip
 
 
 def cli_message(error: AnimaError) -> str:

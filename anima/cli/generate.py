@@ -83,6 +83,8 @@ def read_request(args: argparse.Namespace, files, model_hash: str) -> Request:
     Precedence: explicit flags > --preset > the model's own defaults (the demo's 64x64) > the PNG's
     recipe. A PNG made with this very model keeps its settings over the model defaults."""
     from anima.cli.model_selection import model_recipe_defaults
+    from anima.cli.region_flags import check_region_inputs, region_values
+    from anima.cli.upscale import check_hires_upscaler, upscaler_resolver
     from anima.cli.workflow_flags import check_counts, preset, workflow_settings
     from anima.imageio import read_png_text, read_recipe
     from anima.jobs.grid import GRID_KEY, parse_axis
@@ -116,6 +118,7 @@ def read_request(args: argparse.Namespace, files, model_hash: str) -> Request:
         values["width"], values["height"] = parse_size(args.size)
     if prompt is not None:
         values["prompt"] = prompt
+    values |= region_values(args, base, prompt)  # --couple may rewrite the prompt
     if args.lora:
         from anima.lora.prompt import parse_lora_arg
 
@@ -126,7 +129,7 @@ def read_request(args: argparse.Namespace, files, model_hash: str) -> Request:
         if "nag_scale" not in explicit:
             flat.pop("nag_scale")  # NAG only serves a negative prompt: a preset's NAG goes with it
     # The settings' groups, made (and so checked) now, before any input file is read.
-    values |= groups_of(flat, {g: getattr(base, g) for g in GROUPS} if base else None)
+    values |= groups_of(flat, {g: values[g] for g in GROUPS if g in values} or None)
     device = _device(args.device)
     # A reproduction must run in the precision the image was made in (bf16 != fp32 bit for bit).
     dtype_name = args.dtype or (base.dtype if base else str(defaults.get("dtype", "auto")))
@@ -145,6 +148,8 @@ def read_request(args: argparse.Namespace, files, model_hash: str) -> Request:
         raise AnimaError("--denoise below 1 needs --init-image")
     values |= {"model": files.name if files is not None else "", "model_hash": model_hash, "dtype": dtype}
     recipe = Recipe.make(values.pop("prompt"), **values).validate()  # made, and so checked, once
+    recipe = check_hires_upscaler(args, recipe, upscaler_resolver(args))
+    check_region_inputs(recipe)
     stored = None
     if args.from_png and not (args.grid or args.prompt_matrix):
         text = read_png_text(args.from_png).get(GRID_KEY)
@@ -174,6 +179,7 @@ def _input_key(recipe) -> tuple:
 def run_generate(args: argparse.Namespace) -> int:
     from anima.cli.model_selection import check_job_loras, model_notice, resolve_files
     from anima.cli.perf_flags import run_options
+    from anima.cli.upscale import upscaler_resolver
     from anima.imageio import output_paths, save_png
     from anima.jobs.plan import render
     from anima.pipeline import Pipeline
@@ -198,6 +204,7 @@ def run_generate(args: argparse.Namespace) -> int:
     options = run_options(
         args, device=req.device, dtype=req.dtype, weights=req.recipe.perf.weights,
         fp16_accumulation=req.recipe.perf.fp16_accumulation, lora_resolver=resolver, hash_cache=hash_cache,
+        upscaler_resolver=upscaler_resolver(args),
         plan_size=(big.width, big.height, big.batch_size),
     )  # fmt: skip
     pipe = Pipeline.load(files, options, model_hash_value=digest)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from anima.cli.region_flags import add_region_args
 from anima.errors import AnimaError
 from anima.recipe import HIRES_UPSCALERS, SETTINGS, TILED_VAE_MODES
 from anima.recipe.model_defaults import TURBO_DEFAULTS
@@ -47,7 +48,11 @@ def add_workflow_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--variation-strength", type=float, help="0 = the seed's image, 1 = the variation seed's")
     # hires fix
     g.add_argument("--hires-scale", type=float, help="hires fix: final size factor (passes of <= 1.75x)")
-    g.add_argument("--hires-upscaler", choices=HIRES_UPSCALERS, help="how to enlarge between passes")
+    g.add_argument(
+        "--hires-upscaler", metavar="NAME",
+        help=f"how to enlarge between passes: {', '.join(HIRES_UPSCALERS)}, or an upscaler model "
+        "(a file in models/upscale_models/ or a path, e.g. 4x-AnimeSharp.pth)",
+    )  # fmt: skip
     g.add_argument("--hires-steps", type=int, help="steps of each hires pass (default: --steps)")
     g.add_argument("--hires-denoise", type=float, help="strength of each hires pass in (0, 1] (0.5)")
     g.add_argument("--hires-sampler", help="sampler of the hires passes (default: --sampler)")
@@ -55,6 +60,7 @@ def add_workflow_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hires-max-side", type=int, help="refuse a hires size over this many pixels (2048)")
     g.add_argument("--hires-max-step", type=float, help="largest enlargement of one pass (1.75)")
     g.add_argument("--tiled-vae", choices=TILED_VAE_MODES, help="tile the VAE: auto (by memory), on, off")
+    add_region_args(p)
     # many images
     g.add_argument("--grid", nargs="+", metavar="AXIS=V1,V2", help="X/Y/Z grid: cfg=3,4 sampler=euler,er_sde")
     g.add_argument("--prompt-matrix", action="store_true", help="a|b|c: all combinations of b, c")
@@ -62,7 +68,8 @@ def add_workflow_args(p: argparse.ArgumentParser) -> None:
 
 
 # Flags whose destination is a flat setting (mask/init paths are sources, recorded with digests).
-_SETTING_FLAGS = tuple(s for s in SETTINGS if s not in ("init_image", "init_image_hash", "mask", "mask_hash"))
+_SOURCES = ("init_image", "init_image_hash", "mask", "mask_hash", "reference_image", "reference_image_hash")
+_SETTING_FLAGS = tuple(s for s in SETTINGS if s not in _SOURCES)
 
 
 def workflow_settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -19,8 +19,9 @@ from types import MappingProxyType
 from typing import Any
 
 from anima.errors import AnimaError
-from anima.recipe import SETTINGS, GridAxis, Recipe
+from anima.recipe import SETTINGS, GridAxis, Recipe, Region
 from anima.recipe.core import changed_settings
+from anima.recipe.settings import is_upscaler_model
 
 # ComfyUI sampler name -> A1111 / Forge label (labels as in A1111 1.10 and Forge Neo).
 SAMPLER_LABELS: Mapping[str, str] = MappingProxyType(
@@ -100,6 +101,11 @@ def _on(text: str) -> bool:
     raise ValueError(text)
 
 
+def _upscaler(text: str) -> str:
+    """A1111's built-in upscaler labels -> ours; an upscaler model file name keeps its case."""
+    return text if is_upscaler_model(text) else _A1111_UPSCALERS.get(text.lower(), text.lower())
+
+
 def _name(text: str) -> str:
     return text.strip().lower().replace(" ", "_")
 
@@ -119,7 +125,8 @@ SETTING_LABELS: Mapping[str, tuple[str, Callable[[str], Any]]] = MappingProxyTyp
         "variation_seed": ("Variation seed", _optional_int),
         "variation_strength": ("Variation seed strength", float),
         "hires_scale": ("Hires upscale", float),
-        "hires_upscaler": ("Hires upscaler", lambda t: _A1111_UPSCALERS.get(t.lower(), t.lower())),
+        "hires_upscaler": ("Hires upscaler", lambda t: _upscaler(t)),
+        "hires_upscaler_hash": ("Hires upscaler hash", str),
         "hires_steps": ("Hires steps", int),
         "hires_denoise": ("Hires denoise", float),
         "hires_sampler": ("Hires sampler", _name),
@@ -142,6 +149,12 @@ SETTING_LABELS: Mapping[str, tuple[str, Callable[[str], Any]]] = MappingProxyTyp
         "wildcard_negative_prompt": ("Wildcard negative prompt", str),
         "prompt_matrix": ("Prompt matrix", _on),
         "training_step": ("Training step", int),
+        "regions_base_weight": ("Regions base weight", float),
+        "regions_end_step": ("Regions end step", int),
+        "regions_overlap": ("Regions overlap", str.lower),
+        "reference_image": ("Reference image", str),
+        "reference_image_hash": ("Reference image hash", str),
+        "reference_strength": ("Reference strength", float),
     }
 )
 assert set(SETTING_LABELS) == set(SETTINGS), "every flat setting needs an infotext label"
@@ -202,6 +215,8 @@ def infotext(recipe: Recipe, *, batch_pos: int | None = None) -> str:
             pairs.append(("Batch pos", str(batch_pos)))
     if recipe.loras:
         pairs.append(("Loras", ", ".join(f"{n}:{number(w)}" for n, w in recipe.loras)))
+    if recipe.regions:  # one JSON list (quoted like any value holding commas)
+        pairs.append(("Regions", json.dumps([r.to_dict() for r in recipe.regions], ensure_ascii=False)))
     pairs.extend(setting_pairs(recipe))
     pairs.extend(recipe.extra)
     lines = [recipe.prompt]
@@ -348,6 +363,14 @@ def recipe_from_infotext(params: Mapping[str, str]) -> Recipe:
                 fields[name] = kind(value)
             except ValueError:
                 raise AnimaError(f"A1111 parameters: {key} {value!r} is not a {kind.__name__}") from None
+        elif key == "Regions":
+            try:
+                items = json.loads(value)
+            except json.JSONDecodeError:
+                raise AnimaError(f"A1111 parameters: Regions {value!r:.60} is not a JSON list") from None
+            if not isinstance(items, list):
+                raise AnimaError("A1111 parameters: Regions is not a JSON list")
+            fields["regions"] = tuple(Region.from_dict(d) for d in items)
         elif key == "Loras":
             fields["loras"] = tuple(_parse_lora(item) for item in value.split(", ") if item.strip())
         else:

@@ -31,8 +31,10 @@ from anima.weights import loading
 from anima.weights.discovery import ModelSet
 from anima.weights.hashes import model_hash
 from anima.workflows import inpaint
-from anima.workflows.init_image import check_image_tensor
+from anima.workflows.init_image import check_image_tensor, file_digest
+from anima.workflows.reference import load_reference
 from anima.workflows.tiled_vae import encode_tiled, free_memory, should_tile
+from anima.workflows.upscale_model import UpscaleModel
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,7 @@ class Pipeline:
         # What the options decided (memory plan, 8-bit savings, compile warm-up), for the front ends.
         self.notes: list[str] = []
         self.memory_plan, self._streamer = placement.prepare(self, self.notes)
+        self._upscalers: dict[Path, UpscaleModel] = {}  # loaded once per pipeline, on its device
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -224,13 +227,15 @@ class Pipeline:
         mask: torch.Tensor | None = None,
         progress: Progress | None = None,
         preview: Preview | None = None,
+        reference: torch.Tensor | None = None,
     ) -> Result:
         """Run one recipe.
 
         `init_image` ([1,H,W,3] in [0,1]) makes it img2img at recipe.denoise; `mask` ([1,H,W] in
         [0,1], white = repaint, the init image's size) makes it inpainting. `progress(step, total)`
         counts the steps of all passes; `preview(step, total, x0)` sees each step's denoised latent
-        (normalized), for live previews.
+        (normalized), for live previews. `reference` ([1,H,W,3]) is the image of reference editing;
+        without it a recipe's recorded reference image is loaded (and its digest checked).
         """
         if not isinstance(recipe, Recipe):
             raise AnimaError(f"generate takes a Recipe, got {type(recipe).__name__}")
@@ -240,7 +245,9 @@ class Pipeline:
         with applied_loras(
             self, recipe.loras, resolve=self.options.lora_resolver, merge=self.options.merge_loras
         ):
-            return self._generate(recipe, init_image, mask, passes.StepHooks(progress, preview))
+            if reference is None and recipe.reference.on:
+                reference = load_reference(recipe.reference)
+            return self._generate(recipe, init_image, mask, passes.StepHooks(progress, preview), reference)
 
     def record(self, recipe: Recipe) -> Recipe:
         """The recipe as this pipeline runs it: its model, hash, dtype and 8-bit weights stamped in.
@@ -254,17 +261,21 @@ class Pipeline:
         perf = recipe.perf.with_(
             weights=self.options.weights, fp16_accumulation=self.options.fp16_accumulation
         )
-        if all(getattr(recipe, k) == v for k, v in stamp.items()) and perf == recipe.perf:
+        hires = recipe.hires
+        if hires.on and hires.uses_model and not hires.upscaler_hash:  # the file that ran, by digest
+            hires = hires.with_(upscaler_hash=file_digest(self.upscaler_path(hires.upscaler)))
+        same = (perf, hires) == (recipe.perf, recipe.hires)
+        if same and all(getattr(recipe, k) == v for k, v in stamp.items()):
             return recipe
-        return recipe.with_(**stamp, perf=perf)
+        return recipe.with_(**stamp, perf=perf, hires=hires)
 
-    def _generate(self, recipe: Recipe, init_image, mask, hooks: passes.StepHooks) -> Result:
+    def _generate(self, recipe: Recipe, init_image, mask, hooks: passes.StepHooks, reference=None) -> Result:
         if recipe.denoise < 1.0 and init_image is None:
             raise AnimaError("denoise < 1 needs an init image (img2img)")
         if mask is None:
             if init_image is not None:
                 init_image = check_image_tensor(init_image, recipe.width, recipe.height)
-            return passes.run(self, recipe, init_image, None, hooks)
+            return passes.run(self, recipe, init_image, None, hooks, reference)
         if init_image is None:
             raise AnimaError("a mask needs an init image to repaint")
         if recipe.hires.on:
@@ -277,15 +288,39 @@ class Pipeline:
         )
         if not recipe.inpaint.only_masked:
             image = check_image_tensor(image, recipe.width, recipe.height)
-            return passes.run(self, recipe, image, pixel_mask, hooks)
+            return passes.run(self, recipe, image, pixel_mask, hooks, reference)
         # "Only masked": repaint a crop around the mask at the recipe size, paste it back.
         result = inpaint.only_masked(
-            lambda img, m: passes.run(self, recipe, img, m, hooks), image.float(), pixel_mask,
+            lambda img, m: passes.run(self, recipe, img, m, hooks, reference), image.float(), pixel_mask,
             recipe.inpaint.padding, recipe.width, recipe.height,
         )  # fmt: skip
         return Result(**result)
 
     # ---------------------------------------------------------------- parts
+    def upscaler_path(self, name: str) -> Path:
+        """The file of upscaler model `name`: the options' resolver's answer, else `name` as a path."""
+        resolve = self.options.upscaler_resolver
+        path = Path(resolve(name)) if resolve is not None else Path(name)
+        if not path.is_file():
+            raise AnimaError(
+                f"upscaler model {name!r} not found; give a path or a file in models/upscale_models/",
+                setting="hires_upscaler",
+            )
+        return path
+
+    def upscaler(self, name: str, expected_hash: str = "") -> UpscaleModel:
+        """Upscaler model `name` on this pipeline's device, loaded once; `expected_hash` (a recorded
+        digest) refuses a file that has changed since the recipe was made."""
+        path = self.upscaler_path(name).resolve()
+        if expected_hash and file_digest(path) != expected_hash:
+            raise AnimaError(
+                f"upscaler model {path.name} has changed since the recipe was made (digest differs)",
+                setting="hires_upscaler",
+            )
+        if path not in self._upscalers:
+            self._upscalers[path] = UpscaleModel.load(path).to(self.device)
+        return self._upscalers[path]
+
     def contexts(self, prompts: list[str], cache: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """One DiT context per prompt (on the device, compute dtype); each distinct text encoded once
         per run (`cache` maps texts already encoded in this run to their contexts)."""

@@ -43,6 +43,8 @@ class RunOptions:
     fp16_accumulation: bool = False
     merge_loras: bool = False
     lora_resolver: LoraResolver | None = field(default=None, compare=False)
+    # upscaler model name -> file (None: names are paths); `anima.weights.upscale_models`
+    upscaler_resolver: LoraResolver | None = field(default=None, compare=False)
     hash_cache: Path | None = None
     plan_size: tuple[int, int, int] = (1024, 1024, 1)
 

@@ -21,11 +21,13 @@ from anima.model.latent import denormalize_latent, normalize_latent
 from anima.pipeline.result import Result
 from anima.recipe import Recipe
 from anima.sampling import samplers, schedules
-from anima.sampling.denoiser import make_denoiser
+from anima.sampling.denoiser import StepIndex, make_denoiser
 from anima.sampling.guidance import GuidanceConfig, Guider
 from anima.text.prompt_editing import prompts_per_step
 from anima.workflows import hires, inpaint
 from anima.workflows.nag import NagControl, nag_attention
+from anima.workflows.reference import ReferenceFrame, fit_image, needs_edit_lora_note
+from anima.workflows.regions import RegionalControl, region_masks, regional_attention
 from anima.workflows.resample import resize_images
 from anima.workflows.variations import varied_noise
 
@@ -82,11 +84,33 @@ class StepHooks:
         self.done += steps
 
 
+@dataclass(frozen=True)
+class PassInputs:
+    """What a pass adds to the DiT run besides prompts: region masks [R, H, W] at the recipe size
+    (`anima.workflows.regions`) and the reference frame at the pass size (`anima.workflows.reference`)."""
+
+    region_masks: torch.Tensor | None = None
+    reference: ReferenceFrame | None = None
+
+
 def run(
-    pipe, recipe: Recipe, init_image: torch.Tensor | None, pixel_mask: torch.Tensor | None, hooks: StepHooks
-):
-    """The passes of one image batch -> `Result` (images, latents, recorded recipes, notes)."""
+    pipe, recipe: Recipe, init_image: torch.Tensor | None, pixel_mask: torch.Tensor | None, hooks: StepHooks,
+    reference: torch.Tensor | None = None,
+):  # fmt: skip
+    """The passes of one image batch -> `Result` (images, latents, recorded recipes, notes).
+    `reference`: the reference image [1, H, W, 3] of reference editing (recipe.reference)."""
     notes: list[str] = []
+    masks = region_masks(recipe) if recipe.regions else None
+    if reference is not None and needs_edit_lora_note(recipe.loras):
+        notes.append(needs_edit_lora_note(recipe.loras))  # the CLI prints notes; the server returns them
+        log.info("%s", notes[-1])
+
+    def inputs(width: int, height: int) -> PassInputs:
+        if reference is None:
+            return PassInputs(masks)
+        ref = pipe.encode_image(fit_image(reference, width, height), tiled=recipe.perf.tiled_vae)
+        return PassInputs(masks, ReferenceFrame(normalize_latent(ref).float(), recipe.reference.strength))
+
     h = recipe.hires
     plan = hires.plan_passes(recipe.width, recipe.height, h.scale, max_step=h.max_step, max_side=h.max_side)
     if plan.sizes:
@@ -115,17 +139,21 @@ def run(
     noise = varied_noise(recipe.seed, tuple(latent.shape), v.seed, v.strength)
     lmask = inpaint.latent_mask(pixel_mask, height, width) if pixel_mask is not None else None
     contexts: dict[str, torch.Tensor] = {}  # prompt text -> context, shared by all passes
-    x = sample(pipe, recipe, main, latent, noise, lmask, hooks, contexts, first=True)
+    x = sample(pipe, recipe, main, latent, noise, lmask, hooks, contexts, first=True,
+               extra=inputs(recipe.width, recipe.height))  # fmt: skip
     for w, hh in plan.sizes:
-        if h.upscaler == "lanczos":
+        if h.upscaler == "lanczos" or h.uses_model:
             pixels = pipe.decode_latent(denormalize_latent(x), tiled=tiled)
+            if h.uses_model:  # the model's own factor first, then Lanczos to the pass size
+                pixels = pipe.upscaler(h.upscaler, h.upscaler_hash)(pixels)
             latent = normalize_latent(
                 pipe.encode_image(resize_images(pixels, w, hh, "lanczos"), tiled=tiled)
             ).float()
         else:
             latent = hires.upscale_latent(x, hh // 8, w // 8, h.upscaler)
         noise = varied_noise(recipe.seed, tuple(latent.shape), v.seed, v.strength)
-        x = sample(pipe, recipe, second, latent, noise, None, hooks, contexts, first=False)
+        extra = inputs(w, hh)
+        x = sample(pipe, recipe, second, latent, noise, None, hooks, contexts, first=False, extra=extra)
     images = pipe.decode_latent(denormalize_latent(x), tiled=tiled)
     inpaint.ensure_finite(images, "the decoded image")
     if pixel_mask is not None:
@@ -134,14 +162,22 @@ def run(
 
 
 def sample(
-    pipe, recipe: Recipe, spec: SamplingPass, latent, noise, lmask, hooks: StepHooks, contexts, *, first: bool
-):
+    pipe, recipe: Recipe, spec: SamplingPass, latent, noise, lmask, hooks: StepHooks, contexts, *,
+    first: bool, extra: PassInputs | None = None,
+):  # fmt: skip
     """One sampling pass from `latent` (model space) at `spec`'s steps, denoise and sampler."""
+    extra = extra or PassInputs()
     model_sampling = schedules.FlowModelSampling(shift=recipe.shift)
     sigmas = spec.sigmas(recipe.shift)
     n = len(sigmas) - 1
     pos = pipe.contexts(prompts_per_step(recipe.prompt, n), contexts)
     neg = pipe.contexts(prompts_per_step(recipe.negative_prompt, n), contexts)
+    regional = None
+    if extra.region_masks is not None and (first or recipe.regional.end_step == 0):
+        g = recipe.regional  # each region prompt encoded once (per distinct per-step text)
+        per_region = [pipe.contexts(prompts_per_step(r.prompt, n), contexts) for r in recipe.regions]
+        regional = RegionalControl(extra.region_masks, per_region, base_weight=g.base_weight,
+                                   overlap=g.overlap, active_steps=g.end_step or None)  # fmt: skip
     pipe.after_text_encoding()
     g = recipe.guidance
     guider = Guider(
@@ -151,10 +187,14 @@ def sample(
     zero_init = g.zero_init_steps if first and g.kind == "cfg-zero-star" else 0
     step = FirstBlockCache(threshold=recipe.perf.step_cache) if recipe.perf.step_cache else None
     # Per pass: the cross-attention K/V of each context (exact), and the opt-in step cache.
-    model_x0 = functools.partial(_model_x0, pipe, run=RunCaches(pipe.dit, step_cache=step), nag=nag)
+    model_x0 = functools.partial(
+        _model_x0, pipe, run=RunCaches(pipe.dit, step_cache=step), nag=nag,
+        regional=regional, step_of=StepIndex(sigmas), reference=extra.reference,
+    )  # fmt: skip
+    # NAG and regions act on the cond forward only, so it runs apart from the uncond one.
     denoise = make_denoiser(
-        model_x0, pos=pos, neg=neg, sigmas=sigmas, guider=guider, attention_guidance=nag is not None,
-        zero_init_steps=zero_init,
+        model_x0, pos=pos, neg=neg, sigmas=sigmas, guider=guider,
+        attention_guidance=nag is not None or regional is not None, zero_init_steps=zero_init,
     )  # fmt: skip
     # The sampling state lives with the DiT: on a GPU, no host round trip (and no host-side
     # sampler arithmetic with the GPU idle) per step. Noise is still drawn on the CPU (seeds).
@@ -165,7 +205,11 @@ def sample(
     x = model_sampling.noise_scaling(sigmas[0], noise, latent)
     step_noise = samplers.noise_source_for(spec.sampler, x, sigmas, recipe.seed)
     offset = hooks.done
-    with nag_attention(pipe.dit, nag) if nag is not None else contextlib.nullcontext():
+    with contextlib.ExitStack() as scope:  # NAG wraps the layers first, regions wrap NAG
+        if nag is not None:
+            scope.enter_context(nag_attention(pipe.dit, nag))
+        if regional is not None:
+            scope.enter_context(regional_attention(pipe.dit, regional))
         x = samplers.SAMPLERS[spec.sampler](
             denoise, x, sigmas, noise=step_noise, model_sampling=model_sampling,
             callback=lambda i, _x, x0, _sigma: hooks.step(offset + i, x0),
@@ -174,10 +218,26 @@ def sample(
     return x
 
 
-def _model_x0(pipe, x, sigma, ctx, negative=None, *, run: RunCaches, nag: NagControl | None) -> torch.Tensor:
-    """The DiT as an x0 predictor: x0 = x - sigma * v in fp32, on x's device; `negative`: NAG's
-    negative context for this (cond) forward."""
-    args = (x.to(pipe.device, pipe.dtype), sigma.to(pipe.device, torch.float32), ctx)
-    with nag.guiding(negative) if negative is not None else contextlib.nullcontext():
+def _model_x0(
+    pipe, x, sigma, ctx, negative=None, *, run: RunCaches, nag: NagControl | None,
+    regional: RegionalControl | None = None, step_of: StepIndex | None = None,
+    reference: ReferenceFrame | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """The DiT as an x0 predictor: x0 = x - sigma * v in fp32, on x's device. `negative` marks the
+    cond forward (NAG's negative context); regions act there, the reference frame on every forward."""
+    inp = x.to(pipe.device, pipe.dtype)
+    if reference is not None:
+        inp = reference.extend(inp)
+    args = (inp, sigma.to(pipe.device, torch.float32), ctx)
+    with contextlib.ExitStack() as scope:
+        if negative is not None and nag is not None:
+            scope.enter_context(nag.guiding(negative))
+        if negative is not None and regional is not None and step_of is not None:
+            cfg = pipe.dit.cfg
+            grid = (inp.shape[2] // cfg.patch_temporal, -(-inp.shape[3] // cfg.patch_spatial),
+                    -(-inp.shape[4] // cfg.patch_spatial))  # fmt: skip
+            scope.enter_context(regional.guiding(step_of(sigma), grid, pipe.device))
         v = pipe.dit(*args, **run.kwargs(ctx))
+    if reference is not None:
+        v = ReferenceFrame.frames(v, x.shape[2])
     return x - v.float().to(x.device) * sigma.to(x.device).view(-1, 1, 1, 1, 1)

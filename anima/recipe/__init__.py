@@ -2,6 +2,7 @@
 
 from anima.recipe.codec import FORMAT as RECIPE_FORMAT
 from anima.recipe.core import DEFAULT_NEGATIVE, DTYPES, SETTING_DEFAULTS, SETTINGS, Recipe, changed_settings
+from anima.recipe.regions import Region
 from anima.recipe.settings import (
     HIRES_UPSCALERS,
     INPAINT_AREAS,
@@ -15,6 +16,8 @@ from anima.recipe.settings import (
     Nag,
     Origin,
     Perf,
+    Reference,
+    Regional,
     Sources,
     Variation,
 )
@@ -24,5 +27,6 @@ __all__ = [
     "DEFAULT_NEGATIVE", "DTYPES", "HIRES_UPSCALERS", "INPAINT_AREAS", "MAX_SEED", "MAX_SIZE", "MIN_SIZE",
     "RECIPE_FORMAT", "SETTING_DEFAULTS", "SETTINGS", "SIZE_MULTIPLE", "SIZE_PRESETS", "TILED_VAE_MODES",
     "WEIGHT_FORMATS", "GridAxis", "Guidance", "Hires", "Inpaint", "Nag", "Origin", "Perf", "Recipe",
-    "Sources", "Variation", "changed_settings", "nearest_valid_size", "parse_size",
+    "Reference", "Region", "Regional", "Sources", "Variation", "changed_settings", "nearest_valid_size",
+    "parse_size",
 ]  # fmt: skip

@@ -16,6 +16,7 @@ from typing import Any
 
 from anima.errors import AnimaError
 from anima.recipe.checks import is_int, is_number
+from anima.recipe.regions import Region
 from anima.recipe.settings import GROUPS, GridAxis
 
 FORMAT = "anima-recipe/2"
@@ -39,6 +40,9 @@ def to_dict(recipe) -> dict[str, Any]:
         elif f.name == "grid":
             if value:
                 out["grid"] = [{"name": a.name, "values": list(a.values)} for a in value]
+        elif f.name == "regions":
+            if value:
+                out["regions"] = [r.to_dict() for r in value]
         elif f.name == "extra":
             out["extra"] = dict(value)
         else:
@@ -110,6 +114,8 @@ def _coerce(key: str, value: Any) -> Any:
             return tuple(GridAxis(str(a["name"]), tuple(str(v) for v in a["values"])) for a in value)
         except (KeyError, TypeError):
             raise AnimaError("recipe field 'grid' needs [{name, values}] axes") from None
+    if key == "regions" and isinstance(value, list):
+        return tuple(Region.from_dict(r) for r in value)
     if key in GROUPS and isinstance(value, Mapping):
         return _group(key, value)
     raise AnimaError(f"recipe field {key!r} has the wrong type: {type(value).__name__} ({value!r:.60})")

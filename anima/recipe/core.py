@@ -22,6 +22,7 @@ from typing import Any
 
 from anima.errors import AnimaError
 from anima.recipe import checks, codec
+from anima.recipe.regions import Region, check_regions
 from anima.recipe.settings import (
     GROUPS,
     MAX_SEED,
@@ -32,6 +33,8 @@ from anima.recipe.settings import (
     Nag,
     Origin,
     Perf,
+    Reference,
+    Regional,
     Sources,
     Variation,
     _Group,
@@ -62,6 +65,7 @@ SETTINGS: Mapping[str, tuple[str, str]] = {
     "variation_strength": ("variation", "strength"),
     "hires_scale": ("hires", "scale"),
     "hires_upscaler": ("hires", "upscaler"),
+    "hires_upscaler_hash": ("hires", "upscaler_hash"),
     "hires_steps": ("hires", "steps"),
     "hires_denoise": ("hires", "denoise"),
     "hires_sampler": ("hires", "sampler"),
@@ -84,6 +88,12 @@ SETTINGS: Mapping[str, tuple[str, str]] = {
     "wildcard_negative_prompt": ("origin", "wildcard_negative_prompt"),
     "prompt_matrix": ("origin", "prompt_matrix"),
     "training_step": ("origin", "training_step"),
+    "regions_base_weight": ("regional", "base_weight"),
+    "regions_end_step": ("regional", "end_step"),
+    "regions_overlap": ("regional", "overlap"),
+    "reference_image": ("reference", "image"),
+    "reference_image_hash": ("reference", "image_hash"),
+    "reference_strength": ("reference", "strength"),
 }
 
 
@@ -94,7 +104,8 @@ SETTING_DEFAULTS: Mapping[str, Any] = {name: getattr(GROUPS[g](), k) for name, (
 class Recipe:
     """Everything that determines an image. Hashable, so it can key caches and dedupe jobs.
 
-    `loras` holds (name, strength) pairs; `grid` the axes of a contact sheet's recipe; `extra`
+    `loras` holds (name, strength) pairs; `regions` the regional prompts (`anima.recipe.regions`,
+    their shared settings the `regional` group); `grid` the axes of a contact sheet's recipe; `extra`
     only (key, value) text pairs written by other tools (unknown A1111 fields on import), kept so
     they survive a round trip. Lists and dicts given for them are frozen into tuples.
     """
@@ -123,6 +134,9 @@ class Recipe:
     inpaint: Inpaint = field(default_factory=Inpaint)
     perf: Perf = field(default_factory=Perf)
     origin: Origin = field(default_factory=Origin)
+    regional: Regional = field(default_factory=Regional)
+    reference: Reference = field(default_factory=Reference)
+    regions: tuple[Region, ...] = ()
     grid: tuple[GridAxis, ...] = ()
     extra: tuple[tuple[str, str], ...] = ()
 
@@ -134,6 +148,7 @@ class Recipe:
             object.__setattr__(self, "loras", tuple((n, w) for n, w in loras))
             object.__setattr__(self, "extra", tuple((k, v) for k, v in extra))
             object.__setattr__(self, "grid", tuple(self.grid))
+            object.__setattr__(self, "regions", tuple(self.regions))
         except (TypeError, ValueError):
             raise AnimaError("loras and extra take (name, value) pairs") from None
         for name in ("cfg", "shift", "denoise"):
@@ -278,5 +293,6 @@ def _check_fields(r: Recipe) -> None:
             raise AnimaError(
                 f"recipe {name} must be a {kind.__name__}, got {type(getattr(r, name)).__name__}"
             )
+    check_regions(r.regions, r.regional.overlap)
     if any(not isinstance(a, GridAxis) for a in r.grid) or len(r.grid) > 3:
         raise AnimaError("a recipe's grid is up to three GridAxis values")

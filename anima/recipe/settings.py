@@ -20,6 +20,10 @@ from anima.recipe import checks
 from anima.sampling.names import GUIDANCES
 
 HIRES_UPSCALERS = ("latent-bislerp", "latent-nearest-exact", "latent-bilinear", "lanczos")
+# Besides the built-in names, a hires upscaler may be an upscaler model (ESRGAN, RCAN, SwinIR, DAT,
+# ...): a file in models/upscale_models/ or a path, with one of these suffixes (`workflows.upscale_model`).
+UPSCALER_MODEL_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt")
+REGION_OVERLAPS = ("error", "blend")
 TILED_VAE_MODES = ("auto", "on", "off")
 INPAINT_AREAS = ("whole", "only masked")
 WEIGHT_FORMATS = ("int8", "fp8")
@@ -123,6 +127,7 @@ class Hires(_Group):
 
     scale: float = 1.0
     upscaler: str = "latent-bislerp"
+    upscaler_hash: str = ""  # digest of an upscaler model file, so a re-run refuses a changed file
     steps: int = 0
     denoise: float = 0.5
     sampler: str = ""
@@ -135,7 +140,10 @@ class Hires(_Group):
         for name in ("scale", "denoise", "max_step"):
             self._float(name)
         checks.in_range("hires scale", self.scale, 1.0, 8.0, setting="hires_scale")
-        checks.choice("hires upscaler", self.upscaler, HIRES_UPSCALERS, setting="hires_upscaler")
+        if not is_upscaler_model(self.upscaler):
+            checks.choice("hires upscaler", self.upscaler, HIRES_UPSCALERS, setting="hires_upscaler")
+        checks.one_line("hires upscaler", self.upscaler)
+        checks.one_line("hires upscaler hash", checks.text("hires upscaler hash", self.upscaler_hash))
         checks.int_in_range("hires steps", self.steps, 0, 10_000, setting="hires_steps")
         checks.in_range("hires denoise", self.denoise, 0.0, 1.0, open_low=True, setting="hires_denoise")
         checks.text("hires sampler", self.sampler)  # names: `Recipe.validate`, when the recipe runs
@@ -146,6 +154,59 @@ class Hires(_Group):
     @property
     def on(self) -> bool:
         return self.scale != 1.0
+
+    @property
+    def uses_model(self) -> bool:
+        """Is the upscaler an upscaler model file (not a latent or Lanczos resize)?"""
+        return is_upscaler_model(self.upscaler)
+
+
+def is_upscaler_model(name: str) -> bool:
+    """A file name or path of an upscaler model, by its suffix ("4x-AnimeSharp.pth")."""
+    return isinstance(name, str) and name.lower().endswith(UPSCALER_MODEL_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class Regional(_Group):
+    """Shared settings of the regional prompts (`Recipe.regions`; `anima.workflows.regions`).
+
+    `base_weight`: share of the base prompt in every region's tokens (0: a region's tokens see only
+    their own prompt); `end_step`: main-pass steps with regions (0: all steps and the hires passes;
+    N: steps 1..N, then every token sees the base prompt); `overlap`: what overlapping regions mean
+    (``error``: refuse them; ``blend``: share the overlap in proportion to coverage)."""
+
+    base_weight: float = 0.2
+    end_step: int = 0
+    overlap: str = "error"
+    label = "regional prompts"
+
+    def __post_init__(self) -> None:
+        self._float("base_weight")
+        checks.in_range("regions base weight", self.base_weight, 0.0, 1.0, setting="regions_base_weight")
+        checks.int_in_range("regions end step", self.end_step, 0, 10_000, setting="regions_end_step")
+        checks.choice("regions overlap policy", self.overlap, REGION_OVERLAPS, setting="regions_overlap")
+
+
+@dataclass(frozen=True)
+class Reference(_Group):
+    """Reference editing ("Cosmos reference", with an Edit LoRA): the image (absolute path + digest,
+    as `Sources` records inputs) appended as a clean frame along T; `strength` scales its latent."""
+
+    image: str = ""
+    image_hash: str = ""
+    strength: float = 1.0
+    label = "reference"
+
+    def __post_init__(self) -> None:
+        self._float("strength")
+        for name in ("image", "image_hash"):
+            what = "reference " + name.replace("_", " ")
+            checks.one_line(what, checks.text(what, getattr(self, name)))
+        checks.in_range("reference strength", self.strength, 0.0, 2.0, setting="reference_strength")
+
+    @property
+    def on(self) -> bool:
+        return bool(self.image)
 
 
 @dataclass(frozen=True)
@@ -278,4 +339,6 @@ GROUPS: dict[str, type[_Group]] = {
     "inpaint": Inpaint,
     "perf": Perf,
     "origin": Origin,
+    "regional": Regional,
+    "reference": Reference,
 }

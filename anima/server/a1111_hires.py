@@ -3,9 +3,10 @@
 A1111 clients turn hires fix on with ``enable_hr`` and describe the second pass with ``hr_scale`` or
 ``hr_resize_x/y``, ``hr_upscaler``, ``hr_second_pass_steps``, ``denoising_strength``,
 ``hr_sampler_name`` and ``hr_scheduler``. anima runs the same idea (a latent or Lanczos upscale, then a
-partial-denoise pass; spec'd in `anima.workflows.hires`), so these map onto its settings. What has
-no counterpart (model upscalers such as ESRGAN, a separate hires prompt or CFG, another checkpoint)
-is mapped to the nearest thing anima has or ignored, and always said in a note.
+partial-denoise pass; spec'd in `anima.workflows.hires`), so these map onto its settings. Upscaler
+models (ESRGAN, ...) found in the server's upscale_models/ folder are used by name; what has no
+counterpart (an upscaler the server lacks, a separate hires prompt or CFG, another checkpoint) is
+mapped to the nearest thing anima has or ignored, and always said in a note.
 """
 
 from __future__ import annotations
@@ -36,16 +37,20 @@ def hires_settings(
     height: int,
     samplers: Collection[str],
     schedulers: Collection[str],
+    upscalers: Collection[str] = (),
 ) -> tuple[dict[str, Any], list[str]]:
-    """(flat hires settings, notes) for a txt2img request's extra fields; ({}, []) without enable_hr."""
+    """(flat hires settings, notes) for a txt2img request's extra fields; ({}, []) without enable_hr.
+    `upscalers`: the upscaler model file names the server offers (``hr_upscaler`` may name one, with
+    or without its suffix, as A1111 lists them)."""
 
     if not extra.get("enable_hr"):
         return {}, []
     notes: list[str] = []
     settings: dict[str, Any] = {"hires_scale": _scale(extra, width, height, notes)}
     name = str(extra.get("hr_upscaler") or "Latent")
-    upscaler = _UPSCALERS.get(name.strip().lower(), "lanczos")
-    if name.strip().lower() not in _EXACT:
+    model = next((f for f in upscalers if name.strip() in (f, f.rsplit(".", 1)[0])), None)
+    upscaler = model or _UPSCALERS.get(name.strip().lower(), "lanczos")
+    if model is None and name.strip().lower() not in _EXACT:
         notes.append(f"hr_upscaler {name!r} is not available here: used {upscaler}")
     settings["hires_upscaler"] = upscaler
     # Ranges and types of these are checked by the recipe's `Hires` group when they are applied.

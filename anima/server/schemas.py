@@ -144,6 +144,15 @@ class OptionsUpdateResponse(BaseModel):
 
 
 # --------------------------------------------------------------------- native API
+class RegionIn(BaseModel):
+    """A regional prompt: its prompt and a rectangle x0, y0, x1, y1 in fractions of the image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(..., max_length=MAX_PROMPT_CHARS)
+    rect: tuple[float, float, float, float]
+
+
 class RecipeIn(BaseModel):
     """The settings `anima generate` accepts; omitted ones take the Recipe defaults."""
 
@@ -168,6 +177,7 @@ class RecipeIn(BaseModel):
     grid: list[str] = Field(
         default_factory=list, max_length=3, description="X/Y/Z grid axes as NAME=V1,V2 (a contact sheet)"
     )
+    regions: list[RegionIn] = Field(default_factory=list, max_length=16, description="regional prompts")
 
 
 class InpaintIn(BaseModel):

@@ -32,6 +32,8 @@ from anima.recipe.model_defaults import defaults_for
 from anima.sampling import samplers, schedules
 from anima.server.security import check_plain_name
 from anima.weights.discovery import ModelSet
+from anima.weights.upscale_models import SUFFIXES as UPSCALER_SUFFIXES
+from anima.weights.upscale_models import UPSCALER_FOLDERS
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ class GenerationService(Protocol):
     def select_model(self, name: str) -> str: ...
     def loras(self) -> dict[str, Path]: ...
     def resolve_lora(self, name: str) -> Path: ...
+    def upscalers(self) -> dict[str, Path]: ...
+    def resolve_upscaler(self, name: str) -> Path: ...
     def refresh(self) -> None: ...
     def samplers(self) -> list[str]: ...
     def schedulers(self) -> list[str]: ...
@@ -79,6 +83,7 @@ class PipelineService:
         lora_dirs: Sequence[Path] = (),
         options: RunOptions | None = None,
         rescan: Callable[[], Sequence[ModelSet]] | None = None,
+        upscaler_dirs: Sequence[Path] | None = None,
     ) -> None:
         if not models:
             raise AnimaError("no Anima model found to serve", setting="model")
@@ -86,7 +91,13 @@ class PipelineService:
         self._lora_dirs = tuple(Path(d) for d in lora_dirs)
         self._loras = self._scan_loras()
         # Names only, inside the LoRA folders (never paths): clients cannot point at other files.
-        self._options = dataclasses.replace(options or RunOptions(), lora_resolver=self.resolve_lora)
+        # Upscaler models: the upscale_models/ (and ESRGAN/) folders beside the LoRA folders by default.
+        if upscaler_dirs is None:
+            upscaler_dirs = [Path(d).parent / f for d in self._lora_dirs for f in UPSCALER_FOLDERS]
+        self._upscaler_dirs = tuple(dict.fromkeys(Path(d) for d in upscaler_dirs))
+        self._options = dataclasses.replace(
+            options or RunOptions(), lora_resolver=self.resolve_lora, upscaler_resolver=self.resolve_upscaler
+        )
         self._rescan = rescan
         self._lock = threading.Lock()
         self._selected = next(iter(self._models))
@@ -154,6 +165,28 @@ class PipelineService:
         if name not in loras:
             raise AnimaError(f"LoRA {name!r} not found; known: {', '.join(sorted(loras)) or 'none'}")
         return check_lora(loras[name])
+
+    def upscalers(self) -> dict[str, Path]:
+        """Upscaler model files by file name, inside the upscaler folders only (names, never paths)."""
+        out: dict[str, Path] = {}
+        for root in self._upscaler_dirs:
+            base = root.resolve()
+            for p in sorted(base.rglob("*")) if base.is_dir() else []:
+                real = p.resolve()
+                if p.suffix.lower() in UPSCALER_SUFFIXES and real.is_relative_to(base) and real.is_file():
+                    out.setdefault(p.name, real)
+        return out
+
+    def resolve_upscaler(self, name: str) -> Path:
+        """A file name (or stem, as A1111 lists them) of the upscaler folders."""
+        found = self.upscalers()
+        hit = found.get(name) or next((p for n, p in found.items() if Path(n).stem == name), None)
+        if hit is None:
+            raise AnimaError(
+                f"upscaler model {name!r} not found; known: {', '.join(sorted(found)) or 'none'}",
+                setting="hires_upscaler",
+            )
+        return hit
 
     def refresh(self) -> None:
         found = list(self._rescan()) if self._rescan else []

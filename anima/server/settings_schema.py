@@ -4,8 +4,9 @@ A job request carries its workflow settings as ``settings: {"hires_scale": 1.5, 
 flat names the CLI flags, grid axes and the Python API use (`anima.recipe.SETTINGS`), typed from
 the setting groups' own field types, so the OpenAPI contract cannot drift from the recipe. Range
 checks stay the recipe's (one 400 line naming the setting). Settings a client must not choose are
-left out: source image paths (the server stores uploads itself), the 8-bit weight format and fp16
-accumulation (how the server runs its model), and the record-only origin fields.
+left out: source image paths and file digests (the server stores uploads and hashes files itself),
+the 8-bit weight format and fp16 accumulation (how the server runs its model), and the record-only
+origin fields.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from pydantic import ConfigDict, create_model
 from anima.recipe import SETTINGS
 from anima.recipe.settings import GROUPS
 
-SERVER_ONLY = ("init_image", "init_image_hash", "mask", "mask_hash", "weights", "fp16_accumulation")
+SERVER_ONLY = (
+    "init_image", "init_image_hash", "mask", "mask_hash", "reference_image", "reference_image_hash",
+    "hires_upscaler_hash", "weights", "fp16_accumulation",
+)  # fmt: skip
 RECORD_ONLY = ("wildcard_prompt", "wildcard_negative_prompt", "prompt_matrix", "training_step")
 CLIENT_SETTINGS = tuple(s for s in SETTINGS if s not in SERVER_ONLY + RECORD_ONLY)
 

@@ -13,7 +13,7 @@ from anima.imageio import atomic_write
 from anima.jobs.grid import parse_axis
 from anima.jobs.plan import sheet_plan
 from anima.lora.use import split_prompt_loras
-from anima.recipe import Recipe, nearest_valid_size, parse_size
+from anima.recipe import Recipe, Region, nearest_valid_size, parse_size
 from anima.server import a1111, images
 from anima.server.a1111_hires import hires_settings
 from anima.server.jobs import JobSpec, JobStore, QueuedJob, new_job_id
@@ -49,6 +49,7 @@ class Submitter:
             recipe.height,
             self.service.samplers(),
             self.service.schedulers(),
+            tuple(self.service.upscalers()),
         )
         if hires:
             recipe = recipe.with_(**hires)
@@ -90,7 +91,8 @@ class Submitter:
     # ----------------------------------------------------------------- native
     def prepare_native(self, req: JobCreate) -> Prepared:
         r = req.recipe
-        fields = r.model_dump(exclude_none=True, exclude={"size", "loras", "settings", "grid"})
+        fields = r.model_dump(exclude_none=True, exclude={"size", "loras", "settings", "grid", "regions"})
+        regions = tuple(Region(x.prompt, rect=tuple(x.rect)) for x in r.regions)
         if r.size is not None:
             if r.width is not None or r.height is not None:
                 raise AnimaError("give either size or width/height, not both")
@@ -101,7 +103,9 @@ class Submitter:
             fields["model"] = self.service.check_model(fields["model"])
         settings = r.settings.model_dump(exclude_none=True) if r.settings is not None else {}
         axes = tuple(parse_axis(a) for a in r.grid)
-        recipe = Recipe.make(fields.pop("prompt"), **fields, **settings, loras=tuple(r.loras), grid=axes)
+        recipe = Recipe.make(
+            fields.pop("prompt"), **fields, **settings, loras=tuple(r.loras), grid=axes, regions=regions
+        )
         recipe.validate(self.service.samplers(), self.service.schedulers())
         self._check(recipe, req.n_iter)
         if axes:
