@@ -7,6 +7,7 @@ from anima.recipe.settings import (
     HIRES_UPSCALERS,
     INPAINT_AREAS,
     MAX_SEED,
+    REGION_OVERLAPS,
     TILED_VAE_MODES,
     WEIGHT_FORMATS,
     GridAxis,
@@ -25,8 +26,8 @@ from anima.recipe.sizes import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, SIZE_PRESETS, 
 
 __all__ = [
     "DEFAULT_NEGATIVE", "DTYPES", "HIRES_UPSCALERS", "INPAINT_AREAS", "MAX_SEED", "MAX_SIZE", "MIN_SIZE",
-    "RECIPE_FORMAT", "SETTING_DEFAULTS", "SETTINGS", "SIZE_MULTIPLE", "SIZE_PRESETS", "TILED_VAE_MODES",
-    "WEIGHT_FORMATS", "GridAxis", "Guidance", "Hires", "Inpaint", "Nag", "Origin", "Perf", "Recipe",
-    "Reference", "Region", "Regional", "Sources", "Variation", "changed_settings", "nearest_valid_size",
-    "parse_size",
+    "RECIPE_FORMAT", "REGION_OVERLAPS", "SETTING_DEFAULTS", "SETTINGS", "SIZE_MULTIPLE", "SIZE_PRESETS",
+    "TILED_VAE_MODES", "WEIGHT_FORMATS", "GridAxis", "Guidance", "Hires", "Inpaint", "Nag", "Origin",
+    "Perf", "Recipe", "Reference", "Region", "Regional", "Sources", "Variation", "changed_settings",
+    "nearest_valid_size", "parse_size",
 ]  # fmt: skip

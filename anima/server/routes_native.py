@@ -20,6 +20,7 @@ from anima.prompt_tools.presets import quality_preset
 from anima.recipe import (
     HIRES_UPSCALERS,
     INPAINT_AREAS,
+    REGION_OVERLAPS,
     SETTING_DEFAULTS,
     SIZE_PRESETS,
     TILED_VAE_MODES,
@@ -176,6 +177,7 @@ def info(c: Ctx) -> ServerInfo:
             guidances=list(GUIDANCES), hires_upscalers=list(HIRES_UPSCALERS),
             tiled_vae_modes=list(TILED_VAE_MODES),
             inpaint_areas=list(INPAINT_AREAS), grid_axes=sorted([*AXES, *SEARCH_REPLACE]),
+            region_overlaps=list(REGION_OVERLAPS),
             quality_presets=[dataclasses.asdict(quality_preset("default"))],
             presets={"turbo": dict(TURBO_DEFAULTS)},
         ),

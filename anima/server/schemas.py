@@ -194,6 +194,9 @@ class JobCreate(BaseModel):
     recipe: RecipeIn
     n_iter: int = Field(1, ge=1, le=100, description="run the recipe this many times (seed + i)")
     init_image: str | None = Field(None, description="base64 image: img2img at recipe.denoise")
+    reference_image: str | None = Field(
+        None, description="base64 image: reference editing (with an Edit LoRA), settings.reference_strength"
+    )
     inpaint: InpaintIn | None = None
     output_name: str | None = Field(
         None, max_length=128, description="subfolder of the outputs folder (plain names only)"
@@ -241,6 +244,7 @@ class Choices(BaseModel):
     tiled_vae_modes: list[str]
     inpaint_areas: list[str]
     grid_axes: list[str]
+    region_overlaps: list[str] = Field(default_factory=list)
     quality_presets: list[dict[str, str]] = Field(description="name, positive_prefix, negative")
     presets: dict[str, dict[str, Any]] = Field(description="name -> recipe fields and settings (turbo)")
 

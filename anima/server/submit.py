@@ -19,6 +19,7 @@ from anima.server.a1111_hires import hires_settings
 from anima.server.jobs import JobSpec, JobStore, QueuedJob, new_job_id
 from anima.server.schemas import Img2ImgRequest, JobCreate, Txt2ImgRequest
 from anima.server.security import Limits, resolve_inside
+from anima.workflows.init_image import file_digest
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Prepared:
     notes: list[str]
     init: object | None = None  # PIL image at the recipe size
     mask: object | None = None  # PIL 'L' image at the recipe size
+    reference: object | None = None  # PIL RGB image (reference editing), as given
 
 
 class Submitter:
@@ -127,11 +129,15 @@ class Submitter:
                 recipe = recipe.with_(mask_blur=req.inpaint.blur)
         elif recipe.denoise < 1.0:
             raise AnimaError("denoise below 1 needs init_image (img2img)")
+        reference = None
+        if req.reference_image is not None:
+            ref = images.decode_image(req.reference_image, "reference_image", self.limits)
+            reference = images.to_rgb(ref)
         spec = JobSpec(
             recipe, req.n_iter, init_image="" if init else None, mask="" if mask else None,
             output_name=req.output_name,
         )  # fmt: skip
-        return Prepared(spec, [], init, mask)
+        return Prepared(spec, [], init, mask, reference)
 
     # ----------------------------------------------------------------- common
     def _check(self, recipe: Recipe, n_iter: int) -> None:
@@ -153,6 +159,11 @@ class Submitter:
             spec = _replace(spec, init_image=self._save_input(job_id, "init", prepared.init))
         if prepared.mask is not None:
             spec = _replace(spec, mask=self._save_input(job_id, "mask", prepared.mask))
+        if prepared.reference is not None:
+            # The pipeline reads a reference by path and digest, as the recipe records it.
+            path = self.inputs_dir / self._save_input(job_id, "reference", prepared.reference)
+            ref = {"reference_image": str(path.resolve()), "reference_image_hash": file_digest(path)}
+            spec = _replace(spec, recipe=spec.recipe.with_(**ref))
         job = self.store.add(spec, prepared.notes, job_id=job_id)
         self._wake()
         return job

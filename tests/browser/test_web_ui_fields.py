@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from anima.imageio import read_recipe, recipe_from_text, save_png
 from anima.interop import a1111
 from anima.recipe import changed_settings
 from anima.server.schemas import JobCreate
+from anima.workflows.init_image import file_digest
 
 pytestmark = pytest.mark.slow
 
@@ -60,6 +62,18 @@ GROUPS = {
         (AXIS.format(1, "select"), "cfg"), (AXIS.format(1, "input"), "3,4"),
         (AXIS.format(2, "select"), "sampler"), (AXIS.format(2, "input"), "euler,heun"),
     ], {"grid": ["cfg=3,4", "sampler=euler,heun"]}),
+    "regions": ("txt2img", [
+        ("#region-columns", "click"), ("#region-list .region:nth-child(1) .region-prompt", "red hair"),
+        ("#region-list .region:nth-child(2) .region-prompt", "blue hair"),
+        ("#region-list .region:nth-child(2) .region-y1", "0.75"),
+        ("#regions-base-weight", "0.3"), ("#regions-end-step", "4"), ("#regions-overlap", "blend"),
+    ], {
+        "regions": [{"prompt": "red hair", "rect": [0.0, 0.0, 0.5, 1.0]},
+                    {"prompt": "blue hair", "rect": [0.5, 0.0, 1.0, 0.75]}],
+        "regions_base_weight": 0.3, "regions_end_step": 4, "regions_overlap": "blend",
+    }),
+    "reference": ("txt2img", [("#reference-file", "FILE"), ("#reference-strength", "0.6")],
+                  {"reference_strength": 0.6}),
     "speed": ("txt2img", [("#tiled-vae", "on"), ("#step-cache", "0.1")],
               {"tiled_vae": "on", "step_cache": 0.1}),
     "img2img": ("img2img", [("#denoise", "0.45")], {"denoise": 0.45}),
@@ -89,6 +103,13 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def reference_png(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("reference") / "reference.png"
+    Image.new("RGB", (64, 48), (200, 40, 90)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -96,8 +117,12 @@ def browser():
         b.close()
 
 
-def _set(pg, selector: str, value) -> None:
+def _set(pg, selector: str, value, file: Path | None = None) -> None:
     el = pg.locator(selector)
+    if value == "FILE":
+        el.set_input_files(str(file))
+        pg.wait_for_function("!document.querySelector('#reference-preview').hidden")
+        return
     if value is True:
         el.check()
     elif value == "click":
@@ -110,7 +135,7 @@ def _set(pg, selector: str, value) -> None:
 
 
 def _recipe(server, payload: dict):
-    """What the server makes of the page's payload (an init image and mask added for img2img)."""
+    """What the server queues for the page's payload (an init image and mask added for img2img)."""
     body = dict(payload)
     if "denoise" in body["recipe"]:
         body["init_image"] = _data_url(Image.new("RGB", (64, 64), (90, 120, 200)))
@@ -118,12 +143,13 @@ def _recipe(server, payload: dict):
         body["inpaint"] = {"mask": _data_url(Image.new("L", (64, 64), 255)), "blur": payload["_blur"]}
     body.pop("_mode", None)
     body.pop("_blur", None)
-    spec = server.ctx.submitter.prepare_native(JobCreate.model_validate(body)).spec
+    submitter = server.ctx.submitter  # the app runs no worker: the job only waits in the queue
+    spec = submitter.submit(submitter.prepare_native(JobCreate.model_validate(body))).spec
     return spec.recipe, spec.n_iter
 
 
 @pytest.mark.parametrize("group", list(GROUPS))
-def test_field_group_round_trips(group, browser, server, tmp_path):
+def test_field_group_round_trips(group, browser, server, reference_png, tmp_path):
     tab, actions, expected = GROUPS[group]
     pg = browser.new_page()
     errors: list[str] = []
@@ -135,7 +161,7 @@ def test_field_group_round_trips(group, browser, server, tmp_path):
     pg.fill("#prompt", "round trip")
     _set(pg, "#seed", "5")  # a fixed seed: the server would draw one otherwise
     for selector, value in actions:
-        _set(pg, selector, value)
+        _set(pg, selector, value, reference_png)
     payload = pg.evaluate("window.anima.payload()")
     payload["_mode"], payload["_blur"] = tab, int(pg.input_value("#mask-blur"))
 
@@ -143,6 +169,9 @@ def test_field_group_round_trips(group, browser, server, tmp_path):
     assert n_iter == payload["n_iter"]
     settings = changed_settings(recipe)
     held = {**recipe.to_dict(), **settings, "grid": [a.spec() for a in recipe.grid]}
+    if "reference_image" in payload:  # stored by the server, recorded by path and digest
+        assert recipe.reference.image_hash == file_digest(Path(recipe.reference.image))
+        assert Image.open(recipe.reference.image).size == (64, 48)
     assert {k: held[k] for k in expected} == expected
 
     # Through the PNG: the anima JSON chunk gives the same recipe; the infotext the same settings.
@@ -161,7 +190,11 @@ def test_field_group_round_trips(group, browser, server, tmp_path):
     )
     payload2 = pg.evaluate("window.anima.payload()")
     payload2["_mode"], payload2["_blur"] = tab, int(pg.input_value("#mask-blur"))
-    # The batch count belongs to the job (checked above), not to the recipe a PNG records.
+    # The batch count belongs to the job (checked above), not to the recipe a PNG records; a
+    # reference image is recorded as the server's file, which the form cannot show again.
+    if "reference_image" in payload:
+        payload.pop("reference_image")
+        assert payload["recipe"]["settings"].pop("reference_strength") == 0.6
     assert {**payload2, "n_iter": payload["n_iter"]} == payload
     pg.close()
     assert not errors, errors

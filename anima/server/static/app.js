@@ -9,6 +9,7 @@ import { setupPngInfo } from "./js/pnginfo.js";
 import { describePromptHelp, setupPromptHelp } from "./js/prompt_help.js";
 import { listen, loadActiveJobs, setupQueue, upsertJob } from "./js/queue.js";
 import { planSoon, setupPlan } from "./js/plan.js";
+import { setupRegions } from "./js/regions.js";
 
 async function init() {
   const info = await api("/api/info");
@@ -79,6 +80,13 @@ async function generate() {
   try { await submit(); } catch (e) { showError(e.message); }
 }
 
+function setReference(dataURL) {
+  state.reference = dataURL;
+  $("#reference-preview").hidden = dataURL === null;
+  if (dataURL !== null) $("#reference-preview").src = dataURL;
+  $("#reference-badge").hidden = dataURL === null;
+}
+
 function renderLoras() {
   const ul = $("#lora-list");
   ul.innerHTML = "";
@@ -106,6 +114,14 @@ document.addEventListener("DOMContentLoaded", () => {
     reader.onload = () => loadInitImage(reader.result).catch((err) => showError(err.message));
     reader.readAsDataURL(file);
   });
+  $("#reference-file").addEventListener("change", (e) => {
+    const file = e.target.files[0];
+    if (!file) return;
+    const reader = new FileReader();
+    reader.onload = () => setReference(reader.result);
+    reader.readAsDataURL(file);
+  });
+  $("#reference-clear").addEventListener("click", () => { $("#reference-file").value = ""; setReference(null); });
   $("#denoise").addEventListener("input", () => { $("#denoise-value").textContent = $("#denoise").value; });
   $("#seed-random").addEventListener("click", () => { $("#seed").value = Math.floor(Math.random() * 2 ** 32); });
   $("#seed-reuse").addEventListener("click", () => {
@@ -126,6 +142,7 @@ document.addEventListener("DOMContentLoaded", () => {
   setupGallery(setMode, renderLoras);
   setupPngInfo(setMode, submit);
   setupPlan();
+  setupRegions();
   setMode("txt2img");
   // Test hooks and console aids: what the page would send now; fill the form from a recipe.
   window.anima = { payload: payloadFromForm, fill: (recipe, settings) => { fillForm(recipe, settings); renderLoras(); } };

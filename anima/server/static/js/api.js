@@ -5,7 +5,10 @@ export const $ = (sel) => document.querySelector(sel);
 export const $$ = (sel) => [...document.querySelectorAll(sel)];
 
 // info: /api/info; ready: info loaded (Generate stays disabled before, so nothing is sent half-set).
-export const state = { mode: "txt2img", info: null, ready: false, loras: [], lastSeed: null, jobs: new Map(), initLoaded: false };
+export const state = {
+  mode: "txt2img", info: null, ready: false, loras: [], lastSeed: null, jobs: new Map(), initLoaded: false,
+  reference: null,  // data URL of the reference image (reference editing), or null
+};
 
 export async function api(path, options = {}) {
   const res = await fetch(path, { headers: { "Content-Type": "application/json" }, ...options });

@@ -4,6 +4,7 @@
 "use strict";
 
 import { $, $$, option, state } from "./api.js";
+import { fillRegions, regionsFromForm } from "./regions.js";
 
 const CORE = {
   negative_prompt: "#negative", width: "#width", height: "#height", steps: "#steps", cfg: "#cfg",
@@ -46,6 +47,7 @@ function groupActive(el) {
   const group = el.dataset.group;
   if (group === "hires") return $("#hires-on").checked;
   if (group === "inpaint") return state.mode === "inpaint";
+  if (group === "reference") return state.reference !== null;
   return true;
 }
 
@@ -74,9 +76,12 @@ export function payloadFromForm() {
   recipe.loras = state.loras.map((l) => [l.name, l.strength]);
   recipe.settings = settingsFromForm();
   recipe.grid = gridFromForm();
+  recipe.regions = regionsFromForm();
   if ($("#seed").value !== "") recipe.seed = Number($("#seed").value);
   if (state.mode === "img2img" || state.mode === "inpaint") recipe.denoise = Number($("#denoise").value);
-  return { recipe, n_iter: Number($("#n-iter").value) };
+  const body = { recipe, n_iter: Number($("#n-iter").value) };
+  if (state.reference !== null) body.reference_image = state.reference;
+  return body;
 }
 
 /** Fill the form from a recipe (anima-recipe JSON) and its flat settings (those not default). */
@@ -93,6 +98,7 @@ export function fillForm(recipe, settings = {}) {
   const all = { ...state.info.setting_defaults, ...settings };
   for (const el of $$("[data-setting]")) writeSetting(el, all[el.dataset.setting]);
   $("#hires-on").checked = Number(all.hires_scale) !== 1;
+  fillRegions(recipe.regions);
   const axes = recipe.grid || [];
   $$("#grid-axes .grid-axis").forEach((row, i) => {
     row.querySelector("select").value = axes[i]?.name ?? "";
