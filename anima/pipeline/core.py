@@ -10,7 +10,7 @@ The passes of one image batch (main pass, hires passes, decode, inpaint composit
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ from anima.errors import AnimaError
 from anima.lora.use import applied_loras, split_prompt_loras
 from anima.model.vae import image_to_vae_input, vae_output_to_image
 from anima.pipeline import passes, placement
+from anima.pipeline.controls import applied_controls, recorded_controls
 from anima.pipeline.options import RunOptions
 from anima.pipeline.result import Result
 from anima.recipe import SETTINGS, Recipe
@@ -31,6 +32,7 @@ from anima.weights import loading
 from anima.weights.discovery import ModelSet
 from anima.weights.hashes import model_hash
 from anima.workflows import inpaint
+from anima.workflows.control_sources import ControlImage
 from anima.workflows.init_image import check_image_tensor
 from anima.workflows.tiled_vae import encode_tiled, free_memory, should_tile
 
@@ -224,23 +226,29 @@ class Pipeline:
         mask: torch.Tensor | None = None,
         progress: Progress | None = None,
         preview: Preview | None = None,
+        controls: Sequence[ControlImage] | None = None,
     ) -> Result:
         """Run one recipe.
 
         `init_image` ([1,H,W,3] in [0,1]) makes it img2img at recipe.denoise; `mask` ([1,H,W] in
         [0,1], white = repaint, the init image's size) makes it inpainting. `progress(step, total)`
         counts the steps of all passes; `preview(step, total, x0)` sees each step's denoised latent
-        (normalized), for live previews.
+        (normalized), for live previews. `controls` (one `ControlImage` per recipe control unit)
+        replace the control images the units name (which are loaded from their paths otherwise).
         """
         if not isinstance(recipe, Recipe):
             raise AnimaError(f"generate takes a Recipe, got {type(recipe).__name__}")
         recipe.validate()  # samplers and schedulers anima runs (every other value was checked when made)
         self.ensure_text_encoder()  # a memory plan may have released it; LoRAs may target it
         recipe = self.record(split_prompt_loras(recipe))  # <lora:name:w> prompt tags -> recipe.loras
-        with applied_loras(
-            self, recipe.loras, resolve=self.options.lora_resolver, merge=self.options.merge_loras
+        opts = self.options
+        with (
+            applied_loras(self, recipe.loras, resolve=opts.lora_resolver, merge=opts.merge_loras),
+            applied_controls(self, recipe, controls) as (control, notes),
         ):
-            return self._generate(recipe, init_image, mask, passes.StepHooks(progress, preview))
+            result = self._generate(recipe, init_image, mask, passes.StepHooks(progress, preview), control)
+        result.notes[:0] = notes
+        return result
 
     def record(self, recipe: Recipe) -> Recipe:
         """The recipe as this pipeline runs it: its model, hash, dtype and 8-bit weights stamped in.
@@ -254,17 +262,20 @@ class Pipeline:
         perf = recipe.perf.with_(
             weights=self.options.weights, fp16_accumulation=self.options.fp16_accumulation
         )
-        if all(getattr(recipe, k) == v for k, v in stamp.items()) and perf == recipe.perf:
+        controls = recorded_controls(recipe.controls, self.options.control_resolver)
+        if all(getattr(recipe, k) == v for k, v in stamp.items()) and (perf, controls) == (
+            recipe.perf, recipe.controls
+        ):
             return recipe
-        return recipe.with_(**stamp, perf=perf)
+        return recipe.with_(**stamp, perf=perf, controls=controls)
 
-    def _generate(self, recipe: Recipe, init_image, mask, hooks: passes.StepHooks) -> Result:
+    def _generate(self, recipe: Recipe, init_image, mask, hooks: passes.StepHooks, control=None) -> Result:
         if recipe.denoise < 1.0 and init_image is None:
             raise AnimaError("denoise < 1 needs an init image (img2img)")
         if mask is None:
             if init_image is not None:
                 init_image = check_image_tensor(init_image, recipe.width, recipe.height)
-            return passes.run(self, recipe, init_image, None, hooks)
+            return passes.run(self, recipe, init_image, None, hooks, control)
         if init_image is None:
             raise AnimaError("a mask needs an init image to repaint")
         if recipe.hires.on:
@@ -277,7 +288,10 @@ class Pipeline:
         )
         if not recipe.inpaint.only_masked:
             image = check_image_tensor(image, recipe.width, recipe.height)
-            return passes.run(self, recipe, image, pixel_mask, hooks)
+            return passes.run(self, recipe, image, pixel_mask, hooks, control)
+        if control is not None:
+            raise AnimaError("control patches apply to the whole image; use whole-image inpainting with them",
+                             setting="inpaint_area")  # fmt: skip
         # "Only masked": repaint a crop around the mask at the recipe size, paste it back.
         result = inpaint.only_masked(
             lambda img, m: passes.run(self, recipe, img, m, hooks), image.float(), pixel_mask,

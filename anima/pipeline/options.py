@@ -23,6 +23,7 @@ from anima.runtime.memory import parse_budget
 from anima.runtime.precision import parse_dtype
 
 LoraResolver = Callable[[str], Path]
+ControlResolver = Callable[[str], Path]  # control patch name -> file (anima.pipeline.controls)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class RunOptions:
     fp16_accumulation: bool = False
     merge_loras: bool = False
     lora_resolver: LoraResolver | None = field(default=None, compare=False)
+    control_resolver: ControlResolver | None = field(default=None, compare=False)
     hash_cache: Path | None = None
     plan_size: tuple[int, int, int] = (1024, 1024, 1)
 

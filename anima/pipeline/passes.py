@@ -25,6 +25,7 @@ from anima.sampling.denoiser import make_denoiser
 from anima.sampling.guidance import GuidanceConfig, Guider
 from anima.text.prompt_editing import prompts_per_step
 from anima.workflows import hires, inpaint
+from anima.workflows.control import ControlRun
 from anima.workflows.nag import NagControl, nag_attention
 from anima.workflows.resample import resize_images
 from anima.workflows.variations import varied_noise
@@ -83,9 +84,11 @@ class StepHooks:
 
 
 def run(
-    pipe, recipe: Recipe, init_image: torch.Tensor | None, pixel_mask: torch.Tensor | None, hooks: StepHooks
+    pipe, recipe: Recipe, init_image: torch.Tensor | None, pixel_mask: torch.Tensor | None, hooks: StepHooks,
+    control: ControlRun | None = None,
 ):
-    """The passes of one image batch -> `Result` (images, latents, recorded recipes, notes)."""
+    """The passes of one image batch -> `Result` (images, latents, recorded recipes, notes).
+    `control`: the installed control patches (`anima.pipeline.controls`), applied in every pass."""
     notes: list[str] = []
     h = recipe.hires
     plan = hires.plan_passes(recipe.width, recipe.height, h.scale, max_step=h.max_step, max_side=h.max_side)
@@ -115,7 +118,7 @@ def run(
     noise = varied_noise(recipe.seed, tuple(latent.shape), v.seed, v.strength)
     lmask = inpaint.latent_mask(pixel_mask, height, width) if pixel_mask is not None else None
     contexts: dict[str, torch.Tensor] = {}  # prompt text -> context, shared by all passes
-    x = sample(pipe, recipe, main, latent, noise, lmask, hooks, contexts, first=True)
+    x = sample(pipe, recipe, main, latent, noise, lmask, hooks, contexts, first=True, control=control)
     for w, hh in plan.sizes:
         if h.upscaler == "lanczos":
             pixels = pipe.decode_latent(denormalize_latent(x), tiled=tiled)
@@ -125,7 +128,7 @@ def run(
         else:
             latent = hires.upscale_latent(x, hh // 8, w // 8, h.upscaler)
         noise = varied_noise(recipe.seed, tuple(latent.shape), v.seed, v.strength)
-        x = sample(pipe, recipe, second, latent, noise, None, hooks, contexts, first=False)
+        x = sample(pipe, recipe, second, latent, noise, None, hooks, contexts, first=False, control=control)
     images = pipe.decode_latent(denormalize_latent(x), tiled=tiled)
     inpaint.ensure_finite(images, "the decoded image")
     if pixel_mask is not None:
@@ -134,7 +137,8 @@ def run(
 
 
 def sample(
-    pipe, recipe: Recipe, spec: SamplingPass, latent, noise, lmask, hooks: StepHooks, contexts, *, first: bool
+    pipe, recipe: Recipe, spec: SamplingPass, latent, noise, lmask, hooks: StepHooks, contexts, *,
+    first: bool, control: ControlRun | None = None,
 ):
     """One sampling pass from `latent` (model space) at `spec`'s steps, denoise and sampler."""
     model_sampling = schedules.FlowModelSampling(shift=recipe.shift)
@@ -151,7 +155,9 @@ def sample(
     zero_init = g.zero_init_steps if first and g.kind == "cfg-zero-star" else 0
     step = FirstBlockCache(threshold=recipe.perf.step_cache) if recipe.perf.step_cache else None
     # Per pass: the cross-attention K/V of each context (exact), and the opt-in step cache.
-    model_x0 = functools.partial(_model_x0, pipe, run=RunCaches(pipe.dit, step_cache=step), nag=nag)
+    model_x0 = functools.partial(
+        _model_x0, pipe, run=RunCaches(pipe.dit, step_cache=step), nag=nag, control=control
+    )
     denoise = make_denoiser(
         model_x0, pos=pos, neg=neg, sigmas=sigmas, guider=guider, attention_guidance=nag is not None,
         zero_init_steps=zero_init,
@@ -174,10 +180,15 @@ def sample(
     return x
 
 
-def _model_x0(pipe, x, sigma, ctx, negative=None, *, run: RunCaches, nag: NagControl | None) -> torch.Tensor:
+def _model_x0(
+    pipe, x, sigma, ctx, negative=None, *, run: RunCaches, nag: NagControl | None, control: ControlRun | None
+) -> torch.Tensor:
     """The DiT as an x0 predictor: x0 = x - sigma * v in fp32, on x's device; `negative`: NAG's
-    negative context for this (cond) forward."""
+    negative context for this (cond) forward; `control`: patches checked against this call's sigma."""
     args = (x.to(pipe.device, pipe.dtype), sigma.to(pipe.device, torch.float32), ctx)
-    with nag.guiding(negative) if negative is not None else contextlib.nullcontext():
+    with (
+        nag.guiding(negative) if negative is not None else contextlib.nullcontext(),
+        control.calling(args[0], args[1]) if control else contextlib.nullcontext(),
+    ):
         v = pipe.dit(*args, **run.kwargs(ctx))
     return x - v.float().to(x.device) * sigma.to(x.device).view(-1, 1, 1, 1, 1)

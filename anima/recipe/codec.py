@@ -16,6 +16,7 @@ from typing import Any
 
 from anima.errors import AnimaError
 from anima.recipe.checks import is_int, is_number
+from anima.recipe.control import ControlUnit
 from anima.recipe.settings import GROUPS, GridAxis
 
 FORMAT = "anima-recipe/2"
@@ -41,6 +42,9 @@ def to_dict(recipe) -> dict[str, Any]:
                 out["grid"] = [{"name": a.name, "values": list(a.values)} for a in value]
         elif f.name == "extra":
             out["extra"] = dict(value)
+        elif f.name == "controls":
+            if value:
+                out["controls"] = [unit.changes() for unit in value]
         else:
             out[f.name] = value
     return out
@@ -110,6 +114,11 @@ def _coerce(key: str, value: Any) -> Any:
             return tuple(GridAxis(str(a["name"]), tuple(str(v) for v in a["values"])) for a in value)
         except (KeyError, TypeError):
             raise AnimaError("recipe field 'grid' needs [{name, values}] axes") from None
+    if key == "controls" and isinstance(value, list):
+        try:
+            return tuple(ControlUnit.from_dict(unit) for unit in value)
+        except AnimaError as exc:
+            raise AnimaError(f"recipe controls: {exc}", setting=exc.setting) from None
     if key in GROUPS and isinstance(value, Mapping):
         return _group(key, value)
     raise AnimaError(f"recipe field {key!r} has the wrong type: {type(value).__name__} ({value!r:.60})")
