@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # settings whose flag is not simply "--" + the name with dashes
-_FLAGS = {"inpaint_area": "--only-masked", "guidance_kind": "--guidance"}
+_FLAGS = {"inpaint_area": "--only-masked", "guidance_kind": "--guidance", "control_image": "--control"}
 
 
 def cli_message(error: AnimaError) -> str:

@@ -34,6 +34,7 @@ def run_options(
     weights: str | None,
     fp16_accumulation: bool,
     lora_resolver: Callable[[str], Path] | None = None,
+    control_resolver: Callable[[str], Path] | None = None,
     hash_cache: Path | None = None,
     plan_size: tuple[int, int, int] = (1024, 1024, 1),
 ):
@@ -47,5 +48,5 @@ def run_options(
         vram_budget=parse_budget(getattr(args, "vram_budget", None)),
         attention=getattr(args, "attention", None) or "auto", compile=bool(getattr(args, "compile", False)),
         merge_loras=bool(getattr(args, "merge_loras", False)), lora_resolver=lora_resolver,
-        hash_cache=hash_cache, plan_size=plan_size,
+        control_resolver=control_resolver, hash_cache=hash_cache, plan_size=plan_size,
     )  # fmt: skip

@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from anima.errors import AnimaError
+from anima.interop.a1111_control import control_pairs, controls_from_pairs
 from anima.recipe import SETTINGS, GridAxis, Recipe
 from anima.recipe.settings import GROUPS
 
@@ -207,6 +208,7 @@ def infotext(recipe: Recipe, *, batch_pos: int | None = None) -> str:
     if recipe.loras:
         pairs.append(("Loras", ", ".join(f"{n}:{number(w)}" for n, w in recipe.loras)))
     pairs.extend(setting_pairs(recipe))
+    pairs.extend(control_pairs(recipe.controls))
     pairs.extend(recipe.extra)
     lines = [recipe.prompt]
     if recipe.negative_prompt:
@@ -356,7 +358,9 @@ def recipe_from_infotext(params: Mapping[str, str]) -> Recipe:
             fields["loras"] = tuple(_parse_lora(item) for item in value.split(", ") if item.strip())
         else:
             rest[key] = value
+    controls, rest = controls_from_pairs(rest)
     settings, unknown = settings_from_pairs(rest)
+    fields["controls"] = controls
     return Recipe.make(params.get("prompt", ""), **fields, **settings, extra=tuple(unknown))
 
 
