@@ -112,17 +112,9 @@ def control_resolver(args: argparse.Namespace) -> Callable[[str], Path]:
 
 def dit_config_of(files) -> Any:
     """The DiT config from the model set's header (None for a diffusers folder: checked at load)."""
-    from anima.model.config import DiTConfig
-    from anima.weights import file_kinds
-    from anima.weights.header import read_header
+    from anima.weights.lllite import dit_config_of as from_file
 
-    if files is None or files.diffusers is not None:
-        return None
-    shapes = read_header(files.dit).shapes
-    p = file_kinds.detect(shapes).prefix
-    adapter = f"{p}llm_adapter."
-    return DiTConfig.from_shapes({k[len(p):]: v for k, v in shapes.items()
-                                  if k.startswith(p) and not k.startswith(adapter)})  # fmt: skip
+    return None if files is None or files.diffusers is not None else from_file(files.dit)
 
 
 def check_controls(units: Sequence, resolve: Callable[[str], Path], files) -> list[str]:

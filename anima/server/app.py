@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from anima.errors import AnimaError
-from anima.server import routes_a1111, routes_native
+from anima.server import routes_a1111, routes_controlnet, routes_native
 from anima.server.events import EventHub
 from anima.server.jobs import JobStore
 from anima.server.security import ApiKeyMiddleware, BodyLimitMiddleware, Limits
@@ -107,6 +107,7 @@ def create_app(
 
     app.include_router(routes_a1111.router)
     app.include_router(routes_native.router)
+    app.include_router(routes_controlnet.router)
     routes_native.mount_ui(app, STATIC_DIR)
 
     # add_middleware wraps: the last added runs first. Auth inside CORS (preflights carry no key).

@@ -54,6 +54,15 @@ def patch_config(path: str | Path, dit: DiTConfig | None = None) -> LLLiteConfig
     return cfg
 
 
+def dit_config_of(path: str | Path) -> DiTConfig:
+    """The config of the DiT in an Anima DiT file, from its header (to check patches before loading)."""
+    shapes = read_header(path).shapes
+    p = file_kinds.detect(shapes).prefix
+    adapter = f"{p}llm_adapter."
+    return DiTConfig.from_shapes({k[len(p):]: v for k, v in shapes.items()
+                                  if k.startswith(p) and not k.startswith(adapter)})  # fmt: skip
+
+
 def check_fits(cfg: LLLiteConfig, dit: DiTConfig, path: str | Path) -> None:
     """A patch for a DiT of another width, or of another depth, is refused (one line, naming the file).
 
