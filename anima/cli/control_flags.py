@@ -122,3 +122,34 @@ def check_controls(units: Sequence, resolve: Callable[[str], Path], files) -> li
     from anima.pipeline.controls import check_units
 
     return check_units(units, resolve, dit_config_of(files), strict=True)
+
+
+# --------------------------------------------------------------------- anima preprocess
+def add_preprocess_args(p: argparse.ArgumentParser) -> None:
+    from anima.workflows.control_preprocess import PREPROCESSORS
+
+    p.add_argument("kind", choices=PREPROCESSORS, help="what to make: canny (white edges on black), "
+                   "lineart / scribble (dark lines on white), invert, threshold, grayscale")
+    p.add_argument("image", type=Path, help="the input picture")
+    p.add_argument("--output", "-o", type=Path, required=True, help="OUT.png, the control image")
+    p.add_argument("--low", type=float, default=0.1, help="Canny low threshold in [0, 1] (0.1)")
+    p.add_argument("--high", type=float, default=0.2, help="Canny high threshold in [0, 1] (0.2)")
+    p.add_argument("--threshold", type=float, default=0.5, help="threshold: luminance cut (0.5)")
+
+
+def run_preprocess(args: argparse.Namespace) -> int:
+    """``anima preprocess KIND IMAGE -o OUT.png``: a control image for a patch (see
+    `anima.workflows.control_preprocess` for which patch wants which)."""
+    from anima.imageio import atomic_write, to_uint8
+    from anima.workflows.control_preprocess import preprocess
+    from anima.workflows.init_image import load_rgb
+
+    if args.output.suffix.lower() != ".png":
+        raise AnimaError(f"--output must end in .png, got '{args.output}'")
+    out = preprocess(load_rgb(args.image), args.kind, low=args.low, high=args.high, threshold=args.threshold)
+    from PIL import Image
+
+    image = Image.fromarray(to_uint8(out)[0])
+    atomic_write(args.output, lambda fh: image.save(fh, format="PNG"))
+    print(args.output)
+    return 0
