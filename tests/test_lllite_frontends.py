@@ -155,8 +155,10 @@ def test_a1111_units_through_webuiapi_match_the_cli(server, tmp_path) -> None:
     assert "anima_lllite_tiny_aspp" in api.controlnet_model_list()
     unit = webuiapi.ControlNetUnit(image=Image.open(CONTROL), model="anima_lllite_tiny_aspp [8e4e921393]",
                                    weight=0.8, guidance_end=0.9, resize_mode="Crop and Resize")  # fmt: skip
+    # A fresh alwayson_scripts: webuiapi writes the units into its (shared, mutable) default dict otherwise,
+    # and every later call of the process would send them again.
     result = api.txt2img(prompt="a girl", negative_prompt="", seed=11, cfg_scale=4.0, width=64, height=64,
-                         steps=3, controlnet_units=[unit])  # fmt: skip
+                         steps=3, controlnet_units=[unit], alwayson_scripts={})  # fmt: skip
     assert result.info["notes"] == []
     cli = generate(tmp_path, "cli", "--control-model", str(ASPP), "--control", str(CONTROL),
                    "--control-strength", "0.8", "--control-end", "0.9")  # fmt: skip

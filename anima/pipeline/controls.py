@@ -19,7 +19,7 @@ from pathlib import Path
 
 from anima.errors import AnimaError
 from anima.recipe import ControlUnit, Recipe
-from anima.weights.lllite import load_lllite, patch_config, patch_hash
+from anima.weights.lllite import patch_config, patch_hash
 from anima.workflows.control import ControlPatch, ControlRun, window
 from anima.workflows.control_sources import ControlImage, check_control_image, unit_image
 from anima.workflows.init_image import file_digest
@@ -84,7 +84,7 @@ def applied_controls(
     resolve = getattr(pipe.options, "control_resolver", None) or path_resolver
     patches, notes = [], []
     for i, unit in enumerate(units):
-        lllite = load_lllite(resolve(unit.model), dit=pipe.dit.cfg, device=pipe.device, dtype=pipe.dtype)
+        lllite = pipe.control_patch(resolve(unit.model))
         ci = images[i] if images is not None else unit_image(unit, i)
         notes += check_control_image(ci, lllite.cfg.cond_in_channels, i, strict=strict)
         mask = ci.mask if lllite.cfg.cond_in_channels == 4 else None

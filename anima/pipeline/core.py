@@ -31,6 +31,7 @@ from anima.text.tokenize import AnimaTokenizer
 from anima.weights import loading
 from anima.weights.discovery import ModelSet
 from anima.weights.hashes import model_hash
+from anima.weights.lllite import load_lllite
 from anima.workflows import inpaint
 from anima.workflows.control_sources import ControlImage
 from anima.workflows.init_image import check_image_tensor
@@ -81,6 +82,7 @@ class Pipeline:
         )
         # What the options decided (memory plan, 8-bit savings, compile warm-up), for the front ends.
         self.notes: list[str] = []
+        self._patches: dict[tuple, nn.Module] = {}  # loaded control patches (`control_patch`)
         self.memory_plan, self._streamer = placement.prepare(self, self.notes)
 
     # ---------------------------------------------------------------- construction
@@ -300,6 +302,18 @@ class Pipeline:
         return Result(**result)
 
     # ---------------------------------------------------------------- parts
+    def control_patch(self, path: Path) -> nn.Module:
+        """The LLLite patch at `path`, loaded for this DiT (checked against its depth and width) on
+        the device in the compute dtype; the last few stay loaded, so a batch or a server loads each
+        patch once, and a file changed on disk is loaded again."""
+        st = Path(path).stat()
+        key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, str(self.device), self.dtype)
+        if key not in self._patches:
+            if len(self._patches) >= 4:
+                self._patches.pop(next(iter(self._patches)))
+            self._patches[key] = load_lllite(path, dit=self.dit.cfg, device=self.device, dtype=self.dtype)
+        return self._patches[key]
+
     def contexts(self, prompts: list[str], cache: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """One DiT context per prompt (on the device, compute dtype); each distinct text encoded once
         per run (`cache` maps texts already encoded in this run to their contexts)."""
