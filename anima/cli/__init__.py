@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     from anima.cli.lora import add_lora_args
 
     add_lora_args(sub.add_parser("lora", help="inspect and convert LoRA files"))
+    from anima.cli.control_flags import add_preprocess_args
+
+    add_preprocess_args(sub.add_parser("preprocess", help="make a control image (edges, line art, ...)"))
     from anima.cli.train import add_train_args
 
     add_train_args(sub.add_parser("train", help="train a LoRA / LoKr or fine-tune (TOML config + flags)"))
@@ -120,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             from anima.cli.lora import run_lora
 
             return run_lora(args)
+        if args.command == "preprocess":
+            from anima.cli.control_flags import run_preprocess
+
+            return run_preprocess(args)
         if args.command == "train":
             from anima.cli.train import run_train
 
@@ -142,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 # settings whose flag is not simply "--" + the name with dashes
 _FLAGS = {
     "inpaint_area": "--only-masked", "guidance_kind": "--guidance", "regions": "--region",
-    "reference_image": "--reference", "reference": "--reference",
+    "reference_image": "--reference", "reference": "--reference", "control_image": "--control",
 }  # fmt: skip
 
 

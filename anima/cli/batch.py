@@ -78,6 +78,7 @@ def with_quality(args: argparse.Namespace, prompt: str) -> str:
 def resolve_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The model flags -> (PipelineSpec, the model's own recipe defaults); paths checked, nothing
     loaded. With no model anywhere and none asked for, the bundled DEMO model (said on stderr)."""
+    from anima.cli.control_flags import control_resolver
     from anima.cli.model_selection import model_notice, model_recipe_defaults, resolve_files
     from anima.cli.perf_flags import run_options
     from anima.jobs.batch import PipelineSpec
@@ -88,6 +89,7 @@ def resolve_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     options = run_options(
         args, device=args.device, dtype=dtype, weights=getattr(args, "weights", None),
         fp16_accumulation=bool(getattr(args, "fp16_accumulation", False)),
+        control_resolver=control_resolver(args),
     )  # fmt: skip
     notice = model_notice(files)
     if notice:

@@ -21,6 +21,7 @@ from anima.errors import AnimaError
 
 
 def add_generate_args(p: argparse.ArgumentParser) -> None:
+    from anima.cli.control_flags import add_control_args
     from anima.cli.perf_flags import add_perf_args
     from anima.cli.workflow_flags import add_workflow_args
 
@@ -52,6 +53,7 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--merge-loras", action="store_true", help="merge LoRAs into the weights (faster steps)")
     add_workflow_args(p)
+    add_control_args(p)
     add_perf_args(p)
 
 
@@ -70,6 +72,8 @@ class Request:
     inputs: Any  # recipe -> anima.workflows.sources.Inputs
     device: str
     dtype: str  # the dtype name the run uses ("fp32", ...)
+    control_resolver: Any = None  # control patch name -> file, as searched for this command line
+    notes: tuple[str, ...] = ()
 
 
 def recipe_from_args(args: argparse.Namespace, files=None, model_hash: str = ""):
@@ -82,6 +86,7 @@ def read_request(args: argparse.Namespace, files, model_hash: str) -> Request:
 
     Precedence: explicit flags > --preset > the model's own defaults (the demo's 64x64) > the PNG's
     recipe. A PNG made with this very model keeps its settings over the model defaults."""
+    from anima.cli.control_flags import check_controls, control_resolver, control_units
     from anima.cli.model_selection import model_recipe_defaults
     from anima.cli.region_flags import check_region_inputs, region_values
     from anima.cli.upscale import check_hires_upscaler, upscaler_resolver
@@ -147,9 +152,12 @@ def read_request(args: argparse.Namespace, files, model_hash: str) -> Request:
     if sources.inputs.init_image is None and values.get("denoise", 1.0) < 1.0:
         raise AnimaError("--denoise below 1 needs --init-image")
     values |= {"model": files.name if files is not None else "", "model_hash": model_hash, "dtype": dtype}
+    values["controls"] = control_units(args, base.controls if base else ())
     recipe = Recipe.make(values.pop("prompt"), **values).validate()  # made, and so checked, once
     recipe = check_hires_upscaler(args, recipe, upscaler_resolver(args))
     check_region_inputs(recipe)
+    resolve = control_resolver(args)
+    notes = check_controls(recipe.controls, resolve, files) if recipe.controls else []
     stored = None
     if args.from_png and not (args.grid or args.prompt_matrix):
         text = read_png_text(args.from_png).get(GRID_KEY)
@@ -169,7 +177,7 @@ def read_request(args: argparse.Namespace, files, model_hash: str) -> Request:
 
     for r in plan.recipes:  # check every cell's files before loading anything
         inputs(r)
-    return Request(recipe, plan, inputs, str(device), dtype)
+    return Request(recipe, plan, inputs, str(device), dtype, resolve, tuple(notes))
 
 
 def _input_key(recipe) -> tuple:
@@ -204,7 +212,7 @@ def run_generate(args: argparse.Namespace) -> int:
     options = run_options(
         args, device=req.device, dtype=req.dtype, weights=req.recipe.perf.weights,
         fp16_accumulation=req.recipe.perf.fp16_accumulation, lora_resolver=resolver, hash_cache=hash_cache,
-        upscaler_resolver=upscaler_resolver(args),
+        upscaler_resolver=upscaler_resolver(args), control_resolver=req.control_resolver,
         plan_size=(big.width, big.height, big.batch_size),
     )  # fmt: skip
     pipe = Pipeline.load(files, options, model_hash_value=digest)

@@ -35,6 +35,7 @@ def run_options(
     fp16_accumulation: bool,
     lora_resolver: Callable[[str], Path] | None = None,
     upscaler_resolver: Callable[[str], Path] | None = None,
+    control_resolver: Callable[[str], Path] | None = None,
     hash_cache: Path | None = None,
     plan_size: tuple[int, int, int] = (1024, 1024, 1),
 ):
@@ -48,5 +49,6 @@ def run_options(
         vram_budget=parse_budget(getattr(args, "vram_budget", None)),
         attention=getattr(args, "attention", None) or "auto", compile=bool(getattr(args, "compile", False)),
         merge_loras=bool(getattr(args, "merge_loras", False)), lora_resolver=lora_resolver,
-        upscaler_resolver=upscaler_resolver, hash_cache=hash_cache, plan_size=plan_size,
+        upscaler_resolver=upscaler_resolver, control_resolver=control_resolver, hash_cache=hash_cache,
+        plan_size=plan_size,
     )  # fmt: skip

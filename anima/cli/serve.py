@@ -83,11 +83,17 @@ def build_app(args: argparse.Namespace):
     from anima.weights.discovery import default_data_dir
 
     models, rescan, lora_dirs = _model_sets(args)
+    places = model_selection.search_places(args)
+    roots = [Path(r) for r in (places["models_dir"], *places["comfyui_dirs"]) if r]
+    subs = ("model_patches", "models/model_patches")
+    patch_dirs = [r / sub for r in roots for sub in subs if (r / sub).is_dir()]
     notice = model_selection.model_notice(models[0])
     if notice:
         print(notice, file=sys.stderr)
     options = run_options(args, device=args.device, dtype=args.dtype, weights=None, fp16_accumulation=False)
-    service = PipelineService(models, lora_dirs=lora_dirs, options=options, rescan=rescan)
+    service = PipelineService(
+        models, lora_dirs=lora_dirs, options=options, rescan=rescan, patch_dirs=patch_dirs
+    )
     data_dir = args.data_dir or default_data_dir(os.environ, Path.home()) / "server"
     app = create_app(
         service, data_dir=data_dir, outputs_dir=args.output_dir, limits=limits, api_key=api_key,

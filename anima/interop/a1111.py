@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from anima.errors import AnimaError
+from anima.interop.a1111_control import control_pairs, controls_from_pairs
 from anima.recipe import SETTINGS, GridAxis, Recipe, Region
 from anima.recipe.core import changed_settings
 from anima.recipe.settings import is_upscaler_model
@@ -218,6 +219,7 @@ def infotext(recipe: Recipe, *, batch_pos: int | None = None) -> str:
     if recipe.regions:  # one JSON list (quoted like any value holding commas)
         pairs.append(("Regions", json.dumps([r.to_dict() for r in recipe.regions], ensure_ascii=False)))
     pairs.extend(setting_pairs(recipe))
+    pairs.extend(control_pairs(recipe.controls))
     pairs.extend(recipe.extra)
     lines = [recipe.prompt]
     if recipe.negative_prompt:
@@ -375,7 +377,9 @@ def recipe_from_infotext(params: Mapping[str, str]) -> Recipe:
             fields["loras"] = tuple(_parse_lora(item) for item in value.split(", ") if item.strip())
         else:
             rest[key] = value
+    controls, rest = controls_from_pairs(rest)
     settings, unknown = settings_from_pairs(rest)
+    fields["controls"] = controls
     return Recipe.make(params.get("prompt", ""), **fields, **settings, extra=tuple(unknown))
 
 

@@ -10,7 +10,7 @@ The passes of one image batch (main pass, hires passes, decode, inpaint composit
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ from anima.errors import AnimaError
 from anima.lora.use import applied_loras, split_prompt_loras
 from anima.model.vae import image_to_vae_input, vae_output_to_image
 from anima.pipeline import passes, placement
+from anima.pipeline.controls import applied_controls, recorded_controls
 from anima.pipeline.options import RunOptions
 from anima.pipeline.result import Result
 from anima.recipe import SETTINGS, Recipe
@@ -30,7 +31,9 @@ from anima.text.tokenize import AnimaTokenizer
 from anima.weights import loading
 from anima.weights.discovery import ModelSet
 from anima.weights.hashes import model_hash
+from anima.weights.lllite import load_lllite
 from anima.workflows import inpaint
+from anima.workflows.control_sources import ControlImage
 from anima.workflows.init_image import check_image_tensor, file_digest
 from anima.workflows.reference import load_reference
 from anima.workflows.tiled_vae import encode_tiled, free_memory, should_tile
@@ -81,6 +84,7 @@ class Pipeline:
         )
         # What the options decided (memory plan, 8-bit savings, compile warm-up), for the front ends.
         self.notes: list[str] = []
+        self._patches: dict[tuple, nn.Module] = {}  # loaded control patches (`control_patch`)
         self.memory_plan, self._streamer = placement.prepare(self, self.notes)
         self._upscalers: dict[Path, UpscaleModel] = {}  # loaded once per pipeline, on its device
 
@@ -228,6 +232,7 @@ class Pipeline:
         progress: Progress | None = None,
         preview: Preview | None = None,
         reference: torch.Tensor | None = None,
+        controls: Sequence[ControlImage] | None = None,
     ) -> Result:
         """Run one recipe.
 
@@ -236,18 +241,26 @@ class Pipeline:
         counts the steps of all passes; `preview(step, total, x0)` sees each step's denoised latent
         (normalized), for live previews. `reference` ([1,H,W,3]) is the image of reference editing;
         without it a recipe's recorded reference image is loaded (and its digest checked).
+        `controls` (one `ControlImage` per recipe control unit) replace the control images the
+        units name (which are loaded from their paths otherwise).
         """
         if not isinstance(recipe, Recipe):
             raise AnimaError(f"generate takes a Recipe, got {type(recipe).__name__}")
         recipe.validate()  # samplers and schedulers anima runs (every other value was checked when made)
         self.ensure_text_encoder()  # a memory plan may have released it; LoRAs may target it
         recipe = self.record(split_prompt_loras(recipe))  # <lora:name:w> prompt tags -> recipe.loras
-        with applied_loras(
-            self, recipe.loras, resolve=self.options.lora_resolver, merge=self.options.merge_loras
+        opts = self.options
+        with (
+            applied_loras(self, recipe.loras, resolve=opts.lora_resolver, merge=opts.merge_loras),
+            applied_controls(self, recipe, controls) as (control, notes),
         ):
             if reference is None and recipe.reference.on:
                 reference = load_reference(recipe.reference)
-            return self._generate(recipe, init_image, mask, passes.StepHooks(progress, preview), reference)
+            result = self._generate(
+                recipe, init_image, mask, passes.StepHooks(progress, preview), reference, control
+            )
+        result.notes[:0] = notes
+        return result
 
     def record(self, recipe: Recipe) -> Recipe:
         """The recipe as this pipeline runs it: its model, hash, dtype and 8-bit weights stamped in.
@@ -264,18 +277,25 @@ class Pipeline:
         hires = recipe.hires
         if hires.on and hires.uses_model and not hires.upscaler_hash:  # the file that ran, by digest
             hires = hires.with_(upscaler_hash=file_digest(self.upscaler_path(hires.upscaler)))
-        same = (perf, hires) == (recipe.perf, recipe.hires)
+        controls = recorded_controls(recipe.controls, self.options.control_resolver)
+        same = (perf, hires, controls) == (recipe.perf, recipe.hires, recipe.controls)
         if same and all(getattr(recipe, k) == v for k, v in stamp.items()):
             return recipe
-        return recipe.with_(**stamp, perf=perf, hires=hires)
+        return recipe.with_(**stamp, perf=perf, hires=hires, controls=controls)
 
-    def _generate(self, recipe: Recipe, init_image, mask, hooks: passes.StepHooks, reference=None) -> Result:
+    def _generate(
+        self, recipe: Recipe, init_image, mask, hooks: passes.StepHooks, reference=None, control=None
+    ) -> Result:
+        if control is not None and reference is not None:
+            # Both extend what the DiT sees (a second frame; patched projections per token of one
+            # frame): their combination is not defined by any reference implementation yet.
+            raise AnimaError("control patches and reference editing cannot be combined", setting="reference")
         if recipe.denoise < 1.0 and init_image is None:
             raise AnimaError("denoise < 1 needs an init image (img2img)")
         if mask is None:
             if init_image is not None:
                 init_image = check_image_tensor(init_image, recipe.width, recipe.height)
-            return passes.run(self, recipe, init_image, None, hooks, reference)
+            return passes.run(self, recipe, init_image, None, hooks, reference, control)
         if init_image is None:
             raise AnimaError("a mask needs an init image to repaint")
         if recipe.hires.on:
@@ -288,7 +308,10 @@ class Pipeline:
         )
         if not recipe.inpaint.only_masked:
             image = check_image_tensor(image, recipe.width, recipe.height)
-            return passes.run(self, recipe, image, pixel_mask, hooks, reference)
+            return passes.run(self, recipe, image, pixel_mask, hooks, reference, control)
+        if control is not None:
+            raise AnimaError("control patches apply to the whole image; use whole-image inpainting with them",
+                             setting="inpaint_area")  # fmt: skip
         # "Only masked": repaint a crop around the mask at the recipe size, paste it back.
         result = inpaint.only_masked(
             lambda img, m: passes.run(self, recipe, img, m, hooks, reference), image.float(), pixel_mask,
@@ -320,6 +343,18 @@ class Pipeline:
         if path not in self._upscalers:
             self._upscalers[path] = UpscaleModel.load(path).to(self.device)
         return self._upscalers[path]
+
+    def control_patch(self, path: Path) -> nn.Module:
+        """The LLLite patch at `path`, loaded for this DiT (checked against its depth and width) on
+        the device in the compute dtype; the last few stay loaded, so a batch or a server loads each
+        patch once, and a file changed on disk is loaded again."""
+        st = Path(path).stat()
+        key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, str(self.device), self.dtype)
+        if key not in self._patches:
+            if len(self._patches) >= 4:
+                self._patches.pop(next(iter(self._patches)))
+            self._patches[key] = load_lllite(path, dit=self.dit.cfg, device=self.device, dtype=self.dtype)
+        return self._patches[key]
 
     def contexts(self, prompts: list[str], cache: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """One DiT context per prompt (on the device, compute dtype); each distinct text encoded once

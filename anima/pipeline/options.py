@@ -23,6 +23,7 @@ from anima.runtime.memory import parse_budget
 from anima.runtime.precision import parse_dtype
 
 LoraResolver = Callable[[str], Path]
+ControlResolver = Callable[[str], Path]  # control patch name -> file (anima.pipeline.controls)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class RunOptions:
     lora_resolver: LoraResolver | None = field(default=None, compare=False)
     # upscaler model name -> file (None: names are paths); `anima.weights.upscale_models`
     upscaler_resolver: LoraResolver | None = field(default=None, compare=False)
+    control_resolver: ControlResolver | None = field(default=None, compare=False)
     hash_cache: Path | None = None
     plan_size: tuple[int, int, int] = (1024, 1024, 1)
 

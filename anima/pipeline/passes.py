@@ -25,6 +25,7 @@ from anima.sampling.denoiser import StepIndex, make_denoiser
 from anima.sampling.guidance import GuidanceConfig, Guider
 from anima.text.prompt_editing import prompts_per_step
 from anima.workflows import hires, inpaint
+from anima.workflows.control import ControlRun
 from anima.workflows.nag import NagControl, nag_attention
 from anima.workflows.reference import ReferenceFrame, fit_image, needs_edit_lora_note
 from anima.workflows.regions import RegionalControl, region_masks, regional_attention
@@ -95,10 +96,11 @@ class PassInputs:
 
 def run(
     pipe, recipe: Recipe, init_image: torch.Tensor | None, pixel_mask: torch.Tensor | None, hooks: StepHooks,
-    reference: torch.Tensor | None = None,
+    reference: torch.Tensor | None = None, control: ControlRun | None = None,
 ):  # fmt: skip
     """The passes of one image batch -> `Result` (images, latents, recorded recipes, notes).
-    `reference`: the reference image [1, H, W, 3] of reference editing (recipe.reference)."""
+    `reference`: the reference image [1, H, W, 3] of reference editing (recipe.reference);
+    `control`: the installed control patches (`anima.pipeline.controls`), applied in every pass."""
     notes: list[str] = []
     masks = region_masks(recipe) if recipe.regions else None
     if reference is not None and needs_edit_lora_note(recipe.loras):
@@ -140,7 +142,7 @@ def run(
     lmask = inpaint.latent_mask(pixel_mask, height, width) if pixel_mask is not None else None
     contexts: dict[str, torch.Tensor] = {}  # prompt text -> context, shared by all passes
     x = sample(pipe, recipe, main, latent, noise, lmask, hooks, contexts, first=True,
-               extra=inputs(recipe.width, recipe.height))  # fmt: skip
+               extra=inputs(recipe.width, recipe.height), control=control)  # fmt: skip
     for w, hh in plan.sizes:
         if h.upscaler == "lanczos" or h.uses_model:
             pixels = pipe.decode_latent(denormalize_latent(x), tiled=tiled)
@@ -153,7 +155,8 @@ def run(
             latent = hires.upscale_latent(x, hh // 8, w // 8, h.upscaler)
         noise = varied_noise(recipe.seed, tuple(latent.shape), v.seed, v.strength)
         extra = inputs(w, hh)
-        x = sample(pipe, recipe, second, latent, noise, None, hooks, contexts, first=False, extra=extra)
+        x = sample(pipe, recipe, second, latent, noise, None, hooks, contexts, first=False, extra=extra,
+                   control=control)  # fmt: skip
     images = pipe.decode_latent(denormalize_latent(x), tiled=tiled)
     inpaint.ensure_finite(images, "the decoded image")
     if pixel_mask is not None:
@@ -163,7 +166,7 @@ def run(
 
 def sample(
     pipe, recipe: Recipe, spec: SamplingPass, latent, noise, lmask, hooks: StepHooks, contexts, *,
-    first: bool, extra: PassInputs | None = None,
+    first: bool, extra: PassInputs | None = None, control: ControlRun | None = None,
 ):  # fmt: skip
     """One sampling pass from `latent` (model space) at `spec`'s steps, denoise and sampler."""
     extra = extra or PassInputs()
@@ -189,7 +192,7 @@ def sample(
     # Per pass: the cross-attention K/V of each context (exact), and the opt-in step cache.
     model_x0 = functools.partial(
         _model_x0, pipe, run=RunCaches(pipe.dit, step_cache=step), nag=nag,
-        regional=regional, step_of=StepIndex(sigmas), reference=extra.reference,
+        regional=regional, step_of=StepIndex(sigmas), reference=extra.reference, control=control,
     )  # fmt: skip
     # NAG and regions act on the cond forward only, so it runs apart from the uncond one.
     denoise = make_denoiser(
@@ -221,10 +224,12 @@ def sample(
 def _model_x0(
     pipe, x, sigma, ctx, negative=None, *, run: RunCaches, nag: NagControl | None,
     regional: RegionalControl | None = None, step_of: StepIndex | None = None,
-    reference: ReferenceFrame | None = None,
+    reference: ReferenceFrame | None = None, control: ControlRun | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """The DiT as an x0 predictor: x0 = x - sigma * v in fp32, on x's device. `negative` marks the
-    cond forward (NAG's negative context); regions act there, the reference frame on every forward."""
+    cond forward (NAG's negative context); regions act there, the reference frame on every forward;
+    `control`: patches checked against this call's sigma (never with a reference frame: refused in
+    `Pipeline.generate`)."""
     inp = x.to(pipe.device, pipe.dtype)
     if reference is not None:
         inp = reference.extend(inp)
@@ -237,6 +242,8 @@ def _model_x0(
             grid = (inp.shape[2] // cfg.patch_temporal, -(-inp.shape[3] // cfg.patch_spatial),
                     -(-inp.shape[4] // cfg.patch_spatial))  # fmt: skip
             scope.enter_context(regional.guiding(step_of(sigma), grid, pipe.device))
+        if control:
+            scope.enter_context(control.calling(args[0], args[1]))
         v = pipe.dit(*args, **run.kwargs(ctx))
     if reference is not None:
         v = ReferenceFrame.frames(v, x.shape[2])

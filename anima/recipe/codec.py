@@ -16,6 +16,7 @@ from typing import Any
 
 from anima.errors import AnimaError
 from anima.recipe.checks import is_int, is_number
+from anima.recipe.control import ControlUnit
 from anima.recipe.regions import Region
 from anima.recipe.settings import GROUPS, GridAxis
 
@@ -45,6 +46,9 @@ def to_dict(recipe) -> dict[str, Any]:
                 out["regions"] = [r.to_dict() for r in value]
         elif f.name == "extra":
             out["extra"] = dict(value)
+        elif f.name == "controls":
+            if value:
+                out["controls"] = [unit.changes() for unit in value]
         else:
             out[f.name] = value
     return out
@@ -116,6 +120,11 @@ def _coerce(key: str, value: Any) -> Any:
             raise AnimaError("recipe field 'grid' needs [{name, values}] axes") from None
     if key == "regions" and isinstance(value, list):
         return tuple(Region.from_dict(r) for r in value)
+    if key == "controls" and isinstance(value, list):
+        try:
+            return tuple(ControlUnit.from_dict(unit) for unit in value)
+        except AnimaError as exc:
+            raise AnimaError(f"recipe controls: {exc}", setting=exc.setting) from None
     if key in GROUPS and isinstance(value, Mapping):
         return _group(key, value)
     raise AnimaError(f"recipe field {key!r} has the wrong type: {type(value).__name__} ({value!r:.60})")

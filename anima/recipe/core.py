@@ -22,6 +22,7 @@ from typing import Any
 
 from anima.errors import AnimaError
 from anima.recipe import checks, codec
+from anima.recipe.control import ControlUnit
 from anima.recipe.regions import Region, check_regions
 from anima.recipe.settings import (
     GROUPS,
@@ -139,6 +140,7 @@ class Recipe:
     regions: tuple[Region, ...] = ()
     grid: tuple[GridAxis, ...] = ()
     extra: tuple[tuple[str, str], ...] = ()
+    controls: tuple[ControlUnit, ...] = ()  # ControlNet-LLLite patches, applied in order
 
     def __post_init__(self) -> None:
         # Frozen + hashable needs tuples; accept the natural JSON/Python shapes and freeze them.
@@ -149,6 +151,7 @@ class Recipe:
             object.__setattr__(self, "extra", tuple((k, v) for k, v in extra))
             object.__setattr__(self, "grid", tuple(self.grid))
             object.__setattr__(self, "regions", tuple(self.regions))
+            object.__setattr__(self, "controls", tuple(self.controls))
         except (TypeError, ValueError):
             raise AnimaError("loras and extra take (name, value) pairs") from None
         for name in ("cfg", "shift", "denoise"):
@@ -294,5 +297,7 @@ def _check_fields(r: Recipe) -> None:
                 f"recipe {name} must be a {kind.__name__}, got {type(getattr(r, name)).__name__}"
             )
     check_regions(r.regions, r.regional.overlap)
+    if any(not isinstance(u, ControlUnit) for u in r.controls):
+        raise AnimaError("a recipe's controls are ControlUnit values", setting="control_model")
     if any(not isinstance(a, GridAxis) for a in r.grid) or len(r.grid) > 3:
         raise AnimaError("a recipe's grid is up to three GridAxis values")

@@ -105,6 +105,12 @@ def ignored_notes(req, *, img2img: bool) -> list[str]:
     for key, value in extra.items():
         if key in _HIRES and not (img2img and key == "denoising_strength"):
             continue
+        if key == "alwayson_scripts" and isinstance(value, dict):
+            # ControlNet units are honoured (anima.server.controls); other scripts are not.
+            others = [name for name in value if name.lower() != "controlnet"]
+            for name in others:
+                notes.append(f"alwayson_scripts.{name} is not supported and was ignored")
+            continue
         if key in _INERT:
             inert = _INERT[key]
             if inert is None or key == "enable_hr" or _is_inert(value, inert):

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from anima.errors import AnimaError
 from anima.prompt_tools.artist_index import ArtistIndex
 from anima.prompt_tools.tag_list import TagList
-from anima.server import routes_a1111, routes_native, routes_ui, routes_upscale
+from anima.server import routes_a1111, routes_controlnet, routes_native, routes_ui, routes_upscale
 from anima.server.events import EventHub
 from anima.server.jobs import JobStore
 from anima.server.security import ApiKeyMiddleware, BodyLimitMiddleware, Limits
@@ -124,6 +124,7 @@ def create_app(
     app.include_router(routes_native.router)
     app.include_router(routes_ui.router)
     app.include_router(routes_upscale.router)
+    app.include_router(routes_controlnet.router)
     routes_native.mount_ui(app, STATIC_DIR)
 
     # add_middleware wraps: the last added runs first. Auth inside CORS (preflights carry no key).

@@ -103,6 +103,10 @@ def delete_job(job_id: str, c: Ctx) -> JobOut:
         for name in (job.spec.init_image, job.spec.mask):  # its uploads go too; outputs stay
             if name:
                 (c.inputs_dir / name).unlink(missing_ok=True)
+        for unit in job.spec.recipe.controls:  # control images stored with the job (absolute paths)
+            for path in (unit.image, unit.mask):
+                if path and Path(path).parent.resolve() == c.inputs_dir.resolve():
+                    Path(path).unlink(missing_ok=True)
     out = job_out(c, job)
     c.hub.publish({"type": "job", "id": job_id})
     return out

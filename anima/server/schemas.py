@@ -188,6 +188,19 @@ class InpaintIn(BaseModel):
     invert: bool = False
 
 
+class ControlIn(BaseModel):
+    """One ControlNet-LLLite unit (applied in the order given)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., max_length=256, description="a patch name from the server's model_patches")
+    image: str = Field(..., description="base64 control image")
+    mask: str | None = Field(None, description="base64 mask for inpainting patches; white = repaint")
+    strength: float = Field(1.0, ge=-10, le=10)
+    start: float = Field(0.0, ge=0, le=1, description="fraction of the run the unit starts acting at")
+    end: float = Field(1.0, ge=0, le=1, description="fraction of the run it stops acting after")
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -198,6 +211,7 @@ class JobCreate(BaseModel):
         None, description="base64 image: reference editing (with an Edit LoRA), settings.reference_strength"
     )
     inpaint: InpaintIn | None = None
+    controls: list[ControlIn] = Field(default_factory=list, max_length=8, description="LLLite control units")
     output_name: str | None = Field(
         None, max_length=128, description="subfolder of the outputs folder (plain names only)"
     )

@@ -84,19 +84,24 @@ class PipelineService:
         options: RunOptions | None = None,
         rescan: Callable[[], Sequence[ModelSet]] | None = None,
         upscaler_dirs: Sequence[Path] | None = None,
+        patch_dirs: Sequence[Path] = (),
     ) -> None:
         if not models:
             raise AnimaError("no Anima model found to serve", setting="model")
         self._models = {m.name: m for m in models}
         self._lora_dirs = tuple(Path(d) for d in lora_dirs)
         self._loras = self._scan_loras()
-        # Names only, inside the LoRA folders (never paths): clients cannot point at other files.
-        # Upscaler models: the upscale_models/ (and ESRGAN/) folders beside the LoRA folders by default.
+        # Names only, inside the LoRA / model_patches / upscaler folders (never paths): clients
+        # cannot point at other files. Upscaler models: the upscale_models/ (and ESRGAN/) folders
+        # beside the LoRA folders by default.
         if upscaler_dirs is None:
             upscaler_dirs = [Path(d).parent / f for d in self._lora_dirs for f in UPSCALER_FOLDERS]
         self._upscaler_dirs = tuple(dict.fromkeys(Path(d) for d in upscaler_dirs))
+        self._patch_dirs = tuple(Path(d) for d in patch_dirs)
+        self._patches = _scan_folders(self._patch_dirs)
         self._options = dataclasses.replace(
-            options or RunOptions(), lora_resolver=self.resolve_lora, upscaler_resolver=self.resolve_upscaler
+            options or RunOptions(), lora_resolver=self.resolve_lora, upscaler_resolver=self.resolve_upscaler,
+            control_resolver=self.resolve_patch,
         )
         self._rescan = rescan
         self._lock = threading.Lock()
@@ -113,12 +118,13 @@ class PipelineService:
         tokenizer_dir: Path,
         lora_dirs: Sequence[Path] = (),
         options: RunOptions | None = None,
+        patch_dirs: Sequence[Path] = (),
     ) -> PipelineService:
         ms = ModelSet(
             Path(dit).stem, Path(dit), Path(text_encoder), Path(vae),
             Path(tokenizer_dir) / "qwen", Path(tokenizer_dir) / "t5", "explicit",
         )  # fmt: skip
-        return cls([ms], lora_dirs=lora_dirs, options=options)
+        return cls([ms], lora_dirs=lora_dirs, options=options, patch_dirs=patch_dirs)
 
     # ----------------------------------------------------------------- catalog
     def models(self) -> list[ModelInfo]:
@@ -187,24 +193,40 @@ class PipelineService:
                 setting="hires_upscaler",
             )
         return hit
+    def control_patches(self) -> dict[str, Path]:
+        with self._lock:
+            return dict(self._patches)
+
+    def resolve_patch(self, name: str) -> Path:
+        """A control patch by name (file stem, or an A1111 title 'name [hash]'), found only inside the
+        model_patches folders. Never a path."""
+        base = name.split(" [", 1)[0].strip()
+        check_plain_name(base, "control model")
+        patches = self.control_patches()
+        if base not in patches:
+            known = ", ".join(sorted(patches)) or "none"
+            raise AnimaError(f"control model {base!r} not found; known: {known}", setting="control_model")
+        return patches[base]
+
+    def dit_config(self, name: str | None = None):
+        """The DiT config of a served model (from its header; None for a diffusers folder)."""
+        from anima.weights.lllite import dit_config_of
+
+        ms = self._models[self.check_model(name) if name else self.current_model()]
+        return None if ms.diffusers is not None else dit_config_of(ms.dit)
 
     def refresh(self) -> None:
         found = list(self._rescan()) if self._rescan else []
         loras = self._scan_loras()
+        patches = _scan_folders(self._patch_dirs)
         with self._lock:
             for ms in found:
                 self._models.setdefault(ms.name, ms)
             self._loras = loras
+            self._patches = patches
 
     def _scan_loras(self) -> dict[str, Path]:
-        out: dict[str, Path] = {}
-        for root in self._lora_dirs:
-            base = root.resolve()
-            for p in sorted(base.rglob("*.safetensors")) if base.is_dir() else []:
-                real = p.resolve()
-                if real.is_relative_to(base) and real.is_file():  # a symlink out of the folder is skipped
-                    out.setdefault(p.stem, real)
-        return out
+        return _scan_folders(self._lora_dirs)
 
     def samplers(self) -> list[str]:
         return list(samplers.SAMPLERS)
@@ -255,6 +277,18 @@ class PipelineService:
         )
         result = pipe.generate(recipe, init_image=init, mask=pixel_mask, progress=progress, preview=on_latent)
         return list(zip(result.uint8(), result.recipes, strict=True)), list(result.notes)
+
+
+def _scan_folders(roots: Sequence[Path]) -> dict[str, Path]:
+    """{file stem: path} of the .safetensors files inside `roots` (first one wins)."""
+    out: dict[str, Path] = {}
+    for root in roots:
+        base = root.resolve()
+        for p in sorted(base.rglob("*.safetensors")) if base.is_dir() else []:
+            real = p.resolve()
+            if real.is_relative_to(base) and real.is_file():  # a symlink out of the folder is skipped
+                out.setdefault(p.stem, real)
+    return out
 
 
 PREVIEW_MIN_INTERVAL_S = 0.5  # a VAE decode can cost more than a small step: cap previews in time too

@@ -14,7 +14,7 @@ from anima.jobs.grid import parse_axis
 from anima.jobs.plan import sheet_plan
 from anima.lora.use import split_prompt_loras
 from anima.recipe import Recipe, Region, nearest_valid_size, parse_size
-from anima.server import a1111, images
+from anima.server import a1111, controls, images
 from anima.server.a1111_hires import hires_settings
 from anima.server.jobs import JobSpec, JobStore, QueuedJob, new_job_id
 from anima.server.schemas import Img2ImgRequest, JobCreate, Txt2ImgRequest
@@ -28,6 +28,7 @@ class Prepared:
     notes: list[str]
     init: object | None = None  # PIL image at the recipe size
     mask: object | None = None  # PIL 'L' image at the recipe size
+    controls: tuple = ()  # controls.PendingControl, stored with the job by `submit`
     reference: object | None = None  # PIL RGB image (reference editing), as given
 
 
@@ -57,7 +58,8 @@ class Submitter:
             recipe = recipe.with_(**hires)
         self._check(recipe, req.n_iter)
         notes = hires_notes + a1111.ignored_notes(req, img2img=False)
-        return Prepared(JobSpec(recipe, req.n_iter, source="a1111"), notes)
+        pending, more = self._a1111_controls(req, recipe)
+        return Prepared(JobSpec(recipe, req.n_iter, source="a1111"), notes + more, controls=pending)
 
     def prepare_img2img(self, req: Img2ImgRequest) -> Prepared:
         notes = a1111.ignored_notes(req, img2img=True)
@@ -88,7 +90,15 @@ class Submitter:
                     "the original is used under the mask"
                 )
         spec = JobSpec(recipe, req.n_iter, init_image="", mask="" if mask else None, source="a1111")
-        return Prepared(spec, notes, init, mask)
+        pending, more = self._a1111_controls(req, recipe)
+        return Prepared(spec, notes + more, init, mask, pending)
+
+    def _a1111_controls(self, req, recipe: Recipe) -> tuple[tuple, list[str]]:
+        extra = req.model_extra or {}
+        pending, notes = controls.a1111(
+            extra, self.service, self.limits, recipe.model or None, recipe.width, recipe.height
+        )
+        return tuple(pending), notes
 
     # ----------------------------------------------------------------- native
     def prepare_native(self, req: JobCreate) -> Prepared:
@@ -137,7 +147,8 @@ class Submitter:
             recipe, req.n_iter, init_image="" if init else None, mask="" if mask else None,
             output_name=req.output_name,
         )  # fmt: skip
-        return Prepared(spec, [], init, mask, reference)
+        pending = controls.native(req.controls, self.service, self.limits, recipe.model or None)
+        return Prepared(spec, [], init, mask, tuple(pending), reference)
 
     # ----------------------------------------------------------------- common
     def _check(self, recipe: Recipe, n_iter: int) -> None:
@@ -164,9 +175,26 @@ class Submitter:
             path = self.inputs_dir / self._save_input(job_id, "reference", prepared.reference)
             ref = {"reference_image": str(path.resolve()), "reference_image_hash": file_digest(path)}
             spec = _replace(spec, recipe=spec.recipe.with_(**ref))
+        if prepared.controls:
+            units = self._save_controls(job_id, prepared.controls)
+            spec = _replace(spec, recipe=spec.recipe.with_(controls=units))
         job = self.store.add(spec, prepared.notes, job_id=job_id)
         self._wake()
         return job
+
+    def _save_controls(self, job_id: str, pending) -> tuple:
+        """Store each unit's images; the units record their absolute paths and digests."""
+        from anima.workflows.init_image import file_digest
+
+        units = []
+        for i, p in enumerate(pending):
+            changes = {}
+            for what, im in (("image", p.image), ("mask", p.mask)):
+                if im is not None:
+                    path = (self.inputs_dir / self._save_input(job_id, f"control{i}-{what}", im)).resolve()
+                    changes |= {what: str(path), f"{what}_hash": file_digest(path)}
+            units.append(p.unit.with_(**changes))
+        return tuple(units)
 
     def _save_input(self, job_id: str, what: str, image) -> str:
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from anima.errors import AnimaError
 
-NETWORKS = ("lora", "lokr", "full")
+NETWORKS = ("lora", "lokr", "full", "lllite")
 OPTIMIZERS = ("adamw", "adamw8bit")
 SCHEDULES = ("cosine", "constant")
 TIMESTEP_SAMPLING = ("uniform", "logit_normal")
@@ -29,7 +29,9 @@ PRECISIONS = ("bf16", "fp32", "fp16")
 SAVE_FORMATS = ("comfy", "sd-scripts")
 SAVE_DTYPES = ("bf16", "fp32", "fp16")
 LOG_BACKENDS = ("auto", "csv", "tensorboard")
-PATH_FIELDS = ("dit", "text_encoder", "vae", "tokenizer_dir", "data_dir", "cache_dir", "output_dir")
+PATH_FIELDS = (
+    "dit", "text_encoder", "vae", "tokenizer_dir", "data_dir", "cache_dir", "output_dir", "control_dir",
+)  # fmt: skip
 
 
 def _f(default: Any, help: str) -> Any:
@@ -60,7 +62,9 @@ class TrainConfig:
     cache_latents: bool = _f(True, "encode images once and keep the latents on disk")
     cache_text: bool = _f(True, "keep text-encoder outputs on disk (in memory when captions are random)")
     # -- network
-    network: str = _f("lora", "what to train: lora, lokr or full (all weights of the trained parts)")
+    network: str = _f(
+        "lora", "what to train: lora, lokr, full (all weights of the trained parts), lllite (control patch)"
+    )
     rank: int = _f(16, "LoRA / LoKr rank")
     alpha: float = _f(0.0, "LoRA alpha (0: equal to rank)")
     lokr_factor: int = _f(-1, "LoKr Kronecker factor (-1: balanced)")
@@ -69,6 +73,17 @@ class TrainConfig:
     train_adapter: bool = _f(False, "also train the LLM adapter")
     train_text_encoder: bool = _f(False, "also train the text encoder (LoRA only; disables the text cache)")
     adapter_lr: float = _f(0.0, "learning rate of the adapter (0: same as lr)")
+    # -- ControlNet-LLLite (network = "lllite"; anima.train.lllite)
+    control_dir: str = _f("", "lllite: folder of control images named like the training images")
+    lllite_targets: str = _f(
+        "self_attn_q_proj,self_attn_k_proj,self_attn_v_proj,cross_attn_q_proj,mlp_layer1",
+        "lllite: DiT projections whose inputs the patch adds to (comma list)",
+    )
+    lllite_cond_dim: int = _f(64, "lllite: conditioning network width")
+    lllite_cond_emb_dim: int = _f(32, "lllite: control embedding width")
+    lllite_mlp_dim: int = _f(64, "lllite: hidden width of each patched projection's module")
+    lllite_resblocks: int = _f(1, "lllite: residual blocks in the conditioning network")
+    lllite_aspp: bool = _f(False, "lllite: add the ASPP stage (dilations 1,2,4,8)")
     # -- optimisation
     optimizer: str = _f("adamw", "adamw or adamw8bit (needs bitsandbytes)")
     lr: float = _f(1e-4, "peak learning rate")
@@ -166,6 +181,14 @@ class TrainConfig:
             raise AnimaError(
                 "full training of the text encoder is not supported; use a LoRA (network = lora)"
             )
+        if self.network == "lllite":
+            if not self.train_dit or self.train_adapter or self.train_text_encoder:
+                raise AnimaError("an lllite patch trains alone: train_dit only, no adapter or text encoder")
+            for name in ("lllite_cond_dim", "lllite_cond_emb_dim", "lllite_mlp_dim"):
+                if getattr(self, name) < 2 or (name == "lllite_cond_dim" and getattr(self, name) % 2):
+                    raise AnimaError(f"{name} must be an even number >= 2, got {getattr(self, name)}")
+            if self.lllite_resblocks < 0:
+                raise AnimaError(f"lllite_resblocks must be >= 0, got {self.lllite_resblocks}")
         if self.sample_size and self.sample_size % 16:
             raise AnimaError(f"sample_size must be a multiple of 16, got {self.sample_size}")
 
@@ -195,7 +218,8 @@ class TrainConfig:
 
     def check_inputs(self) -> None:
         """The required files exist (called before any work starts)."""
-        for name in ("dit", "text_encoder", "vae", "tokenizer_dir", "data_dir"):
+        needed = ("dit", "text_encoder", "vae", "tokenizer_dir", "data_dir")
+        for name in needed + (("control_dir",) if self.network == "lllite" else ()):
             value = getattr(self, name)
             if not value:
                 raise AnimaError(f"{name} is not set (TOML key '{name}' or --{name.replace('_', '-')})")

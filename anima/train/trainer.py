@@ -45,6 +45,7 @@ from anima.train.config import TrainConfig
 from anima.train.data import BatchOrder, load_image, mix_seed, process_caption, scan
 from anima.train.ema import EMA, swapped_in
 from anima.train.forward import adapter_context, dit_velocity, encode_captions
+from anima.train.lllite import LLLiteTrainable
 from anima.train.logs import TrainLog
 from anima.train.models import Trainable, load_models
 from anima.train.objective import flow_loss, sample_sigmas
@@ -117,9 +118,10 @@ class Trainer:
         self.items = scan(cfg)
         self.order = BatchOrder([it.bucket for it in self.items], cfg.batch_size, cfg.seed, cfg.repeats)
         self.models = load_models(cfg, self.device)
-        self.trainable = Trainable(
-            cfg, self.models, torch.Generator().manual_seed(mix_seed("init", cfg.seed))
-        )
+        kind = LLLiteTrainable if cfg.network == "lllite" else Trainable
+        self.trainable = kind(cfg, self.models, torch.Generator().manual_seed(mix_seed("init", cfg.seed)))
+        if cfg.network == "lllite":
+            self.trainable.check_data(self.items)  # every image has its control image, before any step
         self.params = list(self.trainable.named.values())
         self._make_caches()
         self.optimizer = self._make_optimizer()
@@ -233,7 +235,8 @@ class Trainer:
             generator=g,
         ).to(self.device)
         texts = self._encode_text(captions)
-        with self._autocast():
+        controlled = self.trainable.control(items, self.device) if cfg.network == "lllite" else nullcontext()
+        with self._autocast(), controlled:
             context = adapter_context(m.adapter, [h for h, _ in texts], [i for _, i in texts])
 
             def model(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -415,7 +418,7 @@ class Trainer:
             "ss_learning_rate": str(cfg.lr),
             "ss_seed": str(cfg.seed),
         }
-        if cfg.network != "full":
+        if cfg.network in ("lora", "lokr"):
             metadata.update({"ss_network_dim": str(cfg.rank), "ss_network_alpha": str(cfg.effective_alpha)})
         with swapped_in(self.trainable.named, self.ema.shadow):
             return self.trainable.save_result(path, metadata)

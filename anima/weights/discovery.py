@@ -45,7 +45,7 @@ from anima.weights.model_files import (
 __all__ = [
     "KIND_NAMES", "QWEN_TOKENIZER_DIRS", "T5_TOKENIZER_DIRS", "FileInfo", "Kind", "ModelSet", "choose",
     "discover", "file_sha256", "find_tokenizers", "header_shapes", "inspect_file", "is_qwen_tokenizer_dir",
-    "is_t5_tokenizer_dir", "resolve_lora", "scan", "sniff_kind",
+    "is_t5_tokenizer_dir", "resolve_lora", "resolve_patch", "scan", "sniff_kind",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ class SourceScan:
     text_encoders: list[FileInfo] = field(default_factory=list)
     vaes: list[FileInfo] = field(default_factory=list)
     loras: list[Path] = field(default_factory=list)
+    patches: list[Path] = field(default_factory=list)  # ControlNet-LLLite patches (model_patches/)
     diffusers: list[Path] = field(default_factory=list)
     qwen_tokenizer: Path | None = None
     t5_tokenizer: Path | None = None
@@ -157,6 +158,8 @@ def _add(scan: SourceScan, path: Path) -> None:
         target.append(info)
     elif info.kind == "lora":
         scan.loras.append(path)
+    elif info.kind == "lllite":
+        scan.patches.append(path)
 
 
 def scan_models_folder(root: Path, source: str) -> SourceScan:
@@ -168,6 +171,7 @@ def scan_models_folder(root: Path, source: str) -> SourceScan:
     for path in sorted(root.glob("*.safetensors")):
         _add(scan, path)
     scan.loras += [p for p in _safetensors_under(root / "loras") if p not in scan.loras]
+    scan.patches += [p for p in _safetensors_under(root / "model_patches") if p not in scan.patches]
     scan.diffusers = [d for d in [root, *sorted(root.iterdir())] if d.is_dir() and _is_diffusers(d)]
     for d in [root / "tokenizers", root, *scan.diffusers]:
         q, t = tokenizers_in(d)
@@ -369,6 +373,22 @@ def resolve_lora(name: str | Path, scans: Sequence[SourceScan]) -> Path:
     raise AnimaError(
         f"LoRA {str(name)!r} not found; known: {', '.join(sorted({p.stem for p in found})) or 'none'}"
     )
+
+
+def resolve_patch(name: str | Path, scans: Sequence[SourceScan]) -> Path:
+    """A control patch by path, or by file stem among the patches found (model_patches/ folders)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    found = [p for s in scans for p in s.patches]
+    for match in (
+        [p for p in found if p.stem == str(name)],
+        [p for p in found if p.stem.lower() == str(name).lower()],
+    ):
+        if match:
+            return match[0]
+    known = ", ".join(sorted({p.stem for p in found})) or "none"
+    raise AnimaError(f"control model {str(name)!r} not found; known: {known}", setting="control_model")
 
 
 # --------------------------------------------------------------------- default places (for the CLI)

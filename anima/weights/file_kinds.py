@@ -21,6 +21,7 @@ TEXT_ENCODER = "text_encoder"
 VAE = "vae"
 VAE_DIFFUSERS = "vae_diffusers"
 LORA = "lora"
+LLLITE = "lllite"
 COSMOS_NO_ADAPTER = "cosmos_without_adapter"
 OTHER_VAE = "other_vae"
 UNKNOWN = "unknown"
@@ -33,6 +34,7 @@ DESCRIPTIONS = {
     VAE: "a Qwen-Image / Wan-2.1 VAE file",
     VAE_DIFFUSERS: "a Qwen-Image VAE in diffusers layout (vae/)",
     LORA: "a LoRA / LyCORIS file",
+    LLLITE: "an Anima ControlNet-LLLite patch",
     COSMOS_NO_ADAPTER: "a Cosmos-Predict2 DiT without the Anima LLM adapter (not an Anima model)",
     OTHER_VAE: "a VAE of another architecture (SD/SDXL/Flux style); Anima needs the Qwen-Image VAE",
     UNKNOWN: "not a model file anima recognises",
@@ -52,6 +54,8 @@ class Kind:
 def detect(keys: Collection[str]) -> Kind:
     """Classify a checkpoint by its key names."""
     keys = set(keys)
+    if "lllite_conditioning1.conv1.weight" in keys or any(k.startswith("lllite_modules.") for k in keys):
+        return Kind(LLLITE)  # before the LoRA rule: a patch is no LoRA, whatever its key names hold
     if any(("lora_" in k or ".hada_" in k or ".lokr_" in k) for k in list(keys)[:2000]):
         return Kind(LORA)
     for p in DIT_PREFIXES:

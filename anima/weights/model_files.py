@@ -16,12 +16,13 @@ from typing import Literal
 from anima.weights import file_kinds
 from anima.weights.header import read_header
 
-Kind = Literal["dit", "text_encoder", "vae", "lora", "unknown"]
+Kind = Literal["dit", "text_encoder", "vae", "lora", "lllite", "unknown"]
 KIND_NAMES = {
     "dit": "DiT",
     "text_encoder": "text encoder",
     "vae": "VAE",
     "lora": "LoRA",
+    "lllite": "ControlNet-LLLite patch",
     "unknown": "unknown",
 }
 QWEN_TOKENIZER_DIRS = ("qwen", "tokenizer", "qwen25_tokenizer")
@@ -57,6 +58,7 @@ _KINDS: dict[str, Kind] = {
     file_kinds.VAE: "vae",
     file_kinds.VAE_DIFFUSERS: "vae",
     file_kinds.LORA: "lora",
+    file_kinds.LLLITE: "lllite",
 }
 
 
