@@ -136,7 +136,7 @@ def read_request(args: argparse.Namespace, files, model_hash: str) -> Request:
     inpaint = values.get("inpaint", Inpaint())
     sources = plan_sources(
         init_path=args.init_image, mask_path=args.mask, recorded=base.sources if base else Sources(),
-        size=size, only_masked=inpaint.only_masked,
+        size=size, only_masked=inpaint.only_masked, comfy=values.get("comfy"),
     )  # fmt: skip
     values["sources"] = sources.sources
     if sources.size is not None:

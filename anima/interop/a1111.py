@@ -142,6 +142,16 @@ SETTING_LABELS: Mapping[str, tuple[str, Callable[[str], Any]]] = MappingProxyTyp
         "wildcard_negative_prompt": ("Wildcard negative prompt", str),
         "prompt_matrix": ("Prompt matrix", _on),
         "training_step": ("Training step", int),
+        "add_noise": ("Add noise", _on),
+        "start_step": ("Start step", int),
+        "end_step": ("End step", int),
+        "leftover_noise": ("Leftover noise", _on),
+        "zero_negative": ("Zero negative", _on),
+        "lora_keys": ("LoRA keys", str.lower),
+        "clip_loras": ("Clip LoRAs", lambda t: tuple(_parse_lora(i) for i in t.split(", ") if i.strip())),
+        "init_resize": ("Init resize", str),
+        "mask_channel": ("Mask channel", str.lower),
+        "noise_mask": ("Noise mask", _on),
     }
 )
 assert set(SETTING_LABELS) == set(SETTINGS), "every flat setting needs an infotext label"
@@ -158,6 +168,8 @@ def number(value: float) -> str:
 
 
 def _text(value: Any) -> str:
+    if isinstance(value, tuple):  # (name, strength) pairs, written like "Loras"
+        return ", ".join(f"{n}:{number(w)}" for n, w in value)
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, float):

@@ -30,7 +30,7 @@ from anima.text.tokenize import AnimaTokenizer
 from anima.weights import loading
 from anima.weights.discovery import ModelSet
 from anima.weights.hashes import model_hash
-from anima.workflows import inpaint
+from anima.workflows import comfy_image, inpaint
 from anima.workflows.init_image import check_image_tensor
 from anima.workflows.tiled_vae import encode_tiled, free_memory, should_tile
 
@@ -238,9 +238,13 @@ class Pipeline:
         self.ensure_text_encoder()  # a memory plan may have released it; LoRAs may target it
         recipe = self.record(split_prompt_loras(recipe))  # <lora:name:w> prompt tags -> recipe.loras
         with applied_loras(
-            self, recipe.loras, resolve=self.options.lora_resolver, merge=self.options.merge_loras
-        ):
-            return self._generate(recipe, init_image, mask, passes.StepHooks(progress, preview))
+            self, recipe.loras, resolve=self.options.lora_resolver, merge=self.options.merge_loras,
+            key_rule=recipe.comfy.lora_keys, clip=recipe.comfy.clip_loras,
+        ) as loras:  # fmt: skip
+            result = self._generate(recipe, init_image, mask, passes.StepHooks(progress, preview))
+        if loras is not None:
+            result.notes.extend(loras.notes)
+        return result
 
     def record(self, recipe: Recipe) -> Recipe:
         """The recipe as this pipeline runs it: its model, hash, dtype and 8-bit weights stamped in.
@@ -267,6 +271,9 @@ class Pipeline:
             return passes.run(self, recipe, init_image, None, hooks)
         if init_image is None:
             raise AnimaError("a mask needs an init image to repaint")
+        if recipe.comfy.noise_mask:  # SetLatentNoiseMask: the mask as given, any size, no feathering
+            image = check_image_tensor(init_image, recipe.width, recipe.height)
+            return passes.run(self, recipe, image, comfy_image.check_noise_mask(mask), hooks)
         if recipe.hires.on:
             raise AnimaError("hires fix cannot be combined with a mask; inpaint, then upscale the result")
         image = init_image[None] if init_image.ndim == 3 else init_image
@@ -286,15 +293,19 @@ class Pipeline:
         return Result(**result)
 
     # ---------------------------------------------------------------- parts
-    def contexts(self, prompts: list[str], cache: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    def contexts(
+        self, prompts: list[str], cache: dict, *, zeroed: bool = False
+    ) -> list[torch.Tensor]:
         """One DiT context per prompt (on the device, compute dtype); each distinct text encoded once
-        per run (`cache` maps texts already encoded in this run to their contexts)."""
-        new = [p for p in dict.fromkeys(prompts) if p not in cache]
+        per run (`cache` maps texts already encoded in this run to their contexts). `zeroed`: with
+        the Qwen3 states zeroed (ComfyUI's ConditioningZeroOut), cached apart from the plain ones."""
+        key = (lambda p: ("zeroed", p)) if zeroed else (lambda p: p)
+        new = [p for p in dict.fromkeys(prompts) if key(p) not in cache]
         if new:
             self.ensure_text_encoder()
-        for p, c in zip(new, self.conditioner.encode_many(new), strict=True):
-            cache[p] = c.context.to(self.device, self.dtype)
-        return [cache[p] for p in prompts]
+        for p, c in zip(new, self.conditioner.encode_many(new, zero_states=zeroed), strict=True):
+            cache[key(p)] = c.context.to(self.device, self.dtype)
+        return [cache[key(p)] for p in prompts]
 
     def after_text_encoding(self) -> None:
         """Under a plan that says so, free the text encoder before the DiT runs."""

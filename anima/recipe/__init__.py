@@ -8,6 +8,8 @@ from anima.recipe.settings import (
     MAX_SEED,
     TILED_VAE_MODES,
     WEIGHT_FORMATS,
+    Advanced,
+    ComfyNodes,
     GridAxis,
     Guidance,
     Hires,
@@ -23,6 +25,7 @@ from anima.recipe.sizes import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, SIZE_PRESETS, 
 __all__ = [
     "DEFAULT_NEGATIVE", "DTYPES", "HIRES_UPSCALERS", "INPAINT_AREAS", "MAX_SEED", "MAX_SIZE", "MIN_SIZE",
     "RECIPE_FORMAT", "SETTINGS", "SIZE_MULTIPLE", "SIZE_PRESETS", "TILED_VAE_MODES", "WEIGHT_FORMATS",
-    "GridAxis", "Guidance", "Hires", "Inpaint", "Nag", "Origin", "Perf", "Recipe", "Sources", "Variation",
+    "Advanced", "ComfyNodes", "GridAxis", "Guidance", "Hires", "Inpaint", "Nag", "Origin", "Perf", "Recipe",
+    "Sources", "Variation",
     "nearest_valid_size", "parse_size",
 ]  # fmt: skip

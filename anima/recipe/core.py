@@ -25,6 +25,8 @@ from anima.recipe import checks, codec
 from anima.recipe.settings import (
     GROUPS,
     MAX_SEED,
+    Advanced,
+    ComfyNodes,
     GridAxis,
     Guidance,
     Hires,
@@ -84,6 +86,16 @@ SETTINGS: Mapping[str, tuple[str, str]] = {
     "wildcard_negative_prompt": ("origin", "wildcard_negative_prompt"),
     "prompt_matrix": ("origin", "prompt_matrix"),
     "training_step": ("origin", "training_step"),
+    "add_noise": ("advanced", "add_noise"),
+    "start_step": ("advanced", "start_step"),
+    "end_step": ("advanced", "end_step"),
+    "leftover_noise": ("advanced", "leftover_noise"),
+    "zero_negative": ("comfy", "zero_negative"),
+    "lora_keys": ("comfy", "lora_keys"),
+    "clip_loras": ("comfy", "clip_loras"),
+    "init_resize": ("comfy", "init_resize"),
+    "mask_channel": ("comfy", "mask_channel"),
+    "noise_mask": ("comfy", "noise_mask"),
 }
 
 
@@ -120,6 +132,8 @@ class Recipe:
     inpaint: Inpaint = field(default_factory=Inpaint)
     perf: Perf = field(default_factory=Perf)
     origin: Origin = field(default_factory=Origin)
+    advanced: Advanced = field(default_factory=Advanced)
+    comfy: ComfyNodes = field(default_factory=ComfyNodes)
     grid: tuple[GridAxis, ...] = ()
     extra: tuple[tuple[str, str], ...] = ()
 
@@ -264,5 +278,7 @@ def _check_fields(r: Recipe) -> None:
             raise AnimaError(
                 f"recipe {name} must be a {kind.__name__}, got {type(getattr(r, name)).__name__}"
             )
+    if r.advanced.on and r.denoise != 1.0:
+        raise AnimaError("start/end steps (KSamplerAdvanced) run with denoise 1", setting="denoise")
     if any(not isinstance(a, GridAxis) for a in r.grid) or len(r.grid) > 3:
         raise AnimaError("a recipe's grid is up to three GridAxis values")
