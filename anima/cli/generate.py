@@ -21,6 +21,7 @@ from anima.errors import AnimaError
 
 
 def add_generate_args(p: argparse.ArgumentParser) -> None:
+    from anima.cli.comfy import add_graph_args
     from anima.cli.perf_flags import add_perf_args
     from anima.cli.workflow_flags import add_workflow_args
 
@@ -53,6 +54,7 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--merge-loras", action="store_true", help="merge LoRAs into the weights (faster steps)")
     add_workflow_args(p)
     add_perf_args(p)
+    add_graph_args(p)
 
 
 _RECIPE_FLAGS = (
@@ -172,6 +174,7 @@ def _input_key(recipe) -> tuple:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from anima.cli.comfy import export_workflow, graph_source, run_graph
     from anima.cli.model_selection import check_job_loras, model_notice, resolve_files
     from anima.cli.perf_flags import run_options
     from anima.imageio import output_paths, save_png
@@ -179,12 +182,19 @@ def run_generate(args: argparse.Namespace) -> int:
     from anima.pipeline import Pipeline
     from anima.weights.hashes import model_hash
 
+    source = graph_source(args)  # --workflow, or --from-png of a ComfyUI PNG: the graph decides
+    if source is not None:
+        if args.export_workflow:
+            raise AnimaError("--export-workflow writes a recipe as a graph; this input is a graph already")
+        return run_graph(args, *source)
     # Checks the paths exist and are the right kinds (headers only); with no model anywhere and
     # none asked for, the bundled DEMO model, with the settings it was trained for.
     files = resolve_files(args, demo_fallback=True)
     hash_cache = _hash_cache()
     digest = model_hash(files.diffusers / "transformer" if files.diffusers else files.dit, hash_cache)
     req = read_request(args, files, digest)
+    if args.export_workflow:
+        return export_workflow(args, req.recipe, files)
     notice = model_notice(files)
     if notice:  # said once every flag has been checked
         print(notice, file=sys.stderr)

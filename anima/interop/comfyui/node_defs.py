@@ -41,6 +41,7 @@ class NodeDef:
     class_type: str
     inputs: tuple[InputDef, ...]
     outputs: tuple[str, ...]
+    output_names: tuple[str, ...]
     output_node: bool
 
     def input(self, name: str) -> InputDef | None:
@@ -66,7 +67,13 @@ def node_def(class_type: str) -> NodeDef | None:
         InputDef(i["name"], i["type"], {k: v for k, v in i.items() if k not in ("name", "type")})
         for i in raw["inputs"]
     )
-    return NodeDef(class_type, inputs, tuple(raw["outputs"]), bool(raw["output_node"]))
+    return NodeDef(
+        class_type,
+        inputs,
+        tuple(raw["outputs"]),
+        tuple(raw.get("output_names") or ()),
+        bool(raw["output_node"]),
+    )
 
 
 def provenance() -> Mapping[str, Any]:

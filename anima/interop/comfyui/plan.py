@@ -194,6 +194,19 @@ def _snap(value: float) -> int:
     return max(HIRES_MULTIPLE, math.floor(value / HIRES_MULTIPLE + 0.5) * HIRES_MULTIPLE)
 
 
+def _hires_scale(w0: int, h0: int, w1: int, h1: int) -> float | None:
+    """The simplest scale (fewest decimals) whose snapped sides are (w1, h1), or None."""
+    exact = sorted({w1 / w0, h1 / h0})
+    for decimals in (1, 2, 3):
+        step = 10**-decimals
+        lo, hi = math.floor(exact[0] / step) - 1, math.ceil(exact[-1] / step) + 1
+        for k in range(lo, hi + 1):
+            s = round(k * step, decimals)
+            if s > 1 and _snap(w0 * s) == w1 and _snap(h0 * s) == h1:
+                return s
+    return next((s for s in exact if s > 1 and _snap(w0 * s) == w1 and _snap(h0 * s) == h1), None)
+
+
 def _hires(second: V.Sampled) -> tuple[V.Sampled, dict]:
     """(the first pass, the hires settings) for sampler -> LatentUpscale -> sampler, when anima's
     hires pass computes exactly that; else a one-line error saying what differs."""
@@ -219,13 +232,9 @@ def _hires(second: V.Sampled) -> tuple[V.Sampled, dict]:
         why.append("the upscale must be nearest-exact or bilinear without crop")
     w0, h0 = V.latent_size(first.latent)
     w1, h1 = up.width * 8, up.height * 8
-    scale = w1 / w0
-    if w1 % HIRES_MULTIPLE or h1 % HIRES_MULTIPLE or abs(h1 / h0 - scale) > 1e-9 or scale <= 1:
-        why.append(
-            f"anima's hires pass scales both sides by one factor to multiples of 16 ({w0}x{h0} -> {w1}x{h1})"
-        )
-    elif _snap(w0 * scale) != w1 or _snap(h0 * scale) != h1:
-        why.append("the upscaled size is not the one anima's hires pass would pick")
+    scale = _hires_scale(w0, h0, w1, h1)
+    if scale is None:
+        why.append(f"no hires scale makes anima's passes go {w0}x{h0} -> {w1}x{h1} (sides snap to 16)")
     if why:
         raise AnimaError(f"{where}: this two-pass chain is not one anima runs: {'; '.join(why)}")
     hires: dict = {
