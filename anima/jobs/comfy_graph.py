@@ -13,7 +13,7 @@ OUT_1.png, ...); with several, each output node's images are named after it, OUT
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,22 @@ def _model_set(job: GraphJob, places: GraphPlaces, tokenizers: tuple[Path | None
     return ModelSet(Path(f.unet).stem, paths["dit"], paths["text_encoder"], paths["vae"], q, t, SOURCE)
 
 
+def _controls_found(recipe: Recipe, places: GraphPlaces) -> Recipe:
+    """ControlNet-LLLite units (issue 13's ``Recipe.controls``) with their patch files found and
+    their pictures' digests recorded; a recipe without units is returned as it is."""
+    units = getattr(recipe, "controls", ())
+    if not units:
+        return recipe
+    found = []
+    for u in units:
+        changes = {"model": str(model_file("model_patch", u.model, places))}
+        changes["image_hash"] = file_digest(u.image)
+        if u.mask:
+            changes["mask_hash"] = file_digest(u.mask)
+        found.append(replace(u, **changes))
+    return recipe.with_(controls=tuple(found))
+
+
 def prepare_graph(
     plan: GraphPlan,
     places: GraphPlaces,
@@ -83,6 +99,7 @@ def prepare_graph(
                 recipe = recipe.with_(**overrides).validate()
             except AnimaError as exc:
                 raise AnimaError(f"output node {job.output}: {exc}", setting=exc.setting) from None
+        recipe = _controls_found(recipe, places)
         src = recipe.sources
         if src.init_image:
             recipe = recipe.with_(init_image_hash=file_digest(src.init_image))

@@ -92,7 +92,10 @@ def parse_api(data: Any, where: str = "the graph") -> Graph:
         inputs_raw = raw.get("inputs", {})
         if not isinstance(inputs_raw, Mapping):
             raise AnimaError(f"{where}: node {node_id} ({raw['class_type']}) has no inputs object")
-        inputs = {str(k): _value(v, str(node_id), raw["class_type"], str(k)) for k, v in inputs_raw.items()}
+        inputs = {
+            str(k): _value(v, f"{where}: node {node_id} ({raw['class_type']})", str(k))
+            for k, v in inputs_raw.items()
+        }
         meta = raw.get("_meta")
         title = meta.get("title", "") if isinstance(meta, Mapping) else ""
         nodes[str(node_id)] = Node(str(node_id), raw["class_type"], inputs, str(title))
@@ -101,7 +104,7 @@ def parse_api(data: Any, where: str = "the graph") -> Graph:
     return graph
 
 
-def _value(v: Any, node_id: str, class_type: str, name: str) -> Any:
+def _value(v: Any, label: str, name: str) -> Any:
     if isinstance(v, list):
         if (
             len(v) == 2
@@ -110,9 +113,7 @@ def _value(v: Any, node_id: str, class_type: str, name: str) -> Any:
             and not isinstance(v[1], bool)
         ):
             return Link(str(v[0]), v[1])
-        raise AnimaError(
-            f"node {node_id} ({class_type}) input {name!r}: a link is [node id, output slot], got {v!r:.60}"
-        )
+        raise AnimaError(f"{label} input {name!r}: a link is [node id, output slot], got {v!r:.60}")
     if isinstance(v, Mapping) and "__value__" in v:
         return v["__value__"]
     return v

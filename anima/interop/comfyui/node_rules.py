@@ -18,7 +18,13 @@ from anima.interop.comfyui.evaluate import Evaluator, Rule
 from anima.interop.comfyui.graph import Node
 from anima.recipe.image_ops import IMAGE_METHODS, Crop, Resize
 
+try:  # ControlNet-LLLite (issue 13): the graph nodes map onto its recipe units once it is there
+    from anima.recipe import control as lllite
+except ImportError:
+    lllite = None
+
 LATENT_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "bislerp")
+_LLLITE = "ControlNet-LLLite (ModelPatchLoader + AnimaLLLiteApply) is being added to anima"
 
 
 # ---------------------------------------------------------------------- loaders
@@ -99,6 +105,32 @@ def _not_yet(why: str) -> Rule:
         raise AnimaError(f"{n.label} is not supported yet: {why}")
 
     return rule
+
+
+def model_patch_loader(ev: Evaluator, n: Node) -> tuple:
+    if lllite is None:
+        raise AnimaError(f"{n.label} is not supported yet: {_LLLITE}")
+    return (V.Patch(ev.text(n, "name"), n.label),)
+
+
+def lllite_apply(ev: Evaluator, n: Node) -> tuple:
+    """AnimaLLLiteApply: a control unit on the model, its window read with this model's shift."""
+    if lllite is None:
+        raise AnimaError(f"{n.label} is not supported yet: {_LLLITE}")
+    model = ev.typed(n, "model", V.Model, "a MODEL")
+    patch = ev.typed(n, "model_patch", V.Patch, "a MODEL_PATCH")
+    picture = ev.typed(n, "image", V.Picture, "an IMAGE loaded from a file")
+    if picture.filters or picture.ops:
+        done = ", ".join((*picture.filters, *(op.text() for op in picture.ops)))
+        raise AnimaError(
+            f"{n.label}: its control image was changed first ({done}); give the control file as is"
+        )
+    mask = ev.get(n, "mask", None)
+    if mask is not None and not isinstance(mask, V.Mask):
+        raise AnimaError(f"{n.label}: input 'mask' must be a MASK from a file")
+    strength, start, end = (ev.number(n, k) for k in ("strength", "start_percent", "end_percent"))
+    unit = V.Control(patch, picture, mask, strength, start, end, model.shift or 3.0, n.label)
+    return (_replace(model, controls=(*model.controls, unit)),)
 
 
 # ---------------------------------------------------------------------- text
@@ -381,7 +413,6 @@ def resolution_selector(ev: Evaluator, n: Node) -> tuple:
     return round(wr * scale / multiple) * multiple, round(hr * scale / multiple) * multiple
 
 
-_LLLITE = "ControlNet-LLLite (ModelPatchLoader + AnimaLLLiteApply) is being added to anima"
 RULES: dict[str, Rule] = {
     "UNETLoader": unet_loader,
     "CheckpointLoaderSimple": checkpoint_loader,
@@ -433,8 +464,8 @@ RULES: dict[str, Rule] = {
     "PrimitiveStringMultiline": primitive,
     "ComfySwitchNode": switch,
     "ResolutionSelector": resolution_selector,
-    "ModelPatchLoader": _not_yet(_LLLITE),
-    "AnimaLLLiteApply": _not_yet(_LLLITE),
+    "ModelPatchLoader": model_patch_loader,
+    "AnimaLLLiteApply": lllite_apply,
     "Painter": _not_yet(
         "the Painter node's mask lives in ComfyUI's temp folder; save it as a mask image "
         "and load it with LoadImageMask"

@@ -30,7 +30,7 @@ from anima.errors import AnimaError
 from anima.interop.comfyui import values as V
 from anima.interop.comfyui.evaluate import Env, Evaluator
 from anima.interop.comfyui.graph import Graph, Node
-from anima.interop.comfyui.node_rules import RULES
+from anima.interop.comfyui.node_rules import RULES, lllite
 from anima.recipe import Recipe
 from anima.recipe.image_ops import format_ops
 
@@ -154,7 +154,7 @@ def _fields(sampled: V.Sampled, decoded: V.Decoded, image_path) -> tuple[dict, M
     if decoded.tiled:
         fields["tiled_vae"] = "on"
     if m.controls:
-        raise AnimaError(f"{where}: ControlNet-LLLite is not supported yet")
+        fields["controls"] = tuple(_control(c, m.shift or 3.0, image_path) for c in m.controls)
     init = mask = ""
     latent = sampled.latent
     if isinstance(latent, V.Masked):
@@ -187,6 +187,26 @@ def _fields(sampled: V.Sampled, decoded: V.Decoded, image_path) -> tuple[dict, M
         m.unet, clip.name, decoded.vae.name, m.checkpoint, clip.checkpoint, decoded.vae.checkpoint
     )
     return fields, files, init, mask
+
+
+def _rebased(percent: float, applied: float, final: float) -> float:
+    """The percent at shift `final` with the sigma that `percent` has at shift `applied`
+    (sigma(t) = s t / (1 + (s - 1) t), t = 1 - percent)."""
+    if applied == final or percent <= 0 or percent >= 1:
+        return percent
+    t = 1.0 - percent
+    sigma = applied * t / (1 + (applied - 1) * t)
+    return 1.0 - sigma / (final - (final - 1) * sigma)
+
+
+def _control(c: V.Control, shift: float, image_path):
+    """One AnimaLLLiteApply as a recipe control unit (ComfyUI's graph path ignores a mask given to a
+    3-channel patch; the unit keeps it and the patch decides)."""
+    return lllite.ControlUnit(
+        model=c.patch.name, image=image_path(c.picture.name),
+        mask=image_path(c.mask.name) if c.mask is not None else "", strength=c.strength,
+        start=_rebased(c.start, c.shift, shift), end=_rebased(c.end, c.shift, shift),
+    )  # fmt: skip
 
 
 def _snap(value: float) -> int:

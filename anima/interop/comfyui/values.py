@@ -25,8 +25,32 @@ class Model:
     loras: tuple[tuple[str, float], ...] = ()  # model halves (strength_model)
     shift: float | None = None  # ModelSamplingAuraFlow; None: the model's 3.0
     guidance: str = "cfg"  # CFGZeroStar -> "cfg-zero-star"
-    controls: tuple = ()  # ControlNet-LLLite units, when anima has them
-    patched_after_shift: bool = False  # an LLLite applied after a shift node (its window differs)
+    controls: tuple[Control, ...] = ()  # AnimaLLLiteApply nodes, in order
+
+
+@dataclass(frozen=True)
+class Patch:
+    """A MODEL_PATCH from ModelPatchLoader (a file in model_patches/)."""
+
+    name: str
+    node: str
+
+
+@dataclass(frozen=True)
+class Control:
+    """One AnimaLLLiteApply: its patch, control picture, optional mask, strength and window.
+
+    `shift` is the shift of the model it was applied to: ComfyUI turns the percents into sigmas
+    with that model's sampling, so a ModelSamplingAuraFlow placed after it does not move the window."""
+
+    patch: Patch
+    picture: Picture
+    mask: Mask | None
+    strength: float
+    start: float
+    end: float
+    shift: float
+    node: str
 
 
 @dataclass(frozen=True)
