@@ -85,7 +85,7 @@ def test_written_graphs_read_back_to_the_recipe(name: str) -> None:
 def test_written_nodes_have_comfyui_layouts(name: str) -> None:
     api, ui = api_graph(RECIPES[name]), ui_graph(RECIPES[name])
     assert provenance()["comfyui_commit"] == "4f874c5e3a2fafb9938273c5f3fc47d2da017667"
-    for node_id, node in api.items():
+    for node in api.values():
         spec = node_def(node["class_type"])
         assert spec is not None, node["class_type"]
         declared = {i.name: i for i in spec.inputs}
