@@ -156,7 +156,7 @@ def save_png(
     info.add_text(PARAMETERS_KEY, a1111.infotext(recipe, batch_pos=batch_pos))
     info.add_text(RECIPE_KEY, recipe.to_json())
     extra = dict(extra_json or {})
-    if comfyui is not False and COMFY_PROMPT_KEY not in extra:
+    if comfyui is not False and not {COMFY_PROMPT_KEY, COMFY_WORKFLOW_KEY} & set(extra):  # theirs wins
         extra |= comfyui_chunks(recipe, comfyui if isinstance(comfyui, GraphFiles) else None)[0]
     for key, value in extra.items():
         if key in (PARAMETERS_KEY, RECIPE_KEY) or not 1 <= len(key) <= 79 or not key.isascii():
