@@ -223,3 +223,36 @@ def test_input_dir_defaults_to_the_graph_folder(tmp_path: Path) -> None:
     assert rc == 0 and read_recipe(tmp_path / "o.png").sources.init_image == str(
         folder / "wf_init_140x108.png"
     )
+
+
+def test_checkpoint_loader_reads_a_comfyui_checkpoint(tmp_path: Path) -> None:
+    # One file with ComfyUI's checkpoint prefixes (model.diffusion_model., cond_stage_model.,
+    # first_stage_model.) holding the tiny weights: the same image as the split files give.
+    from safetensors.torch import load_file, save_file
+
+    weights = FIX.parent / "anima-tiny" / "weights"
+    sd = {
+        "model.diffusion_model." + k[4:]: v
+        for k, v in load_file(weights / "anima_tiny_dit.safetensors").items()
+    }
+    te = load_file(weights / "qwen3_tiny_te.safetensors")
+    sd |= {"cond_stage_model.qwen3_06b.transformer." + k: v for k, v in te.items()}
+    sd |= {"first_stage_model." + k: v for k, v in load_file(weights / "wan21_tiny_vae.safetensors").items()}
+    models = build_models_dir(tmp_path)
+    (models / "checkpoints").mkdir()
+    save_file(sd, str(models / "checkpoints" / "anima_all.safetensors"))
+    graph = json.loads((FIX / "wf_a_anima_base_flat" / "graph.json").read_text())
+    graph["78"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "anima_all.safetensors"}}
+    for node in graph.values():
+        for key, value in node["inputs"].items():
+            if value in (["71", 0], ["72", 0]):
+                node["inputs"][key] = ["78", 1 if value[0] == "71" else 2]
+    del graph["71"], graph["72"]
+    path = tmp_path / "ckpt.json"
+    path.write_text(json.dumps(graph))
+    out = tmp_path / "o.png"
+    assert _generate(tmp_path, "--workflow", str(path), "-o", str(out)) == 0
+    assert pixel_diff(out, FIX / "wf_a_anima_base_flat" / "Anima_00001_.png") <= fixture_pixel_allowance()
+    written = json.loads(Image.open(out).info["prompt"])
+    assert written["1"]["class_type"] == "CheckpointLoaderSimple"
+    assert written["1"]["inputs"] == {"ckpt_name": "anima_all.safetensors"}

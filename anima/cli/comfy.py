@@ -156,7 +156,14 @@ def run_graph(args: argparse.Namespace, graph, where: str, folder: Path) -> int:
             bar.close()
     out.parent.mkdir(parents=True, exist_ok=True)
     for run, files, made in zip(runs, paths, images, strict=True):
-        names = GraphFiles(run.job.files.unet, run.job.files.clip, run.job.files.vae)
+        f = run.job.files
+        parts = (f.unet_from_checkpoint, f.clip_from_checkpoint, f.vae_from_checkpoint)
+        # A checkpoint's parts mixed with split files has no one-loader form: no graph then.
+        names = (
+            GraphFiles(f.unet, f.clip, f.vae, checkpoint=f.unet if all(parts) else "")
+            if all(parts) or not any(parts)
+            else False
+        )
         for i, (path, (img, recipe)) in enumerate(zip(files, made, strict=True)):
             extra = {"batch_index": i} if len(made) > 1 else None
             save_png(path, img, recipe, extra_json=extra, comfyui=names)
@@ -164,16 +171,26 @@ def run_graph(args: argparse.Namespace, graph, where: str, folder: Path) -> int:
     return 0
 
 
+def comfyui_names(files):
+    """The ComfyUI names of a model set's split files (None for a diffusers folder: the graph then
+    names the official files)."""
+    from anima.interop.comfyui.write import GraphFiles
+
+    if files is None or files.diffusers is not None:
+        return None
+    return GraphFiles(Path(files.dit).name, Path(files.text_encoder).name, Path(files.vae).name)
+
+
 def export_workflow(args: argparse.Namespace, recipe, files) -> int:
     """Write `recipe` as a ComfyUI graph file: UI format, or API format for a ``*.api.json`` name."""
     from anima.imageio import atomic_write
-    from anima.interop.comfyui.write import GraphFiles, api_graph, ui_graph
+    from anima.interop.comfyui.write import api_graph, ui_graph
     from anima.jobs.comfy_files import picture_size
 
     out = Path(args.export_workflow)
     if out.suffix.lower() != ".json":
         raise AnimaError(f"--export-workflow needs a .json file name, got '{out}'")
-    names = GraphFiles(Path(files.dit).name, Path(files.text_encoder).name, Path(files.vae).name)
+    names = comfyui_names(files)
     api = out.name.lower().endswith(".api.json")
     size = lambda path: picture_size(Path(path))  # noqa: E731
     graph = api_graph(recipe, names, size) if api else ui_graph(recipe, names, size)

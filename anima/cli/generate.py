@@ -174,10 +174,10 @@ def _input_key(recipe) -> tuple:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from anima.cli.comfy import export_workflow, graph_source, run_graph
+    from anima.cli.comfy import comfyui_names, export_workflow, graph_source, run_graph
     from anima.cli.model_selection import check_job_loras, model_notice, resolve_files
     from anima.cli.perf_flags import run_options
-    from anima.imageio import output_paths, save_png
+    from anima.imageio import comfyui_chunks, output_paths, save_png
     from anima.jobs.plan import render
     from anima.pipeline import Pipeline
     from anima.weights.hashes import model_hash
@@ -227,8 +227,14 @@ def run_generate(args: argparse.Namespace) -> int:
     if prof is not None:
         print(prof.report(), file=sys.stderr)
     out.parent.mkdir(parents=True, exist_ok=True)
+    names = comfyui_names(files)
+    said: set[str] = set()
     for path, (img, recipe, extra) in zip(output_paths(out, len(outputs)), outputs, strict=True):
-        save_png(path, img, recipe, extra_json=extra)
+        chunks, why = comfyui_chunks(recipe, names)  # the ComfyUI graph, or why there is none
+        if why and why not in said:
+            said.add(why)
+            print(f"anima: {why}; the PNGs carry no ComfyUI workflow", file=sys.stderr)
+        save_png(path, img, recipe, extra_json={**(extra or {}), **chunks}, comfyui=False)
         print(path)
     return 0
 

@@ -23,7 +23,8 @@ from anima.interop.comfyui.plan import GraphJob, GraphPlan
 from anima.jobs.comfy_files import GraphPlaces, model_file
 from anima.lora.file import check_lora
 from anima.recipe import Recipe
-from anima.weights.model_files import ModelSet, inspect_file
+from anima.weights.checkpoint import is_checkpoint
+from anima.weights.model_files import ModelSet, header_shapes, inspect_file
 from anima.workflows.init_image import file_digest
 from anima.workflows.sources import Inputs, recipe_inputs
 
@@ -50,15 +51,15 @@ def _model_set(job: GraphJob, places: GraphPlaces, tokenizers: tuple[Path | None
         ("vae", "vae", f.vae, f.vae_from_checkpoint),
     ):
         path = model_file("checkpoint" if from_ckpt else kind, name, places)
-        info = inspect_file(path)
-        if info.kind != slot and not from_ckpt:
+        if from_ckpt:
+            if not is_checkpoint(header_shapes(path)):
+                raise AnimaError(
+                    f"{path} is not an Anima checkpoint (a DiT, text encoder and VAE under "
+                    "model.diffusion_model., cond_stage_model. and first_stage_model.)"
+                )
+        elif (info := inspect_file(path)).kind != slot:
             raise AnimaError(f"{path} is {info.description}, not what a {kind} loader needs")
         paths[slot] = path
-    if f.unet_from_checkpoint or f.clip_from_checkpoint or f.vae_from_checkpoint:
-        raise AnimaError(
-            f"{f.unet}: loading an Anima checkpoint with CheckpointLoaderSimple is not supported yet; "
-            "use the split files (UNETLoader, CLIPLoader, VAELoader)"
-        )
     q, t = tokenizers
     if q is None or t is None:
         raise AnimaError(

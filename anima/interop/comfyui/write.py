@@ -44,11 +44,13 @@ class GraphUnavailable(AnimaError):
 
 @dataclass(frozen=True)
 class GraphFiles:
-    """The ComfyUI names of the model files (relative to their models/ folders)."""
+    """The ComfyUI names of the model files (relative to their models/ folders); `checkpoint`: one
+    file holding all three (written as CheckpointLoaderSimple)."""
 
     unet: str
     clip: str = OFFICIAL_FILES[0]
     vae: str = OFFICIAL_FILES[1]
+    checkpoint: str = ""
 
 
 @dataclass
@@ -117,9 +119,16 @@ def _unavailable(recipe: Recipe, image_size: Callable[[str], tuple[int, int]] | 
     return why
 
 
-def _model(b: _Builder, recipe: Recipe, files: GraphFiles) -> tuple[Link, Link]:
+def _loaders(b: _Builder, files: GraphFiles) -> tuple[Link, Link, Link]:
+    if files.checkpoint:
+        ckpt = b.add("CheckpointLoaderSimple", ckpt_name=files.checkpoint)
+        return ckpt, Link(ckpt.node, 1), Link(ckpt.node, 2)
     model = b.add("UNETLoader", "Load Diffusion Model", unet_name=files.unet, weight_dtype="default")
     clip = b.add("CLIPLoader", "Load CLIP", clip_name=files.clip, type="stable_diffusion", device="default")
+    return model, clip, b.add("VAELoader", "Load VAE", vae_name=files.vae)
+
+
+def _model(b: _Builder, recipe: Recipe, model: Link, clip: Link) -> tuple[Link, Link]:
     for name, strength in recipe.loras:
         model = b.add("LoraLoaderModelOnly", lora_name=name, strength_model=strength, model=model)
     for name, strength in recipe.comfy.clip_loras:
@@ -203,8 +212,8 @@ def _build(recipe: Recipe, files: GraphFiles | None, image_size) -> _Builder:
         raise GraphUnavailable(f"no ComfyUI graph: {', '.join(dict.fromkeys(why))} has no ComfyUI core node")
     files = files or GraphFiles(f"{recipe.model or 'anima-base-v1.0'}.safetensors")
     b = _Builder()
-    model, clip = _model(b, recipe, files)
-    vae = b.add("VAELoader", "Load VAE", vae_name=files.vae)
+    model, clip, vae = _loaders(b, files)
+    model, clip = _model(b, recipe, model, clip)
     pos = b.add("CLIPTextEncode", "CLIP Text Encode (Positive Prompt)", text=recipe.prompt, clip=clip)
     neg = b.add(
         "CLIPTextEncode", "CLIP Text Encode (Negative Prompt)", text=recipe.negative_prompt, clip=clip
