@@ -374,3 +374,14 @@ def test_api_graph_of_a_request_body() -> None:
     body = {"prompt": _graph("wf_a_anima_base_flat"), "client_id": "x"}
     assert _plan(body).jobs[0].recipe.seed == 424242
     assert parse_api(body).node("76").class_type == "KSampler"
+
+
+def test_chains_are_compared_by_what_they_compute() -> None:
+    # The second pass's prompt comes from its own CLIPTextEncode node with the same text, and the
+    # VAE is loaded twice: still one recipe (the nodes differ, not what they compute).
+    data = _hires_graph()
+    data["102"] = copy.deepcopy(data["77"])
+    data["101"]["inputs"]["positive"] = ["102", 0]
+    data["103"] = copy.deepcopy(data["72"])
+    data["73"]["inputs"]["vae"] = ["103", 0]
+    assert _plan(data).jobs[0].recipe.hires.scale == 1.5

@@ -82,7 +82,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def _tokenizers(args: argparse.Namespace, places) -> tuple[Path | None, Path | None]:
+def _tokenizers(args: argparse.Namespace, places, comfyui_dirs) -> tuple[Path | None, Path | None]:
     import os
 
     from anima.weights.discovery import default_data_dir, find_tokenizers
@@ -95,9 +95,8 @@ def _tokenizers(args: argparse.Namespace, places) -> tuple[Path | None, Path | N
             q, t = q or a, t or b
     if q and t:
         return q, t
-    a, b = find_tokenizers(
-        comfyui_dirs=list(args.comfyui or []), data_dir=default_data_dir(os.environ, Path.home())
-    )
+    data = default_data_dir(os.environ, Path.home())
+    a, b = find_tokenizers(comfyui_dirs=list(comfyui_dirs), data_dir=data)
     return q or a, t or b
 
 
@@ -123,7 +122,7 @@ def run_graph(args: argparse.Namespace, graph, where: str, folder: Path) -> int:
         image_size=lambda name: picture_size(input_file(name, places)),
         image_path=lambda name: str(input_file(name, places).resolve()),
     )
-    runs = prepare_graph(plan, places, _tokenizers(args, places), overrides)
+    runs = prepare_graph(plan, places, _tokenizers(args, places, found["comfyui_dirs"]), overrides)
     for note in plan.notes:
         print(f"anima: {note}", file=sys.stderr)
     out = args.output or _default_output(runs[0].recipe.seed)

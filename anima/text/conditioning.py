@@ -129,6 +129,6 @@ class TextConditioner:
         out = []
         for p in prompts:
             if p not in done:
-                done[p] = self.encode(p, zero_states=zero_states)
+                done[p] = self.encode(p, zero_states=True) if zero_states else self.encode(p)
             out.append(done[p])
         return out

@@ -130,7 +130,7 @@ def _job(out: Node, decoded: V.Decoded, image_path: Callable[[str], str]) -> Gra
 def _fields(sampled: V.Sampled, decoded: V.Decoded, image_path) -> tuple[dict, ModelFiles, str, str]:
     s, where = sampled.sampling, sampled.node
     m, pos, neg = s.model, s.positive, s.negative
-    if pos.clip != neg.clip:
+    if V.content(pos.clip) != V.content(neg.clip):
         raise AnimaError(f"{where}: its positive and negative prompts use different text encoders")
     if pos.zeroed:
         raise AnimaError(f"{pos.node} zeroes the positive prompt; anima zeroes only the negative")
@@ -167,9 +167,7 @@ def _fields(sampled: V.Sampled, decoded: V.Decoded, image_path) -> tuple[dict, M
     width, height = V.latent_size(latent)
     fields |= {"width": width, "height": height}
     if isinstance(latent, V.Encoded):
-        if latent.vae != decoded.vae and (latent.vae.name, latent.vae.checkpoint) != (
-            decoded.vae.name, decoded.vae.checkpoint,
-        ):  # fmt: skip
+        if V.content(latent.vae) != V.content(decoded.vae):
             raise AnimaError(f"{latent.node} and {decoded.node} use different VAEs; anima runs one")
         init = latent.picture.name
         fields |= {"init_image": image_path(init), "init_resize": format_ops(latent.picture.ops)}
@@ -244,7 +242,9 @@ def _hires(second: V.Sampled) -> tuple[V.Sampled, dict]:
     why = []
     if a.advanced or b.advanced:
         why.append("both passes must be plain KSamplers")
-    if (a.model, a.positive, a.negative, a.seed, a.cfg) != (b.model, b.positive, b.negative, b.seed, b.cfg):
+    if V.content((a.model, a.positive, a.negative, a.seed, a.cfg)) != V.content(
+        (b.model, b.positive, b.negative, b.seed, b.cfg)
+    ):
         why.append("both passes must share model, prompts, seed and CFG")
     if not 0 < b.denoise < 1:
         why.append("the second pass needs a denoise below 1")

@@ -9,7 +9,7 @@ Every value remembers the node that made it (`node`, as ``node 76 (KSampler)``) 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 
 from anima.recipe.image_ops import ImageOp
 
@@ -180,6 +180,18 @@ class Decoded:
     vae: Vae
     node: str
     tiled: bool = False
+
+
+def content(value: object) -> object:
+    """A value without the nodes that made it: two chains that compute the same thing are equal
+    (two CLIPTextEncode nodes with one text, two loaders of one file)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return (type(value).__name__,) + tuple(
+            content(getattr(value, f.name)) for f in fields(value) if f.name != "node"
+        )
+    if isinstance(value, tuple):
+        return tuple(content(v) for v in value)
+    return value
 
 
 def latent_size(latent: object) -> tuple[int, int]:
