@@ -172,6 +172,22 @@ def test_subgraph_widget_values_of_the_instance_win() -> None:
     # Older frontends keep an unconnected subgraph input's widget value on the instance itself.
     ui = _case_json("wf_a2_anima_base_template_subgraph", "workflow")
     instance = _node(ui, 90)
+    del instance["properties"]["proxyWidgets"]  # the older form: values by widget input, in order
     instance["widgets_values"] = ["a cat, from the instance"]  # the first widget input: "text"
     graph = ui_to_api(ui)
     assert graph.node("90:77").inputs["text"] == "a cat, from the instance"
+
+
+def test_promoted_widget_values_of_the_instance_win() -> None:
+    # A subgraph node that keeps values for its promoted widgets (properties.proxyWidgets, in the
+    # order of its widgets_values) sets them on the inner nodes it names.
+    ui = _case_json("wf_a2_anima_base_template_subgraph", "workflow")
+    instance = _node(ui, 90)
+    proxies = instance["properties"]["proxyWidgets"]
+    values = {("77", "text"): "promoted prompt", ("76", "seed"): 5}
+    instance["widgets_values"] = [values.get(tuple(p), "keep") for p in proxies]
+    keep = {tuple(p) for p in proxies} - set(values)
+    graph = ui_to_api(ui)
+    assert graph.node("90:77").inputs["text"] == "promoted prompt"
+    assert graph.node("90:76").inputs["seed"] == 5
+    assert ("74", "width") in keep and graph.node("90:74").inputs["width"] == Link("91", 0)  # a link stays

@@ -19,6 +19,7 @@ This follows what ComfyUI's frontend does when it queues a graph (``graphToPromp
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -213,6 +214,29 @@ class _Flattener:
             return None if value is None else _Widget(value)
         return self.resolve_input(instance, index, seen, kind)
 
+    def _promoted(self, dto: _Dto) -> dict[str, Any]:
+        """Values a subgraph node holds for promoted widgets of `dto` (``properties.proxyWidgets``
+        lists them as [inner node id, widget name], in the order of the node's ``widgets_values``);
+        none when the instance keeps no values of its own (then the inner widget's value stands)."""
+        instance = dto.instance
+        if instance is None:
+            return {}
+        proxies = (instance.node.get("properties") or {}).get("proxyWidgets")
+        values = instance.node.get("widgets_values")
+        if isinstance(proxies, str):
+            try:
+                proxies = json.loads(proxies)
+            except ValueError:
+                return {}
+        if not (isinstance(proxies, list) and isinstance(values, list) and len(values) == len(proxies)):
+            return {}
+        own = str(dto.node["id"])
+        return {
+            str(p[1]): v
+            for p, v in zip(proxies, values, strict=True)
+            if isinstance(p, list | tuple) and len(p) == 2 and str(p[0]) == own
+        }
+
     def _instance_widget(self, instance: _Dto, slot_input: Mapping[str, Any]) -> Any:
         """The value of the widget a subgraph node shows for an unconnected input, when it keeps one
         of its own (older workflows list them in ``widgets_values``, in input order); None when the
@@ -220,6 +244,8 @@ class _Flattener:
         values = instance.node.get("widgets_values")
         if not isinstance(values, list) or not values or "widget" not in slot_input:
             return None
+        if (instance.node.get("properties") or {}).get("proxyWidgets"):
+            return None  # promoted widgets: their values are set on the inner nodes (`_promoted`)
         widget_inputs = [i for i in instance.inputs() if "widget" in i]
         index = next((k for k, i in enumerate(widget_inputs) if i is slot_input), None)
         return values[index] if index is not None and index < len(values) else None
@@ -298,6 +324,7 @@ class _Flattener:
             inputs.update(values)
         elif isinstance(values, list) and spec is not None:
             inputs.update(_widget_inputs(spec.inputs, values, dto.label))
+        inputs.update(self._promoted(dto))
         for slot, item in enumerate(dto.inputs()):
             name = item.get("name")
             if not name:
