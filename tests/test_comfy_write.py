@@ -159,6 +159,7 @@ def test_png_carries_the_graph_and_keeps_its_recipe_first(tmp_path: Path) -> Non
     assert "prompt" not in read_png_text(plain)
 
 
+@pytest.mark.slow  # four generations; the round trips above check the same graphs without a model
 def test_exported_workflow_makes_the_same_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     isolate_home(tmp_path, monkeypatch)
     args = ["(red:1.3) flowers", *TINY_MODEL_ARGS, "--size", "64x64", "--steps", "2", "--seed", "4"]

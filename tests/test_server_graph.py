@@ -31,7 +31,7 @@ def _graph(case_id: str) -> dict:
     return json.loads((FIX / case_id / "graph.json").read_text())
 
 
-@pytest.mark.parametrize("kind", ["graph", "workflow"])
+@pytest.mark.parametrize("kind", ["graph", pytest.param("workflow", marks=pytest.mark.slow)])
 def test_graph_job_makes_comfyuis_image(server, kind: str) -> None:
     case = "wf_c_lora_kohya_08"
     data = json.loads((FIX / case / f"{kind}.json").read_text())
