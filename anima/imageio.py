@@ -105,13 +105,17 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
 COMFY_PROMPT_KEY, COMFY_WORKFLOW_KEY = "prompt", "workflow"
 
 
-def comfyui_chunks(recipe: Recipe, files: GraphFiles | None = None) -> tuple[dict[str, Any], str | None]:
+def comfyui_chunks(
+    recipe: Recipe, files: GraphFiles | None = None, lora_fits: Callable[[str], bool] | None = None
+) -> tuple[dict[str, Any], str | None]:
     """({"prompt": API graph, "workflow": UI graph}, None), or ({}, why) when the recipe uses a
-    feature ComfyUI's core nodes do not have (no graph beats one that makes another image)."""
+    feature ComfyUI's core nodes do not have (no graph beats one that makes another image).
+    `lora_fits(name)`: whether ComfyUI applies all keys of a LoRA (None: not known, so no graph
+    for a recipe whose LoRAs anima loaded with its own every-format rule)."""
     try:
         return {
-            COMFY_PROMPT_KEY: api_graph(recipe, files, _picture_size),
-            COMFY_WORKFLOW_KEY: ui_graph(recipe, files, _picture_size),
+            COMFY_PROMPT_KEY: api_graph(recipe, files, _picture_size, lora_fits),
+            COMFY_WORKFLOW_KEY: ui_graph(recipe, files, _picture_size, lora_fits),
         }, None
     except GraphUnavailable as exc:
         return {}, str(exc)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from comfy_support import FIX
 from conftest import TINY_MODEL_ARGS, isolate_home
 from PIL import Image
 
@@ -183,3 +184,23 @@ def test_exported_workflow_makes_the_same_image(tmp_path: Path, monkeypatch: pyt
         assert main(["generate", "--workflow", str(tmp_path / name), *run, "-o", str(out)]) == 0
         assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(tmp_path / "a.png")))
         assert read_recipe(out).with_(model_hash="") == read_recipe(tmp_path / "a.png").with_(model_hash="")
+
+
+def test_anima_loras_are_written_only_when_comfyui_applies_all_their_keys(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from anima.lora.comfy_keys import comfyui_applies_all
+
+    recipe = Recipe.make("x", **BASE, loras=[("k.safetensors", 0.5)])  # anima's every-format rule
+    with pytest.raises(GraphUnavailable, match="a LoRA whose keys ComfyUI's loader would not all apply"):
+        api_graph(recipe)
+    written = api_graph(recipe, lora_fits=lambda name: True)
+    assert [
+        n["inputs"]["lora_name"] for n in written.values() if n["class_type"] == "LoraLoaderModelOnly"
+    ] == ["k.safetensors"]
+    assert comfyui_applies_all(FIX / "models" / "loras" / "anima_tiny_lora_kohya.safetensors")
+    bare = tmp_path / "bare.safetensors"
+    save_file({"blocks.0.mlp.layer1.lora_A.weight": torch.zeros(4, 256),
+               "blocks.0.mlp.layer1.lora_B.weight": torch.zeros(1024, 4)}, str(bare))  # fmt: skip
+    assert not comfyui_applies_all(bare)

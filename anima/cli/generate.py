@@ -179,6 +179,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from anima.cli.perf_flags import run_options
     from anima.imageio import comfyui_chunks, output_paths, save_png
     from anima.jobs.plan import render
+    from anima.lora.comfy_keys import comfyui_applies_all
     from anima.pipeline import Pipeline
     from anima.weights.hashes import model_hash
 
@@ -229,8 +230,15 @@ def run_generate(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     names = comfyui_names(files)
     said: set[str] = set()
+    fits: dict[str, bool] = {}
+
+    def lora_fits(name: str) -> bool:
+        if name not in fits:
+            fits[name] = comfyui_applies_all(resolver(name))
+        return fits[name]
+
     for path, (img, recipe, extra) in zip(output_paths(out, len(outputs)), outputs, strict=True):
-        chunks, why = comfyui_chunks(recipe, names)  # the ComfyUI graph, or why there is none
+        chunks, why = comfyui_chunks(recipe, names, lora_fits)  # the ComfyUI graph, or why none
         if why and why not in said:
             said.add(why)
             print(f"anima: {why}; the PNGs carry no ComfyUI workflow", file=sys.stderr)

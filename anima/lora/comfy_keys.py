@@ -33,6 +33,12 @@ def comfyui_loads(key: str, half: str) -> bool:
     return module.startswith(PREFIXES[half])
 
 
+def comfyui_applies_all(path: str | Path) -> bool:
+    """Whether ComfyUI's LoraLoaderModelOnly applies every key of this file (header only): then a
+    graph of that node makes the same image as anima's own every-format loading."""
+    return all(comfyui_loads(k, "model") for k in read_header(Path(path)).keys())
+
+
 def load_half(path: str | Path, name: str, half: str) -> tuple[LoRAFile | None, list[str]]:
     """(the keys of `half` that ComfyUI applies as a LoRA, or None when there are none; a note per
     file that lost keys). Keys of the other half are not "lost": the other loader applies them."""

@@ -73,8 +73,15 @@ class _Builder:
         return Link(str(node.id), 0)
 
 
-def _unavailable(recipe: Recipe, image_size: Callable[[str], tuple[int, int]] | None) -> list[str]:
+LoraFits = Callable[[str], bool]  # LoRA name -> whether ComfyUI's loader applies all of its keys
+
+
+def _unavailable(recipe: Recipe, image_size, lora_fits: LoraFits | None) -> list[str]:
     why = []
+    if recipe.loras and recipe.comfy.lora_keys == "all":
+        # anima's own loader reads every key format; ComfyUI's applies only its names for Anima.
+        if lora_fits is None or not all(lora_fits(name) for name, _ in recipe.loras):
+            why.append("a LoRA whose keys ComfyUI's loader would not all apply")
     if recipe.nag.on:
         why.append("NAG")
     if recipe.variation.on:
@@ -206,8 +213,10 @@ def _hires(b: _Builder, recipe: Recipe, model: Link, pos: Link, neg: Link, laten
     )  # fmt: skip
 
 
-def _build(recipe: Recipe, files: GraphFiles | None, image_size) -> _Builder:
-    why = _unavailable(recipe, image_size)
+def _build(
+    recipe: Recipe, files: GraphFiles | None, image_size, lora_fits: LoraFits | None = None
+) -> _Builder:
+    why = _unavailable(recipe, image_size, lora_fits)
     if why:
         raise GraphUnavailable(f"no ComfyUI graph: {', '.join(dict.fromkeys(why))} has no ComfyUI core node")
     files = files or GraphFiles(f"{recipe.model or 'anima-base-v1.0'}.safetensors")
@@ -236,11 +245,13 @@ def api_graph(
     recipe: Recipe,
     files: GraphFiles | None = None,
     image_size: Callable[[str], tuple[int, int]] | None = None,
+    lora_fits: LoraFits | None = None,
 ) -> dict[str, Any]:
     """The API-format graph (``prompt``); `GraphUnavailable` when the recipe has no core-node form.
-    `image_size(path)`: the init image's size, to tell whether anima resized it (None: unknown)."""
+    `image_size(path)`: the init image's size, to tell whether anima resized it; `lora_fits(name)`:
+    whether ComfyUI applies all of a LoRA's keys (`anima.lora.comfy_keys`); None: unknown."""
     out = {}
-    for n in _build(recipe, files, image_size).nodes:
+    for n in _build(recipe, files, image_size, lora_fits).nodes:
         inputs = {k: [v.node, v.slot] if isinstance(v, Link) else v for k, v in n.inputs.items()}
         out[str(n.id)] = {
             "inputs": inputs,
@@ -268,9 +279,10 @@ def ui_graph(
     recipe: Recipe,
     files: GraphFiles | None = None,
     image_size: Callable[[str], tuple[int, int]] | None = None,
+    lora_fits: LoraFits | None = None,
 ) -> dict[str, Any]:
     """The UI-format workflow (``workflow``) of the same graph, laid out in columns."""
-    nodes = _build(recipe, files, image_size).nodes
+    nodes = _build(recipe, files, image_size, lora_fits).nodes
     links: list[list] = []
     ui_nodes = []
     outgoing: dict[tuple[int, int], list[int]] = {}
