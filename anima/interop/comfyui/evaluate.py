@@ -128,3 +128,11 @@ def coerce(node: Node, name: str, value: Any) -> Any:
     except (TypeError, ValueError):
         raise AnimaError(f"{node.label}: input {name!r} cannot be read as {kind}: {value!r:.60}") from None
     return value
+
+
+def choose(ev: Evaluator, n: Node, name: str, allowed: tuple[str, ...]) -> str:
+    """A resize-method combo, one of `allowed`."""
+    value = ev.text(n, name)
+    if value not in allowed:
+        raise AnimaError(f"{n.label}: unknown {name} {value!r}")
+    return value
