@@ -15,6 +15,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import pytest
+import torch
 from comfy_support import (
     BY_ID,
     CASES,
@@ -295,3 +296,28 @@ def test_latents_match_comfyui(case: dict, graph_pipeline) -> None:
     ref = load_st(FIX / case["files"]["outputs"])
     assert (result.latents - ref["latent_normalized"]).abs().max() <= 1e-4
     assert (result.images - ref["image"]).abs().max() <= 1e-4
+
+
+def test_noise_mask_graph_keeps_the_unmasked_latent(graph_pipeline) -> None:
+    # SetLatentNoiseMask with LoadImage's MASK of a picture without alpha: ComfyUI's 64x64 zero mask,
+    # scaled to the latent, so every step puts the encoded picture back and the result is it (up to
+    # the last Euler step's x + (x0 - x) / sigma * (0 - sigma) rounding).
+    from anima.interop.comfyui.graph import parse_api
+    from anima.interop.comfyui.plan import plan_graph
+    from anima.jobs.comfy_files import GraphPlaces, input_file, picture_size
+    from anima.jobs.comfy_graph import prepare_graph
+    from anima.model.latent import normalize_latent
+
+    models, pipe = graph_pipeline
+    data = json.loads((FIX / "wf_e_img2img_denoise_055" / "graph.json").read_text())
+    data["94"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["93", 0], "mask": ["90", 1]}}
+    data["76"]["inputs"] |= {"latent_image": ["94", 0], "steps": 2}
+    places = GraphPlaces.make([models], [], [FIX / "input"])
+    plan = plan_graph(
+        parse_api(data), lambda n: picture_size(input_file(n, places)), lambda n: str(input_file(n, places))
+    )
+    (run,) = prepare_graph(plan, places, (models / "tokenizers" / "qwen", models / "tokenizers" / "t5"))
+    assert run.inputs.mask.shape == (1, 64, 64) and not run.inputs.mask.any()
+    result = pipe.generate(run.recipe, init_image=run.inputs.init_image, mask=run.inputs.mask)
+    encoded = normalize_latent(pipe.encode_image(run.inputs.init_image)).float()
+    assert (result.latents - encoded).abs().max() <= 1e-5
