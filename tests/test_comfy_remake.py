@@ -15,7 +15,6 @@ from importlib.resources import files
 from pathlib import Path
 
 import pytest
-import torch
 from comfy_support import (
     BY_ID,
     CASES,
