@@ -5,7 +5,10 @@ A saved PNG carries two text chunks:
 - ``parameters``: the AUTOMATIC1111 "infotext" (`anima.interop.a1111`), so A1111/Forge "PNG Info",
   civitai and image browsers read it;
 - ``anima_recipe``: the full `Recipe` as JSON (`anima.recipe.codec`), lossless; `read_recipe`
-  prefers it, and still reads the JSON of earlier anima versions (`anima.interop.legacy`).
+  prefers it, and still reads the JSON of earlier anima versions (`anima.interop.legacy`);
+- ``prompt`` and ``workflow``: the same image as a ComfyUI graph (API and UI format,
+  `anima.interop.comfyui.write`), so ComfyUI opens and re-runs it; left out, with the reason in
+  `comfyui_chunks`, for a recipe that ComfyUI's core nodes cannot reproduce.
 
 numpy and PIL are imported on first use so that importing this module stays cheap.
 """
@@ -22,6 +25,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from anima.errors import AnimaError
 from anima.interop import a1111, legacy
+from anima.interop.comfyui.write import GraphFiles, GraphUnavailable, api_graph, ui_graph
 from anima.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -98,6 +102,35 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     return path
 
 
+COMFY_PROMPT_KEY, COMFY_WORKFLOW_KEY = "prompt", "workflow"
+
+
+def comfyui_chunks(
+    recipe: Recipe, files: GraphFiles | None = None, lora_fits: Callable[[str], bool] | None = None
+) -> tuple[dict[str, Any], str | None]:
+    """({"prompt": API graph, "workflow": UI graph}, None), or ({}, why) when the recipe uses a
+    feature ComfyUI's core nodes do not have (no graph beats one that makes another image).
+    `lora_fits(name)`: whether ComfyUI applies all keys of a LoRA (None: not known, so no graph
+    for a recipe whose LoRAs anima loaded with its own every-format rule)."""
+    try:
+        return {
+            COMFY_PROMPT_KEY: api_graph(recipe, files, _picture_size, lora_fits),
+            COMFY_WORKFLOW_KEY: ui_graph(recipe, files, _picture_size, lora_fits),
+        }, None
+    except GraphUnavailable as exc:
+        return {}, str(exc)
+
+
+def _picture_size(path: str) -> tuple[int, int] | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except OSError:
+        return None
+
+
 def save_png(
     path: str | Path,
     image_uint8: np.ndarray,
@@ -106,8 +139,11 @@ def save_png(
     *,
     batch_pos: int | None = None,
     compress_level: int = 4,
+    comfyui: bool | GraphFiles = True,
 ) -> Path:
-    """Write one [H,W,3] uint8 image as PNG with ``parameters`` and ``anima_recipe`` text chunks.
+    """Write one [H,W,3] uint8 image as PNG with ``parameters`` and ``anima_recipe`` text chunks,
+    and ComfyUI's ``prompt`` / ``workflow`` when the recipe has a ComfyUI graph (`comfyui`: the
+    model file names to write into it, or False for none).
 
     `extra_json` adds one more text chunk per key, holding ``json.dumps(value)`` (for example a
     workflow). The write is atomic: a failure never leaves a partial file at `path`.
@@ -123,7 +159,10 @@ def save_png(
     info = PngImagePlugin.PngInfo()
     info.add_text(PARAMETERS_KEY, a1111.infotext(recipe, batch_pos=batch_pos))
     info.add_text(RECIPE_KEY, recipe.to_json())
-    for key, value in (extra_json or {}).items():
+    extra = dict(extra_json or {})
+    if comfyui is not False and not {COMFY_PROMPT_KEY, COMFY_WORKFLOW_KEY} & set(extra):  # theirs wins
+        extra |= comfyui_chunks(recipe, comfyui if isinstance(comfyui, GraphFiles) else None)[0]
+    for key, value in extra.items():
         if key in (PARAMETERS_KEY, RECIPE_KEY) or not 1 <= len(key) <= 79 or not key.isascii():
             raise ValueError(f"bad extra PNG text key {key!r}")
         info.add_text(key, json.dumps(value, ensure_ascii=False))

@@ -21,6 +21,7 @@ from anima.errors import AnimaError
 
 
 def add_generate_args(p: argparse.ArgumentParser) -> None:
+    from anima.cli.comfy import add_graph_args
     from anima.cli.control_flags import add_control_args
     from anima.cli.perf_flags import add_perf_args
     from anima.cli.workflow_flags import add_workflow_args
@@ -55,6 +56,7 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
     add_workflow_args(p)
     add_control_args(p)
     add_perf_args(p)
+    add_graph_args(p)
 
 
 _RECIPE_FLAGS = (
@@ -144,7 +146,7 @@ def read_request(args: argparse.Namespace, files, model_hash: str) -> Request:
     inpaint = values.get("inpaint", Inpaint())
     sources = plan_sources(
         init_path=args.init_image, mask_path=args.mask, recorded=base.sources if base else Sources(),
-        size=size, only_masked=inpaint.only_masked,
+        size=size, only_masked=inpaint.only_masked, comfy=values.get("comfy"),
     )  # fmt: skip
     values["sources"] = sources.sources
     if sources.size is not None:
@@ -185,20 +187,29 @@ def _input_key(recipe) -> tuple:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from anima.cli.comfy import comfyui_names, export_workflow, graph_source, run_graph
     from anima.cli.model_selection import check_job_loras, model_notice, resolve_files
     from anima.cli.perf_flags import run_options
     from anima.cli.upscale import upscaler_resolver
-    from anima.imageio import output_paths, save_png
+    from anima.imageio import comfyui_chunks, output_paths, save_png
     from anima.jobs.plan import render
+    from anima.lora.comfy_keys import comfyui_applies_all
     from anima.pipeline import Pipeline
     from anima.weights.hashes import model_hash
 
+    source = graph_source(args)  # --workflow, or --from-png of a ComfyUI PNG: the graph decides
+    if source is not None:
+        if args.export_workflow:
+            raise AnimaError("--export-workflow writes a recipe as a graph; this input is a graph already")
+        return run_graph(args, *source)
     # Checks the paths exist and are the right kinds (headers only); with no model anywhere and
     # none asked for, the bundled DEMO model, with the settings it was trained for.
     files = resolve_files(args, demo_fallback=True)
     hash_cache = _hash_cache()
     digest = model_hash(files.diffusers / "transformer" if files.diffusers else files.dit, hash_cache)
     req = read_request(args, files, digest)
+    if args.export_workflow:
+        return export_workflow(args, req.recipe, files)
     notice = model_notice(files)
     if notice:  # said once every flag has been checked
         print(notice, file=sys.stderr)
@@ -232,8 +243,21 @@ def run_generate(args: argparse.Namespace) -> int:
     if prof is not None:
         print(prof.report(), file=sys.stderr)
     out.parent.mkdir(parents=True, exist_ok=True)
+    names = comfyui_names(files)
+    said: set[str] = set()
+    fits: dict[str, bool] = {}
+
+    def lora_fits(name: str) -> bool:
+        if name not in fits:
+            fits[name] = comfyui_applies_all(resolver(name))
+        return fits[name]
+
     for path, (img, recipe, extra) in zip(output_paths(out, len(outputs)), outputs, strict=True):
-        save_png(path, img, recipe, extra_json=extra)
+        chunks, why = comfyui_chunks(recipe, names, lora_fits)  # the ComfyUI graph, or why none
+        if why and why not in said:
+            said.add(why)
+            print(f"anima: {why}; the PNGs carry no ComfyUI workflow", file=sys.stderr)
+        save_png(path, img, recipe, extra_json={**(extra or {}), **chunks}, comfyui=False)
         print(path)
     return 0
 

@@ -156,6 +156,16 @@ SETTING_LABELS: Mapping[str, tuple[str, Callable[[str], Any]]] = MappingProxyTyp
         "reference_image": ("Reference image", str),
         "reference_image_hash": ("Reference image hash", str),
         "reference_strength": ("Reference strength", float),
+        "add_noise": ("Add noise", _on),
+        "start_step": ("Start step", int),
+        "end_step": ("End step", int),
+        "leftover_noise": ("Leftover noise", _on),
+        "zero_negative": ("Zero negative", _on),
+        "lora_keys": ("LoRA keys", str.lower),
+        "clip_loras": ("Clip LoRAs", lambda t: tuple(_parse_lora(i) for i in t.split(", ") if i.strip())),
+        "init_resize": ("Init resize", str),
+        "mask_channel": ("Mask channel", str.lower),
+        "noise_mask": ("Noise mask", _on),
     }
 )
 assert set(SETTING_LABELS) == set(SETTINGS), "every flat setting needs an infotext label"
@@ -171,6 +181,8 @@ def number(value: float) -> str:
 
 
 def _text(value: Any) -> str:
+    if isinstance(value, tuple):  # (name, strength) pairs, written like "Loras"
+        return ", ".join(f"{n}:{number(w)}" for n, w in value)
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, float):

@@ -108,6 +108,7 @@ class AppliedLoRAs:
     layers: int = 0
     slots: list[_Slot] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the caller should tell the user
 
     def remove(self) -> None:
         for slot in reversed(self.slots):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from anima.errors import AnimaError
 from anima.lora.apply import apply_loras, pipeline_models
+from anima.lora.comfy_keys import comfyui_loras
 from anima.lora.file import check_lora, load_lora
 from anima.lora.prompt import LoRASpec, extract_prompt_loras
 
@@ -49,17 +50,30 @@ def resolve_all(specs: Sequence[LoRASpec], resolve: Resolver) -> dict[str, Path]
 
 @contextmanager
 def applied_loras(
-    pipe, specs: Sequence[LoRASpec], *, resolve: Resolver | None = None, merge: bool = False
+    pipe,
+    specs: Sequence[LoRASpec],
+    *,
+    resolve: Resolver | None = None,
+    merge: bool = False,
+    key_rule: str = "all",
+    clip: Sequence[LoRASpec] = (),
 ) -> Iterator[object]:
     """Apply `specs` [(name, strength)] to the pipeline's DiT, adapter and text encoder for the
     duration of the block; yields the `AppliedLoRAs` handle (None when there are no LoRAs).
-    `resolve`: name -> path (default: names are paths); `merge`: merge instead of wrapping layers."""
-    if not specs:
+    `resolve`: name -> path (default: names are paths); `merge`: merge instead of wrapping layers;
+    `key_rule` "comfyui": only the keys ComfyUI's loaders apply (`anima.lora.comfy_keys`), `specs`
+    as model halves and `clip` as text-encoder halves; the handle's `notes` say what was skipped."""
+    if not specs and not clip:
         yield None
         return
     resolve = resolve or path_resolver
-    loras = [(load_lora(resolve(name), name=name), float(strength)) for name, strength in specs]
+    notes: list[str] = []
+    if key_rule == "comfyui":
+        loras, notes = comfyui_loras(specs, clip, resolve)
+    else:
+        loras = [(load_lora(resolve(name), name=name), float(strength)) for name, strength in specs]
     handle = apply_loras(pipeline_models(pipe), loras, merge=merge)
+    handle.notes.extend(notes)
     try:
         yield handle
     finally:

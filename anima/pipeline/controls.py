@@ -85,7 +85,7 @@ def applied_controls(
     patches, notes = [], []
     for i, unit in enumerate(units):
         lllite = pipe.control_patch(resolve(unit.model))
-        ci = images[i] if images is not None else unit_image(unit, i)
+        ci = images[i] if images is not None else unit_image(unit, i, recipe.comfy.mask_channel)
         notes += check_control_image(ci, lllite.cfg.cond_in_channels, i, strict=strict)
         mask = ci.mask if lllite.cfg.cond_in_channels == 4 else None
         start, end = window(unit.start, unit.end, recipe.shift)

@@ -32,7 +32,7 @@ from anima.weights import loading
 from anima.weights.discovery import ModelSet
 from anima.weights.hashes import model_hash
 from anima.weights.lllite import load_lllite
-from anima.workflows import inpaint
+from anima.workflows import comfy_image, inpaint
 from anima.workflows.control_sources import ControlImage
 from anima.workflows.init_image import check_image_tensor, file_digest
 from anima.workflows.reference import load_reference
@@ -251,15 +251,20 @@ class Pipeline:
         recipe = self.record(split_prompt_loras(recipe))  # <lora:name:w> prompt tags -> recipe.loras
         opts = self.options
         with (
-            applied_loras(self, recipe.loras, resolve=opts.lora_resolver, merge=opts.merge_loras),
+            applied_loras(
+                self, recipe.loras, resolve=opts.lora_resolver, merge=opts.merge_loras,
+                key_rule=recipe.comfy.lora_keys, clip=recipe.comfy.clip_loras,
+            ) as loras,
             applied_controls(self, recipe, controls) as (control, notes),
-        ):
+        ):  # fmt: skip
             if reference is None and recipe.reference.on:
                 reference = load_reference(recipe.reference)
             result = self._generate(
                 recipe, init_image, mask, passes.StepHooks(progress, preview), reference, control
             )
         result.notes[:0] = notes
+        if loras is not None:
+            result.notes.extend(loras.notes)
         return result
 
     def record(self, recipe: Recipe) -> Recipe:
@@ -298,6 +303,11 @@ class Pipeline:
             return passes.run(self, recipe, init_image, None, hooks, reference, control)
         if init_image is None:
             raise AnimaError("a mask needs an init image to repaint")
+        if recipe.comfy.noise_mask:  # SetLatentNoiseMask: the mask as given, any size, no feathering
+            image = check_image_tensor(init_image, recipe.width, recipe.height)
+            return passes.run(
+                self, recipe, image, comfy_image.check_noise_mask(mask), hooks, reference, control
+            )
         if recipe.hires.on:
             raise AnimaError("hires fix cannot be combined with a mask; inpaint, then upscale the result")
         image = init_image[None] if init_image.ndim == 3 else init_image
@@ -356,15 +366,19 @@ class Pipeline:
             self._patches[key] = load_lllite(path, dit=self.dit.cfg, device=self.device, dtype=self.dtype)
         return self._patches[key]
 
-    def contexts(self, prompts: list[str], cache: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    def contexts(
+        self, prompts: list[str], cache: dict, *, zeroed: bool = False
+    ) -> list[torch.Tensor]:
         """One DiT context per prompt (on the device, compute dtype); each distinct text encoded once
-        per run (`cache` maps texts already encoded in this run to their contexts)."""
-        new = [p for p in dict.fromkeys(prompts) if p not in cache]
+        per run (`cache` maps texts already encoded in this run to their contexts). `zeroed`: with
+        the Qwen3 states zeroed (ComfyUI's ConditioningZeroOut), cached apart from the plain ones."""
+        key = (lambda p: ("zeroed", p)) if zeroed else (lambda p: p)
+        new = [p for p in dict.fromkeys(prompts) if key(p) not in cache]
         if new:
             self.ensure_text_encoder()
-        for p, c in zip(new, self.conditioner.encode_many(new), strict=True):
-            cache[p] = c.context.to(self.device, self.dtype)
-        return [cache[p] for p in prompts]
+        for p, c in zip(new, self.conditioner.encode_many(new, zero_states=zeroed), strict=True):
+            cache[key(p)] = c.context.to(self.device, self.dtype)
+        return [cache[key(p)] for p in prompts]
 
     def after_text_encoding(self) -> None:
         """Under a plan that says so, free the text encoder before the DiT runs."""

@@ -19,12 +19,13 @@ from anima.errors import AnimaError
 from anima.model.dit_cache import FirstBlockCache, RunCaches
 from anima.model.latent import denormalize_latent, normalize_latent
 from anima.pipeline.result import Result
-from anima.recipe import Recipe
+from anima.recipe import Advanced, Recipe
 from anima.sampling import samplers, schedules
 from anima.sampling.denoiser import StepIndex, make_denoiser
 from anima.sampling.guidance import GuidanceConfig, Guider
+from anima.sampling.step_window import step_window
 from anima.text.prompt_editing import prompts_per_step
-from anima.workflows import hires, inpaint
+from anima.workflows import comfy_image, hires, inpaint
 from anima.workflows.control import ControlRun
 from anima.workflows.nag import NagControl, nag_attention
 from anima.workflows.reference import ReferenceFrame, fit_image, needs_edit_lora_note
@@ -40,18 +41,24 @@ Preview = Callable[[int, int, torch.Tensor], None]
 
 @dataclass(frozen=True)
 class SamplingPass:
-    """Steps, strength, sampler and scheduler of one pass (the main pass or a hires pass)."""
+    """Steps, strength, sampler and scheduler of one pass (the main pass or a hires pass);
+    `advanced`: KSamplerAdvanced's window of the schedule (None: all of it)."""
 
     steps: int
     denoise: float
     sampler: str
     scheduler: str
+    advanced: Advanced | None = None
 
     def sigmas(self, shift: float) -> torch.Tensor:
-        return schedules.get_sigmas(
+        sigmas = schedules.get_sigmas(
             schedules.FlowModelSampling(shift=shift), self.scheduler, self.steps, denoise=self.denoise,
             discard_penultimate=samplers.discards_penultimate(self.sampler),
         )  # fmt: skip
+        a = self.advanced
+        if a is None or not a.on:
+            return sigmas
+        return step_window(sigmas, a.start_step, a.end_step, a.leftover_noise)
 
     def num_steps(self, shift: float) -> int:
         return len(self.sigmas(shift)) - 1
@@ -122,7 +129,7 @@ def run(
         notes.append(
             f"step cache on (threshold {recipe.perf.step_cache:g}): images differ from a run without it"
         )
-    main = SamplingPass(recipe.steps, recipe.denoise, recipe.sampler, recipe.scheduler)
+    main = SamplingPass(recipe.steps, recipe.denoise, recipe.sampler, recipe.scheduler, recipe.advanced)
     second = SamplingPass(
         h.steps or recipe.steps, h.denoise, h.sampler or recipe.sampler, h.scheduler or recipe.scheduler
     )
@@ -139,7 +146,12 @@ def run(
         latent = torch.zeros(b, 16, 1, height, width)
     v = recipe.variation
     noise = varied_noise(recipe.seed, tuple(latent.shape), v.seed, v.strength)
-    lmask = inpaint.latent_mask(pixel_mask, height, width) if pixel_mask is not None else None
+    if pixel_mask is None:
+        lmask = None
+    elif recipe.comfy.noise_mask:  # SetLatentNoiseMask: any mask size, scaled as ComfyUI does
+        lmask = comfy_image.noise_mask_latent(pixel_mask, tuple(latent.shape))
+    else:
+        lmask = inpaint.latent_mask(pixel_mask, height, width)
     contexts: dict[str, torch.Tensor] = {}  # prompt text -> context, shared by all passes
     x = sample(pipe, recipe, main, latent, noise, lmask, hooks, contexts, first=True,
                extra=inputs(recipe.width, recipe.height), control=control)  # fmt: skip
@@ -159,7 +171,7 @@ def run(
                    control=control)  # fmt: skip
     images = pipe.decode_latent(denormalize_latent(x), tiled=tiled)
     inpaint.ensure_finite(images, "the decoded image")
-    if pixel_mask is not None:
+    if pixel_mask is not None and not recipe.comfy.noise_mask:  # ComfyUI composites nothing
         images = inpaint.composite(images, init_image, pixel_mask)
     return Result(images=images, latents=x.cpu(), recipes=[recipe] * b, notes=notes)
 
@@ -174,7 +186,9 @@ def sample(
     sigmas = spec.sigmas(recipe.shift)
     n = len(sigmas) - 1
     pos = pipe.contexts(prompts_per_step(recipe.prompt, n), contexts)
-    neg = pipe.contexts(prompts_per_step(recipe.negative_prompt, n), contexts)
+    neg = pipe.contexts(
+        prompts_per_step(recipe.negative_prompt, n), contexts, zeroed=recipe.comfy.zero_negative
+    )
     regional = None
     if extra.region_masks is not None and (first or recipe.regional.end_step == 0):
         g = recipe.regional  # each region prompt encoded once (per distinct per-step text)
@@ -203,6 +217,8 @@ def sample(
     # sampler arithmetic with the GPU idle) per step. Noise is still drawn on the CPU (seeds).
     dev = pipe.device
     latent, noise = latent.to(dev), noise.to(dev)
+    if first and not recipe.advanced.add_noise:
+        noise = torch.zeros_like(noise)  # KSamplerAdvanced add_noise "disable": no seed noise
     if lmask is not None:
         denoise = inpaint.masked_denoiser(denoise, latent, noise, lmask.to(dev))
     x = model_sampling.noise_scaling(sigmas[0], noise, latent)

@@ -133,12 +133,22 @@ def _coerce(key: str, value: Any) -> Any:
 def _group(key: str, value: Mapping[str, Any]):
     kind = GROUPS[key]
     names = {f.name: f for f in fields(kind)}
+    value = dict(value)
     for name, v in value.items():
         if name not in names:
             raise AnimaError(f"unknown {key} setting {name!r} in the recipe")
-        if isinstance(v, list | dict):
+        if isinstance(v, list) and isinstance(names[name].default, tuple):
+            value[name] = _pairs(f"{key}.{name}", v)  # a group's (name, value) pairs
+        elif isinstance(v, list | dict):
             raise AnimaError(f"recipe {key}.{name} has the wrong type: {type(v).__name__}")
     try:
         return kind(**value)
     except AnimaError as exc:
         raise AnimaError(f"recipe {key} settings: {exc}", setting=exc.setting) from None
+
+
+def _pairs(what: str, items: list) -> tuple[tuple[str, Any], ...]:
+    """[[name, value], ...] -> a tuple of pairs (the group checks the values)."""
+    if not all(isinstance(i, list | tuple) and len(i) == 2 and isinstance(i[0], str) for i in items):
+        raise AnimaError(f"recipe {what} needs [name, value] pairs")
+    return tuple((i[0], i[1]) for i in items)

@@ -27,6 +27,8 @@ from anima.recipe.regions import Region, check_regions
 from anima.recipe.settings import (
     GROUPS,
     MAX_SEED,
+    Advanced,
+    ComfyNodes,
     GridAxis,
     Guidance,
     Hires,
@@ -95,6 +97,16 @@ SETTINGS: Mapping[str, tuple[str, str]] = {
     "reference_image": ("reference", "image"),
     "reference_image_hash": ("reference", "image_hash"),
     "reference_strength": ("reference", "strength"),
+    "add_noise": ("advanced", "add_noise"),
+    "start_step": ("advanced", "start_step"),
+    "end_step": ("advanced", "end_step"),
+    "leftover_noise": ("advanced", "leftover_noise"),
+    "zero_negative": ("comfy", "zero_negative"),
+    "lora_keys": ("comfy", "lora_keys"),
+    "clip_loras": ("comfy", "clip_loras"),
+    "init_resize": ("comfy", "init_resize"),
+    "mask_channel": ("comfy", "mask_channel"),
+    "noise_mask": ("comfy", "noise_mask"),
 }
 
 
@@ -138,6 +150,8 @@ class Recipe:
     regional: Regional = field(default_factory=Regional)
     reference: Reference = field(default_factory=Reference)
     regions: tuple[Region, ...] = ()
+    advanced: Advanced = field(default_factory=Advanced)
+    comfy: ComfyNodes = field(default_factory=ComfyNodes)
     grid: tuple[GridAxis, ...] = ()
     extra: tuple[tuple[str, str], ...] = ()
     controls: tuple[ControlUnit, ...] = ()  # ControlNet-LLLite patches, applied in order
@@ -299,5 +313,7 @@ def _check_fields(r: Recipe) -> None:
     check_regions(r.regions, r.regional.overlap)
     if any(not isinstance(u, ControlUnit) for u in r.controls):
         raise AnimaError("a recipe's controls are ControlUnit values", setting="control_model")
+    if r.advanced.on and r.denoise != 1.0:
+        raise AnimaError("start/end steps (KSamplerAdvanced) run with denoise 1", setting="denoise")
     if any(not isinstance(a, GridAxis) for a in r.grid) or len(r.grid) > 3:
         raise AnimaError("a recipe's grid is up to three GridAxis values")

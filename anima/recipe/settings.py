@@ -17,6 +17,7 @@ from typing import Any
 
 from anima.errors import AnimaError
 from anima.recipe import checks
+from anima.recipe.image_ops import parse_ops
 from anima.sampling.names import GUIDANCES
 
 HIRES_UPSCALERS = ("latent-bislerp", "latent-nearest-exact", "latent-bilinear", "lanczos")
@@ -27,6 +28,8 @@ REGION_OVERLAPS = ("error", "blend")
 TILED_VAE_MODES = ("auto", "on", "off")
 INPAINT_AREAS = ("whole", "only masked")
 WEIGHT_FORMATS = ("int8", "fp8")
+LORA_KEY_RULES = ("all", "comfyui")
+MASK_CHANNELS = ("", "alpha", "red", "green", "blue")
 MAX_SEED = 2**64 - 1
 
 
@@ -330,6 +333,74 @@ class GridAxis:
         return f"{self.name}=" + ",".join(f'"{v}"' if any(c in v for c in ',"') else v for v in self.values)
 
 
+@dataclass(frozen=True)
+class Advanced(_Group):
+    """ComfyUI's KSamplerAdvanced: which part of the schedule the main pass runs.
+
+    The schedule is computed for `steps`, cut after `end_step` (its last sigma set to 0 unless
+    `leftover_noise`), then started at `start_step`; `add_noise` off starts from the input latent
+    with no seed noise (the sampler's own per-step noise stays). Defaults: the whole schedule."""
+
+    add_noise: bool = True
+    start_step: int = 0
+    end_step: int = 10_000
+    leftover_noise: bool = False
+    label = "advanced sampling"
+
+    def __post_init__(self) -> None:
+        for name in ("add_noise", "leftover_noise"):
+            if not isinstance(getattr(self, name), bool):
+                raise AnimaError(f"{name.replace('_', ' ')} must be true or false", setting=name)
+        checks.int_in_range("start step", self.start_step, 0, 10_000, setting="start_step")
+        checks.int_in_range("end step", self.end_step, 0, 10_000, setting="end_step")
+
+    @property
+    def on(self) -> bool:
+        return not self.is_default
+
+
+@dataclass(frozen=True)
+class ComfyNodes(_Group):
+    """What a ComfyUI graph's nodes did that anima's own settings do not say.
+
+    `zero_negative`: ConditioningZeroOut on the negative (the Qwen3 states are zeroed, the T5 ids
+    and weights kept, so the adapter still runs); `lora_keys` "comfyui": the LoRAs apply only the
+    keys ComfyUI's loader maps for Anima (``lora_unet_*`` and ``diffusion_model.*``, see
+    `anima.lora.comfy_keys`), and `clip_loras` are LoraLoader's text-encoder halves under the same
+    rule; `init_resize`: how the init image was prepared before VAEEncode (`anima.recipe.image_ops`;
+    set, the image is then centre-cropped to multiples of 8 like VAEEncode instead of resized);
+    `mask_channel`: where the mask comes from (alpha: 1 - alpha, as LoadImage's MASK; a colour
+    channel, as LoadImageMask; empty: the luminance); `noise_mask`: SetLatentNoiseMask semantics
+    (the mask scaled to the latent with trilinear interpolation, no feathering, no pixel composite)."""
+
+    zero_negative: bool = False
+    lora_keys: str = "all"
+    clip_loras: tuple[tuple[str, float], ...] = ()
+    init_resize: str = ""
+    mask_channel: str = ""
+    noise_mask: bool = False
+    label = "ComfyUI node"
+
+    def __post_init__(self) -> None:
+        for name in ("zero_negative", "noise_mask"):
+            if not isinstance(getattr(self, name), bool):
+                raise AnimaError(f"{name.replace('_', ' ')} must be true or false", setting=name)
+        checks.choice("LoRA key rule", self.lora_keys, LORA_KEY_RULES, setting="lora_keys")
+        try:
+            pairs = tuple((n, w) for n, w in self.clip_loras)
+        except (TypeError, ValueError):
+            raise AnimaError("clip LoRAs take (name, strength) pairs", setting="clip_loras") from None
+        for name, strength in pairs:
+            if not isinstance(name, str) or not name or not checks.is_number(strength):
+                raise AnimaError(f"bad clip LoRA entry {name!r}: {strength!r}", setting="clip_loras")
+        object.__setattr__(self, "clip_loras", tuple((n, float(w)) for n, w in pairs))
+        if pairs and self.lora_keys != "comfyui":
+            raise AnimaError("clip LoRAs come from ComfyUI graphs: they need the comfyui LoRA key rule")
+        checks.one_line("init resize", checks.text("init resize", self.init_resize))
+        parse_ops(self.init_resize, "init resize")
+        checks.choice("mask channel", self.mask_channel, MASK_CHANNELS, setting="mask_channel")
+
+
 GROUPS: dict[str, type[_Group]] = {
     "guidance": Guidance,
     "nag": Nag,
@@ -341,4 +412,6 @@ GROUPS: dict[str, type[_Group]] = {
     "origin": Origin,
     "regional": Regional,
     "reference": Reference,
+    "advanced": Advanced,
+    "comfy": ComfyNodes,
 }

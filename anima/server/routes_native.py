@@ -28,6 +28,7 @@ from anima.recipe import (
     changed_settings,
 )
 from anima.recipe.model_defaults import TURBO_DEFAULTS
+from anima.recipe.settings import LORA_KEY_RULES
 from anima.sampling.names import GUIDANCES
 from anima.server.jobs import STATUSES, QueuedJob
 from anima.server.routes_a1111 import ERRORS, Ctx
@@ -181,7 +182,7 @@ def info(c: Ctx) -> ServerInfo:
             guidances=list(GUIDANCES), hires_upscalers=list(HIRES_UPSCALERS),
             tiled_vae_modes=list(TILED_VAE_MODES),
             inpaint_areas=list(INPAINT_AREAS), grid_axes=sorted([*AXES, *SEARCH_REPLACE]),
-            region_overlaps=list(REGION_OVERLAPS),
+            region_overlaps=list(REGION_OVERLAPS), lora_key_rules=list(LORA_KEY_RULES),
             quality_presets=[dataclasses.asdict(quality_preset("default"))],
             presets={"turbo": dict(TURBO_DEFAULTS)},
         ),

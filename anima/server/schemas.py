@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from anima.server.settings_schema import SettingsIn
 
@@ -204,7 +204,12 @@ class ControlIn(BaseModel):
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    recipe: RecipeIn
+    recipe: RecipeIn | None = Field(None, description="the settings; or give a ComfyUI graph instead")
+    graph: dict[str, Any] | None = Field(
+        None,
+        description="a ComfyUI graph (API format, or a UI workflow) with one SaveImage output; its "
+        "model and LoRA names are looked up among the served ones",
+    )
     n_iter: int = Field(1, ge=1, le=100, description="run the recipe this many times (seed + i)")
     init_image: str | None = Field(None, description="base64 image: img2img at recipe.denoise")
     reference_image: str | None = Field(
@@ -215,6 +220,14 @@ class JobCreate(BaseModel):
     output_name: str | None = Field(
         None, max_length=128, description="subfolder of the outputs folder (plain names only)"
     )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> JobCreate:
+        if (self.recipe is None) == (self.graph is None):
+            raise ValueError("give either recipe or graph")
+        if self.graph is not None and (self.init_image is not None or self.inpaint is not None):
+            raise ValueError("a graph names its own images; init_image and inpaint go with a recipe")
+        return self
 
 
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
@@ -259,6 +272,7 @@ class Choices(BaseModel):
     inpaint_areas: list[str]
     grid_axes: list[str]
     region_overlaps: list[str] = Field(default_factory=list)
+    lora_key_rules: list[str] = Field(default_factory=list)
     quality_presets: list[dict[str, str]] = Field(description="name, positive_prefix, negative")
     presets: dict[str, dict[str, Any]] = Field(description="name -> recipe fields and settings (turbo)")
 

@@ -5,8 +5,8 @@ flat names the CLI flags, grid axes and the Python API use (`anima.recipe.SETTIN
 the setting groups' own field types, so the OpenAPI contract cannot drift from the recipe. Range
 checks stay the recipe's (one 400 line naming the setting). Settings a client must not choose are
 left out: source image paths and file digests (the server stores uploads and hashes files itself),
-the 8-bit weight format and fp16 accumulation (how the server runs its model), and the record-only
-origin fields.
+the 8-bit weight format and fp16 accumulation (how the server runs its model), the record-only
+origin fields, and what only a ComfyUI graph sets (its picture preparation and text-encoder LoRAs).
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ SERVER_ONLY = (
     "hires_upscaler_hash", "weights", "fp16_accumulation",
 )  # fmt: skip
 RECORD_ONLY = ("wildcard_prompt", "wildcard_negative_prompt", "prompt_matrix", "training_step")
-CLIENT_SETTINGS = tuple(s for s in SETTINGS if s not in SERVER_ONLY + RECORD_ONLY)
+# How a ComfyUI graph prepared its pictures and its text-encoder LoRAs: a job gets them from its
+# `graph` (the native API runs ComfyUI graphs), never as loose settings beside stored uploads.
+GRAPH_ONLY = ("clip_loras", "init_resize", "mask_channel", "noise_mask")
+CLIENT_SETTINGS = tuple(s for s in SETTINGS if s not in SERVER_ONLY + RECORD_ONLY + GRAPH_ONLY)
 
 
 def _field_type(flat: str) -> Any:

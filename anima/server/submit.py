@@ -16,6 +16,7 @@ from anima.lora.use import split_prompt_loras
 from anima.recipe import Recipe, Region, nearest_valid_size, parse_size
 from anima.server import a1111, controls, images
 from anima.server.a1111_hires import hires_settings
+from anima.server.graphs import graph_recipe
 from anima.server.jobs import JobSpec, JobStore, QueuedJob, new_job_id
 from anima.server.schemas import Img2ImgRequest, JobCreate, Txt2ImgRequest
 from anima.server.security import Limits, resolve_inside
@@ -102,6 +103,8 @@ class Submitter:
 
     # ----------------------------------------------------------------- native
     def prepare_native(self, req: JobCreate) -> Prepared:
+        if req.graph is not None:
+            return self.prepare_graph(req)
         r = req.recipe
         fields = r.model_dump(exclude_none=True, exclude={"size", "loras", "settings", "grid", "regions"})
         regions = tuple(Region(x.prompt, rect=tuple(x.rect)) for x in r.regions)
@@ -149,6 +152,14 @@ class Submitter:
         )  # fmt: skip
         pending = controls.native(req.controls, self.service, self.limits, recipe.model or None)
         return Prepared(spec, [], init, mask, tuple(pending), reference)
+
+    def prepare_graph(self, req: JobCreate) -> Prepared:
+        """A ComfyUI graph -> its one output's recipe, with the served model and LoRAs by name."""
+        recipe, notes = graph_recipe(req.graph, self.service)
+        self._check(recipe, req.n_iter)
+        if req.output_name is not None:
+            resolve_inside(self.outputs_dir, req.output_name, "output")
+        return Prepared(JobSpec(recipe, req.n_iter, output_name=req.output_name), notes)
 
     # ----------------------------------------------------------------- common
     def _check(self, recipe: Recipe, n_iter: int) -> None:

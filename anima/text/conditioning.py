@@ -89,7 +89,11 @@ class TextConditioner:
         self.text_encoder = None
 
     @torch.no_grad()
-    def encode(self, prompt: str) -> Conditioning:
+    def encode(self, prompt: str, *, zero_states: bool = False) -> Conditioning:
+        """`zero_states`: zero the Qwen3 hidden states before the adapter, as ComfyUI's
+        ConditioningZeroOut does for Anima (it zeroes the cross-attention tensor, which for Anima is
+        the Qwen3 output; the T5 ids and weights stay, so the adapter still runs and the context is
+        not zero)."""
         if self.text_encoder is None:
             raise RuntimeError("the text encoder was released; attach it again before encoding")
         tokens = self.tokenizer.tokenize(prompt)
@@ -104,6 +108,8 @@ class TextConditioner:
         te_device = self.text_encoder.embed_tokens.weight.device
         qwen_ids = torch.tensor([tokens.qwen_ids], dtype=torch.long, device=te_device)
         hidden = self.text_encoder.encode(qwen_ids).to(device=self.device, dtype=self.dtype)
+        if zero_states:
+            hidden = torch.zeros_like(hidden)
         t5_ids = torch.tensor([tokens.t5_ids], dtype=torch.long, device=self.device)
         out = self.adapter(hidden, t5_ids)
         weights = torch.tensor([tokens.t5_weights], dtype=torch.float32, device=self.device)
@@ -117,12 +123,12 @@ class TextConditioner:
             t5_weights=tokens.t5_weights,
         )
 
-    def encode_many(self, prompts: Iterable[str]) -> list[Conditioning]:
+    def encode_many(self, prompts: Iterable[str], *, zero_states: bool = False) -> list[Conditioning]:
         """Encode each prompt, running the models once per distinct prompt."""
         done: dict[str, Conditioning] = {}
         out = []
         for p in prompts:
             if p not in done:
-                done[p] = self.encode(p)
+                done[p] = self.encode(p, zero_states=True) if zero_states else self.encode(p)
             out.append(done[p])
         return out

@@ -364,9 +364,11 @@ def resolve_lora(name: str | Path, scans: Sequence[SourceScan]) -> Path:
     if path.is_file():
         return path
     found = [p for s in scans for p in s.loras]
+    rel = str(name).replace("\\", "/")  # ComfyUI names a LoRA by its path under loras/
     for match in (
         [p for p in found if p.stem == str(name)],
         [p for p in found if p.stem.lower() == str(name).lower()],
+        [p for p in found if p.as_posix().endswith("/" + rel)],
     ):
         if match:
             return match[0]

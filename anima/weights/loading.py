@@ -21,7 +21,7 @@ from anima.model.config import AdapterConfig, DiTConfig, TextEncoderConfig, VAEC
 from anima.model.dit import MiniTrainDIT
 from anima.model.text_encoder import Qwen3TextEncoder
 from anima.model.vae import WanVAE
-from anima.weights import diffusers_keys, file_kinds
+from anima.weights import checkpoint, diffusers_keys, file_kinds
 from anima.weights.mapped_pages import file_mappings, release
 from anima.weights.safetensors import Header, load_mmap, read_header
 
@@ -127,6 +127,8 @@ def load_dit(
         raise _wrong_kind(path, kind, DESCRIPTIONS_WANTED["dit"])
     sd = _tensors(headers)
     p = kind.prefix
+    if checkpoint.part_prefix(shapes, "dit"):  # a ComfyUI checkpoint: its DiT part only
+        sd = {k: v for k, v in sd.items() if k.startswith(p)}
     adapter_prefix = f"{p}llm_adapter."
     dit_sd = {k[len(p) :]: v for k, v in sd.items() if k.startswith(p) and not k.startswith(adapter_prefix)}
     ad_sd = {k[len(adapter_prefix) :]: v for k, v in sd.items() if k.startswith(adapter_prefix)}
@@ -207,7 +209,8 @@ def load_text_encoder(
 
     path, device = Path(path), torch.device(device)
     headers, shapes = read_headers(path)
-    kind = file_kinds.detect(shapes)
+    inside = checkpoint.part_prefix(shapes, "text_encoder")  # a ComfyUI checkpoint's text encoder
+    kind = file_kinds.Kind(file_kinds.TEXT_ENCODER, inside) if inside else file_kinds.detect(shapes)
     if kind.kind != file_kinds.TEXT_ENCODER:
         raise _wrong_kind(path, kind, DESCRIPTIONS_WANTED["text_encoder"])
     p = kind.prefix
@@ -228,8 +231,12 @@ def load_vae(
 
     path, device = Path(path), torch.device(device)
     headers, shapes = read_headers(path)
-    kind = file_kinds.detect(shapes)
     sd = _tensors(headers)
+    inside = checkpoint.part_prefix(shapes, "vae")  # a ComfyUI checkpoint: its VAE part only
+    if inside:
+        shapes = {k[len(inside) :]: v for k, v in shapes.items() if k.startswith(inside)}
+        sd = {k[len(inside) :]: v for k, v in sd.items() if k.startswith(inside)}
+    kind = file_kinds.detect(shapes)
     if kind.kind == file_kinds.VAE_DIFFUSERS:
         dim = shapes["decoder.norm_out.gamma"][0]
         cfg = VAEConfig(dim=dim, z_dim=shapes["post_quant_conv.weight"][0])

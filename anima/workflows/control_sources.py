@@ -16,7 +16,7 @@ import torch
 
 from anima.errors import AnimaError
 from anima.recipe import ControlUnit
-from anima.workflows import inpaint
+from anima.workflows import comfy_image, inpaint
 from anima.workflows.init_image import file_digest, load_rgb
 
 
@@ -41,12 +41,17 @@ def _recorded(path_text: str, digest: str, what: str, index: int) -> Path:
     return path
 
 
-def unit_image(unit: ControlUnit, index: int = 0) -> ControlImage:
-    """Load a unit's control image and mask from the paths it names (digests checked)."""
+def unit_image(unit: ControlUnit, index: int = 0, mask_channel: str = "") -> ControlImage:
+    """Load a unit's control image and mask from the paths it names (digests checked); the mask is
+    the luminance, or `mask_channel` of the file (a ComfyUI graph's LoadImage alpha / LoadImageMask
+    channel, `anima.recipe.ComfyNodes.mask_channel`)."""
     if not unit.image:
         raise AnimaError(f"control {index} ({unit.model}) has no control image", setting="control_image")
     image = load_rgb(_recorded(unit.image, unit.image_hash, "image", index))
-    mask = inpaint.load_mask(_recorded(unit.mask, unit.mask_hash, "mask", index)) if unit.mask else None
+    mask = None
+    if unit.mask:
+        path = _recorded(unit.mask, unit.mask_hash, "mask", index)
+        mask = comfy_image.load_mask(path, mask_channel) if mask_channel else inpaint.load_mask(path)
     return ControlImage(image, mask)
 
 

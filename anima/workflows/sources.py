@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from anima.errors import AnimaError
-from anima.recipe import Recipe, Sources, nearest_valid_size
-from anima.workflows import inpaint
+from anima.recipe import ComfyNodes, Recipe, Sources, nearest_valid_size
+from anima.workflows import comfy_image, inpaint
 from anima.workflows.init_image import check_size, crop_to_multiple, file_digest, load_rgb
 from anima.workflows.resample import resize_images, resize_masks
 
@@ -64,9 +64,11 @@ def plan_sources(
     recorded: Sources | None = None,
     size: tuple[int, int] | None,
     only_masked: bool = False,
+    comfy: ComfyNodes | None = None,
 ) -> SourcePlan:
     """Inputs given now win over the recorded ones. `size` is the working (width, height) when the
-    user gave one, else None (then the init image decides). Nothing is written."""
+    user gave one, else None (then the init image decides). `comfy`: how a ComfyUI graph prepared
+    the image and the mask (`ComfyNodes`), which replaces anima's size policy. Nothing is written."""
     recorded = recorded or Sources()
     init_digest = mask_digest = ""
     if init_path is not None:
@@ -92,6 +94,8 @@ def plan_sources(
         mask=str(Path(mask_path).resolve()) if mask_path is not None else "", mask_hash=mask_digest,
     )  # fmt: skip
     image = load_rgb(init_path)
+    if comfy is not None and (comfy.init_resize or comfy.mask_channel or comfy.noise_mask):
+        return _comfy_plan(sources, image, mask_path, size, comfy)
     height, width = image.shape[1:3]
     mask = inpaint.check_mask(inpaint.load_mask(mask_path), width, height) if mask_path is not None else None
     if only_masked:
@@ -109,9 +113,37 @@ def plan_sources(
     return SourcePlan(sources, None, Inputs(image, mask))
 
 
+def _comfy_plan(
+    sources: Sources,
+    image: torch.Tensor,
+    mask_path: Path | None,
+    size: tuple[int, int] | None,
+    comfy: ComfyNodes,
+) -> SourcePlan:
+    """The inputs as a ComfyUI graph made them: the recorded preparation, VAEEncode's crop, and the
+    mask from its channel (a SetLatentNoiseMask mask keeps its own size)."""
+    if comfy.init_resize:
+        image = comfy_image.prepare_init(image, comfy.init_resize)
+    found = (image.shape[2], image.shape[1])
+    if size is not None and found != size:
+        raise AnimaError(
+            f"the prepared init image is {found[0]}x{found[1]} but the size is {size[0]}x{size[1]}; "
+            "a ComfyUI graph's image is not resized again",
+            setting="size",
+        )
+    check_size(*found)
+    mask = None
+    if mask_path is not None:
+        channel = comfy.mask_channel
+        mask = comfy_image.load_mask(mask_path, channel) if channel else inpaint.load_mask(mask_path)
+        if not comfy.noise_mask:
+            mask = inpaint.check_mask(crop_to_multiple(mask[..., None])[..., 0], *found)
+    return SourcePlan(sources, found if size is None else None, Inputs(image, mask))
+
+
 def recipe_inputs(recipe: Recipe) -> Inputs:
     """The inputs a (checked) recipe recorded, at its size: for batches and grid cells."""
     return plan_sources(
         init_path=None, mask_path=None, recorded=recipe.sources, size=(recipe.width, recipe.height),
-        only_masked=recipe.inpaint.only_masked,
+        only_masked=recipe.inpaint.only_masked, comfy=recipe.comfy,
     ).inputs  # fmt: skip

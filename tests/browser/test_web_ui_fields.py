@@ -74,6 +74,13 @@ GROUPS = {
     }),
     "reference": ("txt2img", [("#reference-file", "FILE"), ("#reference-strength", "0.6")],
                   {"reference_strength": 0.6}),
+    "comfy": ("txt2img", [
+        ("#start-step", "2"), ("#end-step", "5"), ("#add-noise", False), ("#leftover-noise", True),
+        ("#zero-negative", True), ("#lora-keys", "comfyui"),
+    ], {
+        "start_step": 2, "end_step": 5, "add_noise": False, "leftover_noise": True, "zero_negative": True,
+        "lora_keys": "comfyui",
+    }),
     "speed": ("txt2img", [("#tiled-vae", "on"), ("#step-cache", "0.1")],
               {"tiled_vae": "on", "step_cache": 0.1}),
     "img2img": ("img2img", [("#denoise", "0.45")], {"denoise": 0.45}),
@@ -125,6 +132,8 @@ def _set(pg, selector: str, value, file: Path | None = None) -> None:
         return
     if value is True:
         el.check()
+    elif value is False:
+        el.uncheck()
     elif value == "click":
         el.click()
     elif el.evaluate("e => e.tagName") == "SELECT":

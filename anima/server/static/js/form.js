@@ -35,12 +35,14 @@ export function setupChoices(info) {
 }
 
 function readSetting(el) {
+  if (el.type === "checkbox") return el.checked;
   if (el.tagName === "SELECT" || el.type !== "number") return el.value;
   return el.value === "" ? null : Number(el.value);
 }
 
 function writeSetting(el, value) {
-  el.value = value == null ? "" : String(value);
+  if (el.type === "checkbox") el.checked = value === true || value === "true";
+  else el.value = value == null ? "" : String(value);
 }
 
 function groupActive(el) {
