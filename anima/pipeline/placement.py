@@ -17,7 +17,7 @@ from anima.model.attention import set_backend
 from anima.model.dit import fuse_qkv
 from anima.pipeline.options import RunOptions
 from anima.runtime.memory import MemoryPlan, ModelSizes, budget_from_gb, dit_activation_bytes, plan_memory
-from anima.runtime.quant import quantize_dit
+from anima.runtime.quant import kernel_note, quantize_dit
 from anima.runtime.streaming import BlockStreamer
 
 
@@ -34,7 +34,10 @@ def prepare(pipe, notes: list[str]) -> tuple[MemoryPlan, BlockStreamer | None]:
         notes.append(_fp16_accumulation(device))
     if opts.weights:
         report = quantize_dit(pipe.dit, opts.weights)
-        notes.append(f"weights: {report.layers} DiT layers in {opts.weights}, {report.saved_gb:.2f} GB saved")
+        notes.append(
+            f"weights: {report.layers} DiT layers in {opts.weights}, {report.saved_gb:.2f} GB saved, "
+            f"{kernel_note(opts.weights, device)}"
+        )
     budget = budget_from_gb(opts.vram_budget, device)
     if budget is not None:
         width, height, batch = opts.plan_size
