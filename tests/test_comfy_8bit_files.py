@@ -147,3 +147,15 @@ def test_unsupported_8bit_formats_are_named(tmp_path) -> None:
     save(sd, tmp_path / "nvfp4.safetensors")
     with pytest.raises(AnimaError, match="uses the 'nvfp4' format, which anima cannot load"):
         loading.load_dit(tmp_path / "nvfp4.safetensors")
+
+
+def test_pipeline_notes_say_what_the_file_brought(tmp_path) -> None:
+    from conftest import TOKENIZERS
+
+    from anima.pipeline import Pipeline
+
+    path = _scaled_fp8(tmp_path / "anima_fp8_scaled.safetensors")
+    w = TINY / "weights"
+    pipe = Pipeline.from_files(path, w / "qwen3_tiny_te.safetensors", w / "wan21_tiny_vae.safetensors",
+                               tokenizer_dir=TOKENIZERS, device="cpu", dtype="bf16")  # fmt: skip
+    assert "weights from the file: 20 layers fp8 (dequantise + matmul)" in pipe.notes

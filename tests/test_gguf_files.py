@@ -166,3 +166,26 @@ def test_bad_files_give_one_line(tmp_path) -> None:
         with pytest.raises(AnimaError) as e:
             loading.load_dit(path)
         assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_loras_apply_on_gguf_layers_like_on_dense_ones(tmp_path) -> None:
+    from anima.lora.apply import apply_loras
+    from anima.lora.file import load_lora
+
+    lora = load_lora(
+        TINY.parent / "comfy-workflows" / "models" / "loras" / "anima_tiny_lora_kohya.safetensors"
+    )
+    dit, adapter = loading.load_dit(SDCPP["q8_0"], dtype=torch.float32)
+    ref_dit, ref_adapter = loading.load_dit(dequantized_reference(SDCPP["q8_0"], tmp_path / "r.safetensors"))
+    x, s, c = torch.randn(1, 16, 1, 8, 8), torch.tensor([0.6]), torch.randn(1, 8, 128)
+    with torch.no_grad():
+        plain = dit(x, s, c)
+        with apply_loras({"dit": dit, "adapter": adapter}, [(lora, 0.8)]) as applied:
+            assert applied.layers > 0
+            got = dit(x, s, c)
+        with apply_loras({"dit": ref_dit, "adapter": ref_adapter}, [(lora, 0.8)]):
+            want = ref_dit(x, s, c)
+    assert not torch.allclose(got, plain)  # the LoRA does something
+    assert torch.allclose(got, want, atol=1e-5)
+    with pytest.raises(AnimaError, match="cannot merge a LoRA into .*GGMLLinear.*use runtime mode"):
+        apply_loras({"dit": dit}, [(lora, 0.8)], merge=True)

@@ -78,3 +78,15 @@ def test_converted_text_encoder_and_dit_load(tmp_path: Path, target: str) -> Non
     dit = tmp_path / f"dit-{target}.gguf"
     assert main(["models", "convert", str(W / "anima_tiny_dit.safetensors"), str(dit), "--to", target]) == 0
     loading.load_dit(dit)
+
+
+def test_bad_gguf_on_the_command_line_is_one_line(tmp_path: Path, capsys) -> None:
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(GGUF_Q4K.read_bytes()[:100_000])
+    te, vae = W / "qwen3_tiny_te.safetensors", W / "wan21_tiny_vae.safetensors"
+    args = ["generate", "cat", "--dit", str(cut), "--text-encoder", str(te), "--vae", str(vae),
+            "--tokenizer-dir", str(TOKENIZERS), "-o", str(tmp_path / "x.png")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("anima: error: ") and "truncated" in err and err.count("\n") == 1
+    assert not (tmp_path / "x.png").exists()

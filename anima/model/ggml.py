@@ -29,6 +29,7 @@ BLOCKS: dict[str, tuple[int, int]] = {
 }  # fmt: skip
 # Types torch holds natively (no block structure): these load as ordinary tensors.
 PLAIN = ("F32", "F16", "BF16")
+_CHUNK_CPU, _CHUNK_GPU = 1 << 20, 1 << 28  # values dequantised per pass
 
 
 def row_bytes(qtype: str, n: int) -> int:
@@ -39,9 +40,12 @@ def row_bytes(qtype: str, n: int) -> int:
     return n // block * size
 
 
-def _f16(b: torch.Tensor) -> torch.Tensor:
-    """[n, 2] little-endian bytes -> [n, 1] float32."""
-    return b.contiguous().view(torch.float16).float()
+def _f16(blocks: torch.Tensor, at: int) -> torch.Tensor:
+    """The float16 at byte `at` of each block -> [n, 1] float32.
+
+    Every block size is even and every float16 field sits at an even offset, so the block bytes
+    reinterpret as float16 without a copy."""
+    return blocks.view(torch.float16)[:, at // 2 : at // 2 + 1].float()
 
 
 def _nibbles(qs: torch.Tensor, width: int) -> torch.Tensor:
@@ -68,18 +72,18 @@ def _bf16(blocks: torch.Tensor) -> torch.Tensor:
 
 
 def _q8_0(blocks: torch.Tensor) -> torch.Tensor:
-    x = blocks[:, 2:].contiguous().view(torch.int8).float()
-    return x * _f16(blocks[:, :2])
+    x = blocks.view(torch.int8)[:, 2:].float()
+    return x * _f16(blocks, 0)
 
 
 def _q4_0(blocks: torch.Tensor) -> torch.Tensor:
     q = _nibbles(blocks[:, 2:], 16).reshape(blocks.shape[0], -1).to(torch.int16) - 8
-    return _f16(blocks[:, :2]) * q.float()
+    return _f16(blocks, 0) * q.float()
 
 
 def _q4_1(blocks: torch.Tensor) -> torch.Tensor:
     q = _nibbles(blocks[:, 4:], 16).reshape(blocks.shape[0], -1).float()
-    return _f16(blocks[:, :2]) * q + _f16(blocks[:, 2:4])
+    return _f16(blocks, 0) * q + _f16(blocks, 2)
 
 
 def _q5(blocks: torch.Tensor, qh_at: int) -> torch.Tensor:
@@ -90,11 +94,11 @@ def _q5(blocks: torch.Tensor, qh_at: int) -> torch.Tensor:
 
 
 def _q5_0(blocks: torch.Tensor) -> torch.Tensor:
-    return _f16(blocks[:, :2]) * (_q5(blocks, 2) - 16).float()
+    return _f16(blocks, 0) * (_q5(blocks, 2) - 16).float()
 
 
 def _q5_1(blocks: torch.Tensor) -> torch.Tensor:
-    return _f16(blocks[:, :2]) * _q5(blocks, 4).float() + _f16(blocks[:, 2:4])
+    return _f16(blocks, 0) * _q5(blocks, 4).float() + _f16(blocks, 2)
 
 
 def _scale_min_k4(scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,7 +113,7 @@ def _scale_min_k4(scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _q2_k(blocks: torch.Tensor) -> torch.Tensor:
     n = blocks.shape[0]
     scales, qs = blocks[:, :16], blocks[:, 16:80]
-    d, dmin = _f16(blocks[:, 80:82]), _f16(blocks[:, 82:84])
+    d, dmin = _f16(blocks, 80), _f16(blocks, 82)
     dl = (d * (scales & 0xF).float()).reshape(n, 16, 1)
     ml = (dmin * (scales >> 4).float()).reshape(n, 16, 1)
     q = (_bits(qs, 4, 32, step=2) & 3).reshape(n, 16, 16).float()
@@ -119,7 +123,7 @@ def _q2_k(blocks: torch.Tensor) -> torch.Tensor:
 def _q3_k(blocks: torch.Tensor) -> torch.Tensor:
     n = blocks.shape[0]
     hmask, qs, scales = blocks[:, :32], blocks[:, 32:96], blocks[:, 96:108]
-    d = _f16(blocks[:, 108:110])
+    d = _f16(blocks, 108)
     low = _bits(scales[:, :8], 2, 8, step=4).reshape(n, 16)
     high = _bits(scales[:, 8:], 4, 4, step=2).reshape(n, 16)
     sc = (((low & 0x0F) | ((high & 0x03) << 4)).to(torch.int16) - 32).float()
@@ -132,7 +136,7 @@ def _q3_k(blocks: torch.Tensor) -> torch.Tensor:
 
 def _q4_k(blocks: torch.Tensor) -> torch.Tensor:
     n = blocks.shape[0]
-    d, dmin = _f16(blocks[:, :2]), _f16(blocks[:, 2:4])
+    d, dmin = _f16(blocks, 0), _f16(blocks, 2)
     sc, mn = _scale_min_k4(blocks[:, 4:16])
     dl = (d * sc).reshape(n, -1, 1)
     ml = (dmin * mn).reshape(n, -1, 1)
@@ -142,7 +146,7 @@ def _q4_k(blocks: torch.Tensor) -> torch.Tensor:
 
 def _q5_k(blocks: torch.Tensor) -> torch.Tensor:
     n = blocks.shape[0]
-    d, dmin = _f16(blocks[:, :2]), _f16(blocks[:, 2:4])
+    d, dmin = _f16(blocks, 0), _f16(blocks, 2)
     sc, mn = _scale_min_k4(blocks[:, 4:16])
     dl = (d * sc).reshape(n, -1, 1)
     ml = (dmin * mn).reshape(n, -1, 1)
@@ -154,8 +158,8 @@ def _q5_k(blocks: torch.Tensor) -> torch.Tensor:
 def _q6_k(blocks: torch.Tensor) -> torch.Tensor:
     n = blocks.shape[0]
     ql, qh, scales = blocks[:, :128], blocks[:, 128:192], blocks[:, 192:208]
-    d = _f16(blocks[:, 208:210])
-    dl = (d * scales.contiguous().view(torch.int8).float()).reshape(n, 16, 1)
+    d = _f16(blocks, 208)
+    dl = (d * scales.view(torch.int8).float()).reshape(n, 16, 1)
     low = _nibbles(ql, 64).reshape(n, -1, 32).to(torch.int16)
     high = (_bits(qh, 4, 32, step=2) & 3).reshape(n, -1, 32).to(torch.int16)
     q = ((low | (high << 4)) - 32).reshape(n, 16, -1).float()
@@ -179,5 +183,11 @@ def dequantize(raw: torch.Tensor, qtype: str, shape: tuple[int, ...], dtype: tor
     if qtype == "F16":
         return raw.contiguous().view(torch.float16).reshape(shape).to(dtype)
     block, size = BLOCKS[qtype]
-    values = _DEQUANT[qtype](raw.reshape(-1, size))
-    return values.reshape(shape).to(dtype)
+    blocks = raw.reshape(-1, size).contiguous()
+    out = torch.empty(blocks.shape[0], block, dtype=dtype, device=raw.device)
+    # Chunks bound the float32 temporaries (a few per value) to a few MB on a CPU, so the transient
+    # memory of a layer is its dense weight in `dtype`; on a GPU one pass is cheaper than many launches.
+    step = max(1, (_CHUNK_GPU if raw.is_cuda else _CHUNK_CPU) // block)
+    for i in range(0, blocks.shape[0], step):
+        out[i : i + step] = _DEQUANT[qtype](blocks[i : i + step])  # one rounding to `dtype`
+    return out.reshape(shape)

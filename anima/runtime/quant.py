@@ -33,6 +33,7 @@ from torch import nn
 
 from anima.errors import AnimaError
 from anima.model import qmatmul
+from anima.model.ggml_modules import GGMLLinear
 from anima.model.quant_linear import QuantLinear, quantize_weight
 
 FORMATS = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}  # what `quantize_dit` writes
@@ -42,14 +43,31 @@ BLOCK_LINEARS = (
     "cross_attn.q_proj", "cross_attn.k_proj", "cross_attn.v_proj", "cross_attn.output_proj",
     "mlp.layer1", "mlp.layer2",
 )  # fmt: skip
-__all__ = ["BLOCK_LINEARS", "FORMATS", "QuantLinear", "QuantReport", "kernel_note", "quantize_dit",
-           "quantize_weight"]  # fmt: skip
+__all__ = ["BLOCK_LINEARS", "FORMATS", "QuantLinear", "QuantReport", "kernel_note", "loaded_note",
+           "quantize_dit", "quantize_weight"]  # fmt: skip
 
 
 def kernel_note(fmt: str, device: torch.device) -> str:
     """Which matmul 8-bit weights of `fmt` get on `device` (`anima.model.qmatmul`), for the notes."""
     kernel = qmatmul.choose_kernel(fmt, device.type, qmatmul.device_capability(device))
     return qmatmul.KERNEL_NAMES[kernel]
+
+
+def loaded_note(dit: nn.Module, device: torch.device) -> str | None:
+    """What a quantised DiT file brought (GGUF blocks, 8-bit layers) and how its 8-bit layers multiply."""
+    counts: dict[str, int] = {}
+    fmts = set()
+    for m in dit.modules():
+        if isinstance(m, GGMLLinear):
+            counts[f"GGUF {m.qtype}"] = counts.get(f"GGUF {m.qtype}", 0) + 1
+        elif isinstance(m, QuantLinear):
+            counts[m.fmt] = counts.get(m.fmt, 0) + 1
+            fmts.add(m.fmt)
+    if not counts:
+        return None
+    text = "weights from the file: " + ", ".join(f"{n} layers {k}" for k, n in sorted(counts.items()))
+    kernels = sorted({kernel_note(f, device) for f in fmts})
+    return text + (f" ({'; '.join(kernels)})" if kernels else "")
 
 
 @dataclass(frozen=True)
