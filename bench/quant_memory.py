@@ -114,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     if not bf16.is_file():
         make_random("full", args.cache)
     q4k = args.cache / "anima-random-full-Q4_K.gguf"
-    counts = write_q4k(bf16, q4k) if not q4k.is_file() else None
+    if not q4k.is_file():
+        write_q4k(bf16, q4k)
+    from anima.weights.gguf_header import read_gguf
+
+    counts = read_gguf(q4k).qtypes()
     results = {"bf16": measure(bf16, args.size), "q4_k": measure(q4k, args.size)}
     gb = 2**30
     ratio = results["q4_k"]["peak_rss_after_forward"] / results["bf16"]["peak_rss_after_forward"]

@@ -159,3 +159,19 @@ def test_pipeline_notes_say_what_the_file_brought(tmp_path) -> None:
     pipe = Pipeline.from_files(path, w / "qwen3_tiny_te.safetensors", w / "wan21_tiny_vae.safetensors",
                                tokenizer_dir=TOKENIZERS, device="cpu", dtype="bf16")  # fmt: skip
     assert "weights from the file: 20 layers fp8 (dequantise + matmul)" in pipe.notes
+
+
+def test_int8_nodes_bare_layout_without_json_configs(tmp_path) -> None:
+    """The INT8 nodes' Int8TensorwiseOps write <layer>.weight (int8) + <layer>.weight_scale only."""
+    sd = dict(load_mmap(DIT))
+    layers = _layers(sd)
+    for layer in layers:
+        q, s = quantize_weight(sd[f"{layer}.weight"], "int8", per_channel=False)
+        sd[f"{layer}.weight"], sd[f"{layer}.weight_scale"] = q, s.reshape(())
+    save(sd, tmp_path / "int8_bare.safetensors")
+    raw = load_mmap(tmp_path / "int8_bare.safetensors")
+    dit, _ = loading.load_dit(tmp_path / "int8_bare.safetensors", dtype=torch.bfloat16)
+    for layer in layers:
+        mod = dit.get_submodule(layer[len("net.") :])
+        want = (raw[f"{layer}.weight"].float() * raw[f"{layer}.weight_scale"]).bfloat16()
+        assert isinstance(mod, QuantLinear) and torch.equal(mod.dequantize(), want)

@@ -90,3 +90,16 @@ def test_bad_gguf_on_the_command_line_is_one_line(tmp_path: Path, capsys) -> Non
     err = capsys.readouterr().err
     assert err.startswith("anima: error: ") and "truncated" in err and err.count("\n") == 1
     assert not (tmp_path / "x.png").exists()
+
+
+def test_listing_quantised_files_needs_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from anima.weights.discovery import inspect_file; "
+        "from anima.weights.file_format import describe_format; "
+        f"print(inspect_file({str(GGUF_Q4K)!r}).kind, describe_format({str(GGUF_Q4K)!r}), 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "dit GGUF Q4_K (65 BF16, 24 Q4_K) False"

@@ -28,7 +28,7 @@ from anima.errors import AnimaError
 from anima.model import ggml
 from anima.model.quant_linear import quantize_weight
 from anima.weights import file_kinds
-from anima.weights.gguf_file import LLAMA_NAMES
+from anima.weights.gguf_header import LLAMA_NAMES
 from anima.weights.safetensors import load_mmap, read_header, save
 
 GGUF_TYPES = ("F16", "BF16", "Q8_0", "Q5_0", "Q5_1", "Q4_0", "Q4_1")

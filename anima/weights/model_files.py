@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from anima.weights import file_kinds
-from anima.weights.gguf_file import is_gguf, read_gguf
+from anima.weights.gguf_header import is_gguf, read_gguf
 from anima.weights.header import read_header
 
 Kind = Literal["dit", "text_encoder", "vae", "lora", "unknown"]

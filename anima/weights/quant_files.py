@@ -14,7 +14,8 @@ MixedPrecisionOps`` (the ComfyUI snapshot of the fixtures):
   ``int8_tensorwise`` with a per-tensor or per-row scale, optionally with ``"convrot": true`` and
   ``"convrot_groupsize"`` (the INT8 nodes' row-wise ConvRot files, e.g. Bedovyy/Anima-INT8, written by
   silveroxides/convert_to_quant; their maths is comfy-kitchen's, see `anima.model.quant_linear`).
-  Other formats (nvfp4, mxfp8, block-wise int8, ConvRot W4A4) are refused by name.
+  Other formats (nvfp4, mxfp8, block-wise int8, ConvRot W4A4) are refused by name. ``weight_scale``
+  keys without any JSON (the INT8 nodes' Int8TensorwiseOps files) take the format of the weight dtype.
 
 Layers without these keys load as usual, so a mixed file keeps its bf16 layers in bf16; the 8-bit
 layers stay 8-bit (`anima.weights.packed.Scaled8bit` -> `QuantLinear`), never expanded to a bf16 copy
@@ -29,23 +30,12 @@ from collections.abc import Mapping
 import torch
 
 from anima.errors import AnimaError
+from anima.weights.file_format import layout
 from anima.weights.packed import Scaled8bit
 
 _COMFY_FORMATS = {"float8_e4m3fn": "fp8", "float8_e5m2": "fp8_e5m2", "int8_tensorwise": "int8"}
 _DTYPE_FORMATS = {torch.float8_e4m3fn: "fp8", torch.float8_e5m2: "fp8_e5m2", torch.int8: "int8"}
 _SCALE_KEYS = ("scale_weight", "scale_input", "weight_scale", "input_scale", "comfy_quant")
-
-
-def layout(keys, metadata: Mapping[str, str]) -> str | None:
-    """'scaled_fp8', 'comfy_quant' or None (a plain file), from key names and header metadata."""
-    keys = list(keys)
-    if "_quantization_metadata" in metadata or any(k.endswith(".comfy_quant") for k in keys):
-        return "comfy_quant"
-    if any(k.rpartition(".")[2] == "scaled_fp8" or k == "scaled_fp8" for k in keys) or any(
-        k.endswith(".scale_weight") for k in keys
-    ):
-        return "scaled_fp8"
-    return None
 
 
 def _layer_configs(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], name: str) -> dict:
@@ -75,11 +65,8 @@ def _comfy_layer(layer: str, cfg: dict, tensors: Mapping[str, torch.Tensor], nam
     weight, scale = tensors.get(f"{layer}.weight"), tensors.get(f"{layer}.weight_scale")
     if weight is None or scale is None:
         raise AnimaError(f"{name}: 8-bit layer {layer} lacks its weight or weight_scale")
-    weight = (
-        weight.view(torch.float8_e4m3fn if fmt == "fp8" else torch.float8_e5m2)
-        if (fmt != "int8" and weight.dtype == torch.uint8)
-        else weight
-    )  # older files store fp8 as uint8
+    if fmt != "int8" and weight.dtype == torch.uint8:  # older files store fp8 bytes as uint8
+        weight = weight.view(torch.float8_e4m3fn if fmt == "fp8" else torch.float8_e5m2)
     rotation = 0
     if cfg.get("convrot", params.get("convrot", False)):
         rotation = int(cfg.get("convrot_groupsize", params.get("convrot_groupsize", 256)))
@@ -87,7 +74,16 @@ def _comfy_layer(layer: str, cfg: dict, tensors: Mapping[str, torch.Tensor], nam
     return _scaled(layer, weight, scale, fmt, input_scale, rotation, name)
 
 
-def _scaled(layer, weight, scale, fmt, input_scale, rotation, name) -> Scaled8bit:
+def _scaled(
+    layer: str,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    fmt: str,
+    input_scale: torch.Tensor | None,
+    rotation: int,
+    name: str,
+) -> Scaled8bit:
+    """One checked 8-bit layer (weight dtype and matrix shape, scale per tensor or per row)."""
     if weight.ndim != 2 or weight.dtype != {"int8": torch.int8, "fp8": torch.float8_e4m3fn,
                                              "fp8_e5m2": torch.float8_e5m2}[fmt]:  # fmt: skip
         raise AnimaError(f"{name}: 8-bit layer {layer} has a {weight.dtype} weight of shape "
@@ -111,8 +107,16 @@ def pack(tensors: dict[str, torch.Tensor], metadata: Mapping[str, str], name: st
         return tensors
     out = dict(tensors)
     if kind == "comfy_quant":
-        layers = {layer: _comfy_layer(layer, cfg, tensors, name)
-                  for layer, cfg in _layer_configs(tensors, metadata, name).items()}  # fmt: skip
+        configs = _layer_configs(tensors, metadata, name)
+        for key in tensors:  # scales without a config: the format follows the weight's dtype
+            layer = key[: -len(".weight_scale")]
+            if key.endswith(".weight_scale") and layer not in configs:
+                weight = tensors.get(f"{layer}.weight")
+                fmt = _DTYPE_FORMATS.get(weight.dtype) if weight is not None else None
+                if fmt is None:
+                    raise AnimaError(f"{name}: layer {layer} has a weight_scale but no 8-bit weight")
+                configs[layer] = {"format": {v: k for k, v in _COMFY_FORMATS.items()}[fmt]}
+        layers = {layer: _comfy_layer(layer, cfg, tensors, name) for layer, cfg in configs.items()}
     else:
         layers = {}
         for key in tensors:
@@ -135,23 +139,3 @@ def pack(tensors: dict[str, torch.Tensor], metadata: Mapping[str, str], name: st
     for layer, packed in layers.items():
         out[f"{layer}.weight"] = packed
     return out
-
-
-def describe(tensors_or_dtypes: Mapping[str, str], metadata: Mapping[str, str]) -> str | None:
-    """A short label of an 8-bit safetensors file from its header ({key: dtype name}), e.g.
-    'comfy_quant (int8_tensorwise+convrot)'; None for a plain file."""
-    kind = layout(tensors_or_dtypes, metadata)
-    if kind is None:
-        return None
-    if kind == "scaled_fp8":
-        return "ComfyUI scaled_fp8"
-    formats: set[str] = set()
-    try:
-        for cfg in json.loads(metadata.get("_quantization_metadata", "{}")).get("layers", {}).values():
-            formats.add(str(cfg.get("format")) + ("+convrot" if cfg.get("convrot") else ""))
-    except (ValueError, AttributeError):
-        pass
-    eight_bit = ("I8", "F8_E4M3", "F8_E5M2")
-    dtypes = sorted({v for k, v in tensors_or_dtypes.items() if k.endswith(".weight") and v in eight_bit})
-    detail = ", ".join(sorted(formats)) or "/".join(dtypes)
-    return f"ComfyUI comfy_quant ({detail})" if detail else "ComfyUI comfy_quant"
