@@ -8,13 +8,13 @@ is a bug in the bit unpacking, not rounding noise.
 
 from __future__ import annotations
 
+import gguf  # a core dependency: the format's own library is the reference
 import numpy as np
 import pytest
 import torch
 
 from anima.model import ggml
 
-gguf = pytest.importorskip("gguf")
 QTYPES = [q for q in ggml.BLOCKS]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gguf  # a core dependency: the format's own library is the reference
 import numpy as np
 import pytest
 import torch
@@ -22,10 +23,9 @@ from anima.pipeline import Pipeline
 from anima.recipe import Recipe
 from anima.weights import loading
 from anima.weights.convert import convert
-from anima.weights.gguf_file import read_gguf
+from anima.weights.gguf_file import load_gguf, read_gguf
 from anima.weights.safetensors import load_mmap, save
 
-gguf = pytest.importorskip("gguf")
 DATA = REPO / "tests" / "data" / "gguf"
 W = TINY / "weights"
 SDCPP = {q: DATA / f"anima_tiny_dit-{q}.gguf" for q in ("q8_0", "q4_K", "f16")}
@@ -201,3 +201,19 @@ def test_gguf_blocks_stream_like_dense_ones() -> None:
         with BlockStreamer(dit.blocks, "cpu", resident=0, prefetch=1) as streamer:
             got = dit(x, s, c)  # the raw blocks are what moves: buffers stream like parameters
     assert torch.equal(got, ref) and streamer.stats.loads >= 2
+
+
+def test_comfyui_gguf_original_shape_metadata_wins(tmp_path) -> None:
+    """ComfyUI-GGUF stores some tensors reshaped to rows of 256 and records the real shape."""
+    writer = gguf.GGUFWriter(path=None, arch="cosmos")
+    data = np.arange(2 * 3 * 256, dtype=np.float32).reshape(6, 256)
+    writer.add_array("comfy.gguf.orig_shape.t", [2, 3, 16, 16])
+    writer.add_tensor("t", data)
+    path = tmp_path / "shape.gguf"
+    writer.write_header_to_file(path=path)
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert read_gguf(path).tensors["t"].shape == (2, 3, 16, 16)
+    t = load_gguf(path)["t"]
+    assert t.dtype == torch.float32 and torch.equal(t.flatten(), torch.from_numpy(data).flatten())

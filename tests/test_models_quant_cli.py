@@ -99,7 +99,21 @@ def test_listing_quantised_files_needs_no_torch() -> None:
     code = (
         "import sys; from anima.weights.discovery import inspect_file; "
         "from anima.weights.file_format import describe_format; "
-        f"print(inspect_file({str(GGUF_Q4K)!r}).kind, describe_format({str(GGUF_Q4K)!r}), 'torch' in sys.modules)"
+        f"p = {str(GGUF_Q4K)!r}; print(inspect_file(p).kind, describe_format(p), 'torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "dit GGUF Q4_K (65 BF16, 24 Q4_K) False"
+
+
+def test_download_list_names_the_new_files(capsys) -> None:
+    assert main(["models", "download", "--list"]) == 0
+    out = capsys.readouterr().out
+    for name in (
+        "aesthetic-v1.1",
+        "turbo-v1.1",
+        "turbo-lora-v0.2",
+        "rl-v0.1",
+        "highres-aesthetic-boost",
+        "lllite",
+    ):
+        assert f"\n{name} " in "\n" + out, name

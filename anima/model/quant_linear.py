@@ -22,6 +22,8 @@ dequantise + matmul).
 
 from __future__ import annotations
 
+from functools import cache
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,9 +53,15 @@ def quantize_weight(w: torch.Tensor, fmt: str, per_channel: bool = True) -> tupl
 
 
 def hadamard(size: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """ConvRot's normalised regular Hadamard matrix of `size` (a power of 4), float32, symmetric."""
+    """ConvRot's normalised regular Hadamard matrix of `size` (a power of 4), float32, symmetric.
+    Built once per size and device (every ConvRot layer's call uses it)."""
     if size < 4 or size & (size - 1) or (size.bit_length() - 1) % 2:
         raise AnimaError(f"ConvRot group size {size} is not a power of 4")
+    return _hadamard(size, str(torch.device(device)))
+
+
+@cache
+def _hadamard(size: int, device: str) -> torch.Tensor:
     h4 = torch.tensor([[1, 1, 1, -1], [1, 1, -1, 1], [1, -1, 1, 1], [-1, 1, 1, 1]], dtype=torch.float32)
     h = h4
     while h.shape[0] < size:
