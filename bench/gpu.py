@@ -9,7 +9,8 @@ the deadline has passed; the JSON is rewritten after every section, so a run cut
 - e2e: bf16 as `anima generate` sets it up, after one warm-up run; phases; peak VRAM
 - floor: every matmul and attention of one step as bare torch calls (`bench.floor`), and SDPA kernels
 - fp16 accumulation, step cache, compile: speed and image difference against the e2e image
-- int8 / fp8 weights; `--vram-budget 8` (bf16) and `--vram-budget 4` with int8: peak VRAM of the run
+- int8 / fp8 weights (int8 / fp8 tensor-core matmuls where the GPU has them), the same with the
+  dequantise + matmul path forced; `--vram-budget 8` (bf16) and `--vram-budget 4` with int8: peak VRAM
 - fp16 compute (finite?), GPU vs CPU numerics of one DiT forward, diffusers' pipeline when installed
 
 Timings end in `torch.cuda.synchronize`. Not a test: nothing here asserts a speed.

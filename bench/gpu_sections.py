@@ -164,11 +164,20 @@ def _load(ctx: Context, **perf):
     return load(ctx.files, ctx.args.tokenizers, ctx.device, size=ctx.args.size, hash_cache=hashes, **perf)
 
 
-def _budget(ctx: Context, **perf) -> dict:
-    """A fresh pipeline with `perf`: peak VRAM of its load and of a run after one warm-up run."""
+def _budget(ctx: Context, kernel: str | None = None, **perf) -> dict:
+    """A fresh pipeline with `perf`: peak VRAM of its load and of a run after one warm-up run.
+    `kernel` forces the matmul of every 8-bit layer (`anima.model.qmatmul`: "dequant" is the path
+    8-bit weights took before the int8/fp8 kernels), for an A/B in one run."""
     free(ctx.device)
     reset_peak(ctx.device)
     pipe, notes, load_s = _load(ctx, **perf)
+    if kernel is not None:
+        from anima.model.quant_linear import QuantLinear
+
+        for m in pipe.dit.modules():
+            if isinstance(m, QuantLinear):
+                m.kernel = kernel
+        notes = [*notes, f"kernel forced: {kernel}"]
     load_peak = peak(ctx.device)[0]
     timed(pipe, ctx.recipe, ctx.device)  # warm-up: streaming's pinned buffers, kernel selection
     r, img = timed(pipe, ctx.recipe, ctx.device, phases=True)
@@ -209,6 +218,12 @@ def weights_int8(ctx: Context) -> dict:
 
 def weights_fp8(ctx: Context) -> dict:
     return _budget(ctx, weights="fp8")
+
+
+def weights_8bit_dequant(ctx: Context) -> dict:
+    """int8 and fp8 weights with the dequantise + matmul path forced (the kernels' baseline)."""
+    return {"int8": _budget(ctx, kernel="dequant", weights="int8"),
+            "fp8": _budget(ctx, kernel="dequant", weights="fp8")}  # fmt: skip
 
 
 def fp16(ctx: Context) -> dict:
@@ -356,7 +371,8 @@ SECTIONS = [
     ("env", env), ("weights", weights), ("e2e", e2e), ("floor", floor), ("profile", profile),
     ("step_cache", step_cache), ("release", release), ("budget_8gb", budget_8gb),
     ("budget_4gb_int8", budget_4gb_int8), ("streaming", streaming), ("weights_int8", weights_int8),
-    ("weights_fp8", weights_fp8), ("fp16", fp16), ("cli", cli), ("compile", compiled),
+    ("weights_fp8", weights_fp8), ("weights_8bit_dequant", weights_8bit_dequant), ("fp16", fp16),
+    ("cli", cli), ("compile", compiled),
     ("compile_probe", compile_probe), ("numerics", numerics), ("diffusers", diffusers_peer),
     ("compile_tuned", compiled_tuned),
 ]  # fmt: skip

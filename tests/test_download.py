@@ -13,12 +13,17 @@ from anima.errors import AnimaError
 from anima.weights.discovery import PREFERRED_DIT_STEMS, choose, discover, sniff_kind
 from anima.weights.download import (
     DIFFUSERS_REPO,
+    EXTRAS,
     LICENSE_TEXT,
+    LLLITE_REPO,
+    LORA_REPO,
     REPO,
     TEXT_ENCODER_FILE,
     VAE_FILE,
     VARIANTS,
+    catalog,
     download,
+    download_extra,
     download_tokenizers,
     resolve_variant,
 )
@@ -44,6 +49,11 @@ class FakeHub:
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
         return str(dst)
+
+    def list_repo_files(self, *, repo_id: str, revision: str | None = None) -> list[str]:
+        self.calls.append((repo_id, "list"))
+        root = self.remote / repo_id
+        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
     def snapshot_download(
         self, *, repo_id: str, allow_patterns: list[str], local_dir: Path, revision: str | None = None
@@ -167,3 +177,46 @@ def test_tokenizers_alone_need_no_licence(hub: FakeHub, tmp_path: Path) -> None:
     shutil.rmtree(hub.remote / DIFFUSERS_REPO / "t5_tokenizer")
     with pytest.raises(AnimaError, match="t5_tokenizer did not contain a usable tokenizer"):
         download_tokenizers(tmp_path / "e", hub=hub)
+
+
+def test_v1_1_releases_are_listed_and_ranked() -> None:
+    assert {"aesthetic-v1.1", "turbo-v1.1"} <= set(VARIANTS)
+    assert not VARIANTS["turbo-v1.1"].verified  # July 2026 releases: names follow the v1.0 pattern
+    lines = catalog()
+    for name in ("base-v1.0", "aesthetic-v1.1", "turbo-v1.1", "turbo-lora-v0.2", "rl-v0.1",
+                 "highres-aesthetic-boost", "lllite"):  # fmt: skip
+        assert any(line.startswith(name + " ") for line in lines), name
+    assert PREFERRED_DIT_STEMS.index("anima-base-v1.0") == 0  # the default model is still v1.0 base
+
+
+def test_official_loras_and_lllite_patches_download(hub: FakeHub, tmp_path: Path) -> None:
+    src = TINY.parent / "comfy-workflows" / "models" / "loras" / "anima_tiny_lora_kohya.safetensors"
+    names = [
+        "anima-turbo-lora-v0.2.safetensors",
+        "anima-rl-v0.1.safetensors",
+        "highres-aesthetic-boost-v1.safetensors",
+    ]
+    for name in names:
+        (hub.remote / LORA_REPO).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, hub.remote / LORA_REPO / name)
+    patches = hub.remote / LLLITE_REPO / "model_patches"
+    patches.mkdir(parents=True)
+    for name in ("anima_lllite_canny.safetensors", "anima_lllite_depth.safetensors"):
+        shutil.copyfile(
+            TINY.parent / "anima-lllite" / "lllite" / "anima_lllite_tiny_plain.safetensors", patches / name
+        )
+    dest = tmp_path / "dest"
+    with pytest.raises(AnimaError, match="--accept-license"):
+        download_extra("rl-v0.1", dest, accept_license=False, hub=hub)
+    got = download_extra("turbo-lora-v0.2", dest, accept_license=True, hub=hub)
+    assert got == [dest / "loras" / "anima-turbo-lora-v0.2.safetensors"] and sniff_kind(got[0]) == "lora"
+    shutil.copyfile(WEIGHTS / "anima_tiny_dit.safetensors", hub.remote / LORA_REPO / names[2])
+    with pytest.raises(AnimaError, match="is a dit file, expected lora"):  # a wrong file is not installed
+        download_extra("highres-aesthetic-boost", dest, accept_license=True, hub=hub)
+    got = download_extra("lllite", dest, accept_license=True, hub=hub)
+    assert [p.name for p in got] == ["anima_lllite_canny.safetensors", "anima_lllite_depth.safetensors"]
+    assert all(p.parent == dest / "model_patches" and p.is_file() for p in got)
+    (hub.remote / LORA_REPO / names[1]).unlink()
+    with pytest.raises(AnimaError, match="no file matching"):
+        download_extra("rl-v0.1", tmp_path / "other", accept_license=True, hub=hub)
+    assert set(EXTRAS) == {"turbo-lora-v0.2", "rl-v0.1", "highres-aesthetic-boost", "lllite"}

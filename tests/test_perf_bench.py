@@ -58,7 +58,7 @@ def test_gpu_benchmark_dry_run_on_the_tiny_model(tmp_path):
 
     from bench import gpu
 
-    only = "env,weights,e2e,floor,step_cache,release,budget_8gb,weights_int8,fp16"
+    only = "env,weights,e2e,floor,step_cache,release,budget_8gb,weights_int8,weights_8bit_dequant,fp16"
     argv = ["--device", "cpu", "--preset", "tiny", "--size", "64", "--steps", "2", "--only", only,
             "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
             "--tokenizers", str(TOKENIZERS)]  # fmt: skip

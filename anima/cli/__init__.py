@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(ls)
     dl = msub.add_parser("download", help="download the official files with huggingface_hub")
     dl.add_argument(
-        "variant", nargs="?", default="base-v1.0", help="preview, preview2, preview3, base-v1.0, ..."
+        "variant", nargs="?", default="base-v1.0",
+        help="base-v1.0, turbo-v1.1, ..., or an add-on: turbo-lora-v0.2, rl-v0.1, lllite (--list shows all)"
     )
     dl.add_argument("--dest", type=Path, help="target models folder (default: the anima data folder)")
     dl.add_argument(
@@ -57,7 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept the model licence without asking",
     )
     dl.add_argument("--tokenizers-only", action="store_true", help="fetch only the two tokenizers")
+    dl.add_argument("--list", action="store_true", help="list what can be downloaded (models, LoRAs, LLLite)")
     dl.add_argument("--models-dir", type=Path, help=argparse.SUPPRESS)
+    cv = msub.add_parser("convert", help="write a bf16 DiT or text encoder as GGUF or as an 8-bit file")
+    cv.add_argument("input", type=Path, help="a bf16 (or fp32) .safetensors DiT or text encoder")
+    cv.add_argument("output", type=Path, help="the .gguf or .safetensors file to write")
+    cv.add_argument(
+        "--to", required=True, help="gguf-q8_0, gguf-q5_0, gguf-q5_1, gguf-q4_0, gguf-q4_1, gguf-f16, "
+        "gguf-bf16 (GGUF, ComfyUI-GGUF layout) or int8, fp8 (ComfyUI comfy_quant 8-bit file)"
+    )
+    cv.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     mr = msub.add_parser("make-random", help="write random-weight files in the official layout")
     mr.add_argument("--preset", choices=["tiny", "full"], default="tiny")
     mr.add_argument("--seed", type=int, default=0)
@@ -173,11 +183,26 @@ def _run_models(args: argparse.Namespace) -> int:
         for part in ("dit", "text_encoder", "vae"):
             print(f"  --{part.replace('_', '-')} {getattr(files, part)}")
         return 0
+    if cmd == "convert":
+        from anima.weights.convert import convert
+
+        if args.output.exists() and not args.overwrite:
+            raise AnimaError(f"{args.output} exists; pass --overwrite to replace it")
+        convert(args.input, args.output, args.to)
+        return 0
     if cmd == "download":
         from anima.weights.discovery import default_data_dir
-        from anima.weights.download import download, download_tokenizers
+        from anima.weights.download import EXTRAS, catalog, download, download_extra, download_tokenizers
 
+        if args.list:
+            print("\n".join(catalog()))
+            return 0
         dest = args.dest or models_dir_from(args) or default_data_dir(os.environ, Path.home()) / "models"
+        if args.variant.strip().lower() in EXTRAS:
+            accept = args.yes or _ask_licence()
+            paths = download_extra(args.variant, dest, accept_license=accept, report=print)
+            print("downloaded " + ", ".join(str(p) for p in paths))
+            return 0
         if args.tokenizers_only:
             q, t = download_tokenizers(dest)
             print(f"tokenizers in {q.parent}")

@@ -149,11 +149,21 @@ def list_models(args: argparse.Namespace) -> list[str]:
         else:
             lines.append(f"{s.name}  [{s.source}]  {tok}")
             lines += [
-                f"    dit:          {s.dit}",
-                f"    text encoder: {s.text_encoder}",
-                f"    vae:          {s.vae}",
+                f"    dit:          {s.dit}  [{_format(s.dit)}]",
+                f"    text encoder: {s.text_encoder}  [{_format(s.text_encoder)}]",
+                f"    vae:          {s.vae}  [{_format(s.vae)}]",
             ]
     return lines + ([demo] if demo else [])
+
+
+def _format(path: Path) -> str:
+    """The file's storage format and quant type (`anima.weights.file_format`), or why it is unknown."""
+    from anima.weights.file_format import describe_format
+
+    try:
+        return describe_format(path)
+    except AnimaError as e:
+        return f"unreadable: {e}"
 
 
 def _demo_line() -> str | None:

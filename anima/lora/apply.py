@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anima.errors import AnimaError
+from anima.lora.block_remap import fit_to_model
 from anima.lora.file import SHOW, LoRAFile
 from anima.lora.modules import Adapter
 from anima.lora.targets import PART_NAMES, Target
@@ -200,8 +201,13 @@ def apply_loras(
     merge: bool = False,
 ) -> AppliedLoRAs:
     """Apply LoRAs with strengths to `models` ({"dit": ..., "adapter": ..., "te": ...}; parts may be
-    missing). Stacked LoRAs add up. Returns the handle that removes them again."""
-    loras = list(loras)
+    missing). Stacked LoRAs add up. Returns the handle that removes them again.
+
+    A 28-block LoRA on a 40-block DiT (Anima-2.9B) is put on the inherited blocks
+    (`anima.lora.block_remap`)."""
+    dit = models.get("dit")
+    blocks = len(dit.blocks) if dit is not None and hasattr(dit, "blocks") else None
+    loras = [(fit_to_model(lora, blocks), strength) for lora, strength in loras]
     stacks, skipped = _collect(models, loras)
     applied = AppliedLoRAs(merged=merge, skipped=skipped)
     try:

@@ -17,7 +17,7 @@ from anima.model.attention import set_backend
 from anima.model.dit import fuse_qkv
 from anima.pipeline.options import RunOptions
 from anima.runtime.memory import MemoryPlan, ModelSizes, budget_from_gb, dit_activation_bytes, plan_memory
-from anima.runtime.quant import quantize_dit
+from anima.runtime.quant import kernel_note, loaded_note, quantize_dit
 from anima.runtime.streaming import BlockStreamer
 
 
@@ -32,9 +32,15 @@ def prepare(pipe, notes: list[str]) -> tuple[MemoryPlan, BlockStreamer | None]:
     opts, device = pipe.options, pipe.device
     if opts.fp16_accumulation:
         notes.append(_fp16_accumulation(device))
+    loaded = loaded_note(pipe.dit, device)
+    if loaded:
+        notes.append(loaded)
     if opts.weights:
         report = quantize_dit(pipe.dit, opts.weights)
-        notes.append(f"weights: {report.layers} DiT layers in {opts.weights}, {report.saved_gb:.2f} GB saved")
+        notes.append(
+            f"weights: {report.layers} DiT layers in {opts.weights}, {report.saved_gb:.2f} GB saved, "
+            f"{kernel_note(opts.weights, device)}"
+        )
     budget = budget_from_gb(opts.vram_budget, device)
     if budget is not None:
         width, height, batch = opts.plan_size

@@ -2,16 +2,21 @@
 
 For GPUs where memory, not compute, is the limit (``--weights int8|fp8``): the 1.76 B parameters of
 the blocks' attention and MLP projections take 1 byte each instead of 2, the rest of the model stays in
-the compute dtype. Each forward dequantises the weight to the compute dtype and runs a normal matmul,
-so the numbers are those of a bf16 model whose weights were rounded to 8 bits:
+the compute dtype. On GPUs with int8 (compute capability 7.5+) or fp8 (8.9+) tensor cores the
+matmul runs in 8 bits with dynamically quantised activations; elsewhere each forward dequantises the
+weight and runs a normal matmul, so the numbers are those of a bf16 model whose weights were rounded
+to 8 bits:
 
 - int8: symmetric, round-to-nearest, scale = amax / 127 per output channel (or per tensor).
 - fp8: ``float8_e4m3fn`` (3 mantissa bits), scale = amax / 448 per output channel (or per tensor).
 
-Measured against bf16 on the tiny fixture (tests/test_quant.py): int8 per-channel changes the velocity
-by 1.3% of its max (bf16 itself is 0.9% away from fp32), fp8 by 4.4%. Quantise after the model has its
-final device and dtype (``.to(float16)`` would also convert the fp8 buffers). On CPUs the
-dequantisation costs time (the matmul itself is bf16); it is a memory option, not a speed option.
+The module itself (`QuantLinear`) and the matmul it runs (int8 or fp8 tensor cores where the GPU has
+them, else dequantise + matmul) live in `anima.model.quant_linear` and `anima.model.qmatmul`; this
+module decides what to quantise. Measured against bf16 on the tiny fixture (tests/test_quant.py): int8
+per-channel changes the velocity by 1.3% of its max (bf16 itself is 0.9% away from fp32), fp8 by
+4.4%. Quantise after the model has its final device and dtype (``.to(float16)`` would also convert
+the fp8 buffers). On CPUs the dequantisation costs time (the matmul itself is bf16); there it is a
+memory option, not a speed option.
 
 The AdaLN modulations, embedders and final layer are left alone: they are 9% of the weights and the
 most sensitive to rounding. Quantisation is applied after loading (`quantize_dit`) and replaces the
@@ -24,72 +29,45 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from anima.errors import AnimaError
+from anima.model import qmatmul
+from anima.model.ggml_modules import GGMLLinear
+from anima.model.quant_linear import QuantLinear, quantize_weight
 
-FORMATS = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
-_QMAX = {"int8": 127.0, "fp8": 448.0}
+FORMATS = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}  # what `quantize_dit` writes
 # The projections inside each block that are quantised (checkpoint names, relative to the block).
 BLOCK_LINEARS = (
     "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.output_proj",
     "cross_attn.q_proj", "cross_attn.k_proj", "cross_attn.v_proj", "cross_attn.output_proj",
     "mlp.layer1", "mlp.layer2",
 )  # fmt: skip
+__all__ = ["BLOCK_LINEARS", "FORMATS", "QuantLinear", "QuantReport", "kernel_note", "loaded_note",
+           "quantize_dit", "quantize_weight"]  # fmt: skip
 
 
-def quantize_weight(w: torch.Tensor, fmt: str, per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """[out, in] float weight -> (8-bit weight, fp32 scale [out, 1] or [1, 1]); w ~= q * scale."""
-    if fmt not in FORMATS:
-        raise AnimaError(f"unknown weight format '{fmt}'; choose int8 or fp8")
-    wf = w.detach().float()
-    amax = wf.abs().amax(dim=1, keepdim=True) if per_channel else wf.abs().amax().reshape(1, 1)
-    scale = (amax / _QMAX[fmt]).clamp_min(1e-12)
-    scaled = wf / scale
-    if fmt == "int8":
-        q = scaled.round_().clamp_(-127, 127).to(torch.int8)
-    else:
-        q = scaled.clamp_(-448.0, 448.0).to(torch.float8_e4m3fn)
-    return q, scale
+def kernel_note(fmt: str, device: torch.device) -> str:
+    """Which matmul 8-bit weights of `fmt` get on `device` (`anima.model.qmatmul`), for the notes."""
+    kernel = qmatmul.choose_kernel(fmt, device.type, qmatmul.device_capability(device))
+    return qmatmul.KERNEL_NAMES[kernel]
 
 
-class QuantLinear(nn.Module):
-    """A bias-free Linear whose weight is stored in 8 bits (buffers ``weight`` and ``scale``)."""
-
-    def __init__(
-        self, weight: torch.Tensor, scale: torch.Tensor, fmt: str, compute_dtype: torch.dtype
-    ) -> None:
-        super().__init__()
-        self.fmt = fmt
-        self.compute_dtype = compute_dtype  # read by anima.model.dit.module_dtype
-        self.out_features, self.in_features = weight.shape
-        self.register_buffer("weight", weight)
-        self.register_buffer("scale", scale)
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, fmt: str, per_channel: bool = True) -> QuantLinear:
-        if linear.bias is not None:
-            raise AnimaError("QuantLinear supports bias-free layers only (the Anima DiT has no biases)")
-        q, scale = quantize_weight(linear.weight, fmt, per_channel)
-        return cls(q, scale.to(linear.weight.device), fmt, linear.weight.dtype)
-
-    def dequantize(self) -> torch.Tensor:
-        """The dense [out, in] weight in the compute dtype."""
-        return self.weight.to(self.compute_dtype) * self.scale.to(self.compute_dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.compute_dtype)
-        rows = x.numel() // max(x.shape[-1], 1)
-        if self.scale.shape[0] > 1 and rows < self.in_features:
-            # Few tokens: scaling the [rows, out] output is cheaper than scaling the [out, in] weight.
-            return F.linear(x, self.weight.to(self.compute_dtype)) * self.scale[:, 0].to(self.compute_dtype)
-        return F.linear(x, self.dequantize())
-
-    def extra_repr(self) -> str:
-        per = "channel" if self.scale.shape[0] > 1 else "tensor"
-        shape = f"{self.in_features}, {self.out_features}"
-        return f"{shape}, fmt={self.fmt}, per={per}, compute={self.compute_dtype}"
+def loaded_note(dit: nn.Module, device: torch.device) -> str | None:
+    """What a quantised DiT file brought (GGUF blocks, 8-bit layers) and how its 8-bit layers multiply."""
+    counts: dict[str, int] = {}
+    fmts = set()
+    for m in dit.modules():
+        if isinstance(m, GGMLLinear):
+            counts[f"GGUF {m.qtype}"] = counts.get(f"GGUF {m.qtype}", 0) + 1
+        elif isinstance(m, QuantLinear):
+            counts[m.fmt] = counts.get(m.fmt, 0) + 1
+            fmts.add(m.fmt)
+    if not counts:
+        return None
+    text = "weights from the file: " + ", ".join(f"{n} layers {k}" for k, n in sorted(counts.items()))
+    kernels = sorted({kernel_note(f, device) for f in fmts})
+    return text + (f" ({'; '.join(kernels)})" if kernels else "")
 
 
 @dataclass(frozen=True)

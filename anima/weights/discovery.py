@@ -59,11 +59,14 @@ PREFERRED_DIT_STEMS = (
     "anima-base-v1.0",
     "anima-aesthetic-v1.0",
     "anima-turbo-v1.0",
+    "anima-aesthetic-v1.1",
+    "anima-turbo-v1.1",
     "anima-preview3-base",
     "anima-preview2",
     "anima-preview",
 )
 HF_REPO_GLOB = "models--circlestone-labs--Anima*"
+WEIGHT_SUFFIXES = (".safetensors", ".gguf")  # quantised DiTs and text encoders come as GGUF too
 _MAX_DEPTH = 3  # ComfyUI users nest models in subfolders; do not crawl whole disks
 
 
@@ -126,13 +129,15 @@ class SourceScan:
     problems: list[str] = field(default_factory=list)
 
 
-def _safetensors_under(folder: Path, depth: int = _MAX_DEPTH) -> Iterator[Path]:
+def _safetensors_under(
+    folder: Path, depth: int = _MAX_DEPTH, suffixes: tuple[str, ...] = WEIGHT_SUFFIXES
+) -> Iterator[Path]:
     if depth < 0 or not folder.is_dir():
         return
     for entry in sorted(folder.iterdir()):
         if entry.is_dir() and not entry.name.startswith("."):
-            yield from _safetensors_under(entry, depth - 1)
-        elif entry.suffix == ".safetensors" and entry.is_file():
+            yield from _safetensors_under(entry, depth - 1, suffixes)
+        elif entry.suffix in suffixes and entry.is_file():
             yield entry
 
 
@@ -168,10 +173,12 @@ def scan_models_folder(root: Path, source: str) -> SourceScan:
     for name in MODEL_FOLDERS:
         for path in _safetensors_under(root / name):
             _add(scan, path)
-    for path in sorted(root.glob("*.safetensors")):
+    for path in sorted(p for p in root.glob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file()):
         _add(scan, path)
-    scan.loras += [p for p in _safetensors_under(root / "loras") if p not in scan.loras]
-    scan.patches += [p for p in _safetensors_under(root / "model_patches") if p not in scan.patches]
+    loras = _safetensors_under(root / "loras", suffixes=(".safetensors",))
+    scan.loras += [p for p in loras if p not in scan.loras]
+    patches = _safetensors_under(root / "model_patches", suffixes=(".safetensors",))
+    scan.patches += [p for p in patches if p not in scan.patches]
     scan.diffusers = [d for d in [root, *sorted(root.iterdir())] if d.is_dir() and _is_diffusers(d)]
     for d in [root / "tokenizers", root, *scan.diffusers]:
         q, t = tokenizers_in(d)

@@ -16,6 +16,7 @@ a local fake; `huggingface_hub` itself is imported only when no client is given.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import shutil
@@ -64,6 +65,8 @@ VARIANTS: dict[str, Variant] = {
         _dit("base-v1.0", "anima-base-v1.0", True, "v1.0 base: neutral style; train LoRAs on it"),
         _dit("aesthetic-v1.0", "anima-aesthetic-v1.0", False, "v1.0 aesthetic finetune"),
         _dit("turbo-v1.0", "anima-turbo-v1.0", False, "v1.0 distilled: CFG 1, 8-12 steps"),
+        _dit("aesthetic-v1.1", "anima-aesthetic-v1.1", False, "v1.1 aesthetic finetune (July 2026)"),
+        _dit("turbo-v1.1", "anima-turbo-v1.1", False, "v1.1 distilled: CFG 1, few steps (July 2026)"),
         _dit("preview3-base", "anima-preview3-base", True, "preview 3"),
         _dit("preview2", "anima-preview2", True, "preview 2"),
         _dit("preview", "anima-preview", True, "first preview"),
@@ -77,10 +80,49 @@ ALIASES = {
 }
 
 
+@dataclass(frozen=True)
+class Extra:
+    """An add-on file set (LoRAs, LLLite control patches) from another repository.
+
+    Their exact file names were not verified against the repositories, so each is found by `pattern`
+    (fnmatch) in the repository's file list when downloading; `many` takes every match."""
+
+    name: str
+    repo: str
+    pattern: str
+    folder: str  # models-folder subfolder, as ComfyUI names it
+    note: str
+    many: bool = False
+
+
+LORA_REPO = "circlestone-labs/Anima-Official-LoRAs"
+LLLITE_REPO = "Comfy-Org/Anima-LLLite"
+EXTRAS: dict[str, Extra] = {
+    e.name: e
+    for e in (
+        Extra("turbo-lora-v0.2", LORA_REPO, "*turbo*0.2*.safetensors", "loras",
+              "official LoRA: turbo (CFG 1, about 8 steps) on base models"),
+        Extra("rl-v0.1", LORA_REPO, "*rl*0.1*.safetensors", "loras", "official LoRA: RL-tuned preferences"),
+        Extra("highres-aesthetic-boost", LORA_REPO, "*highres*aesthetic*.safetensors", "loras",
+              "official LoRA: high-resolution aesthetic boost"),
+        Extra("lllite", LLLITE_REPO, "model_patches/*.safetensors", "model_patches",
+              "ControlNet-LLLite control patches (every file in model_patches/)", many=True),
+    )
+}  # fmt: skip
+
+
+def catalog() -> list[str]:
+    """One line per downloadable name, for ``anima models download --list``."""
+    unverified = " (file name unverified)"
+    lines = [f"{v.name:24} {v.note}" + ("" if v.verified else unverified) for v in VARIANTS.values()]
+    lines += [f"{e.name:24} {e.note} [{e.repo}]" for e in EXTRAS.values()]
+    return lines
+
+
 def resolve_variant(name: str) -> Variant:
     key = ALIASES.get(name.strip().lower(), name.strip().lower())
     if key not in VARIANTS:
-        names = ", ".join([*VARIANTS, *ALIASES])
+        names = ", ".join([*VARIANTS, *ALIASES, *EXTRAS])
         raise AnimaError(f"unknown model variant {name!r}; choose from: {names}")
     return VARIANTS[key]
 
@@ -94,7 +136,14 @@ def _default_hub() -> Any:
 
 
 def _fetch(
-    hub: Any, filename: str, target: Path, staging: Path, kind: str, revision: str | None, hint: str
+    hub: Any,
+    filename: str,
+    target: Path,
+    staging: Path,
+    kind: str,
+    revision: str | None,
+    hint: str,
+    repo: str = REPO,
 ) -> Path:
     """One weight file into `target` (skipped when a readable file of the right kind is there)."""
     if target.is_file():
@@ -105,9 +154,13 @@ def _fetch(
         except AnimaError:
             pass  # damaged: fetch again
     try:
-        got = Path(hub.hf_hub_download(repo_id=REPO, filename=filename, revision=revision, local_dir=staging))
+        got = Path(hub.hf_hub_download(repo_id=repo, filename=filename, revision=revision, local_dir=staging))
     except Exception as exc:  # network, 404, auth: all become one actionable line
-        raise AnimaError(f"download of {REPO}/{filename} failed: {exc}{hint}") from exc
+        raise AnimaError(f"download of {repo}/{filename} failed: {exc}{hint}") from exc
+    if kind == "model_patch":  # control patches are not model files inspect_file classifies
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(got, target)
+        return target
     found = inspect_file(got).kind
     if found != kind:
         raise AnimaError(f"downloaded {filename} is a {found} file, expected {kind}; not installed")
@@ -183,3 +236,38 @@ def download(
     qwen, t5 = download_tokenizers(dest, hub=hub, revision=None)
     dit, te, vae = paths
     return ModelSet(dit.stem, dit, te, vae, qwen, t5, f"download:{dest}")
+
+
+def download_extra(
+    name: str,
+    dest: Path,
+    *,
+    accept_license: bool,
+    hub: Any = None,
+    revision: str | None = None,
+    report: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """Fetch an add-on (`EXTRAS`: official LoRAs, LLLite patches) into ``dest/<folder>/``; -> the paths.
+
+    Its files are looked up by pattern in the repository's file list (one listing call)."""
+    say = report or log.info
+    extra = EXTRAS[name.strip().lower()]
+    say(LICENSE_TEXT)
+    if not accept_license:
+        raise AnimaError("the Anima files need their licence accepted: read it above, pass --accept-license")
+    hub = hub or _default_hub()
+    try:
+        files = list(hub.list_repo_files(repo_id=extra.repo, revision=revision))
+    except Exception as exc:
+        raise AnimaError(f"listing {extra.repo} failed: {exc}") from exc
+    matches = sorted(f for f in files if fnmatch.fnmatch(f, extra.pattern))
+    if not matches:
+        shown = ", ".join(f for f in files if f.endswith(".safetensors")) or "none"
+        raise AnimaError(f"{extra.repo} has no file matching {extra.pattern} (its .safetensors: {shown})")
+    kind = "model_patch" if extra.folder == "model_patches" else "lora"
+    paths = []
+    for filename in matches if extra.many else matches[:1]:
+        say(f"fetching {extra.repo}/{filename}")
+        target = Path(dest) / extra.folder / Path(filename).name
+        paths.append(_fetch(hub, filename, target, Path(dest) / ".download", kind, revision, "", extra.repo))
+    return paths

@@ -4,6 +4,11 @@ Every loader follows the same four steps: read the header (no data), classify th
 the wrong kind in one line, infer the config from shapes, build the module on the meta device and
 `load_state_dict(strict=True, assign=True)` the memory-mapped tensors into it. A bf16 file loaded
 as bf16 on the CPU therefore never gets a second copy in RAM.
+
+Quantised files take the same path: a GGUF file (`anima.weights.gguf_file`) or a ComfyUI 8-bit
+safetensors file (`anima.weights.quant_files`) gives a state dict whose quantised entries are packed
+(`anima.weights.packed`); after the strict checks their layers are swapped for layers that keep the
+weights quantised.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from anima.model.config import AdapterConfig, DiTConfig, TextEncoderConfig, VAEC
 from anima.model.dit import MiniTrainDIT
 from anima.model.text_encoder import Qwen3TextEncoder
 from anima.model.vae import WanVAE
-from anima.weights import checkpoint, diffusers_keys, file_kinds
+from anima.weights import checkpoint, diffusers_keys, file_kinds, quant_files
+from anima.weights.gguf_file import is_gguf, load_gguf, read_gguf
 from anima.weights.mapped_pages import file_mappings, release
+from anima.weights.packed import install, is_packed
 from anima.weights.safetensors import Header, load_mmap, read_header
 
 StateDict = dict[str, torch.Tensor]
@@ -63,7 +70,22 @@ def _tensors(headers: list[Header]) -> StateDict:
     return sd
 
 
+def read_source(path: Path) -> tuple[dict[str, tuple[int, ...]], Callable[[], StateDict]]:
+    """(tensor shapes from the header alone, a function reading the state dict) for a safetensors
+    file or folder or a GGUF file; quantised entries of the state dict come packed."""
+    if is_gguf(path):
+        header = read_gguf(path)
+        return header.shapes, lambda: load_gguf(path, header)
+    headers, shapes = read_headers(path)
+    metadata = {k: v for h in headers for k, v in h.metadata.items()}
+    return shapes, lambda: quant_files.pack(_tensors(headers), metadata, str(path))
+
+
 def _wrong_kind(path: Path, kind: file_kinds.Kind, wanted: str) -> AnimaError:
+    if is_gguf(path) and kind.kind == file_kinds.UNKNOWN:
+        arch = read_gguf(path).arch
+        family = f"architecture '{arch}'" if arch else "no architecture field, tensor names not Anima's"
+        return AnimaError(f"{path}: expected {wanted}, but this is a GGUF file of another model ({family})")
     hint = {
         file_kinds.DIT: "pass it as --dit",
         file_kinds.TEXT_ENCODER: "pass it as --text-encoder",
@@ -75,9 +97,19 @@ def _wrong_kind(path: Path, kind: file_kinds.Kind, wanted: str) -> AnimaError:
 
 
 def _strict_build(
-    factory: Callable[[], nn.Module], sd: StateDict, path: Path, what: str, device: torch.device, dtype
+    factory: Callable[[], nn.Module],
+    sd: StateDict,
+    path: Path,
+    what: str,
+    device: torch.device,
+    dtype,
+    *,
+    embeddings: bool = False,
 ) -> nn.Module:
-    """Meta build + strict assign, with errors that name the file and the first offending keys."""
+    """Meta build + strict assign, with errors that name the file and the first offending keys.
+
+    Packed (quantised) entries become quantised layers (`anima.weights.packed.install`; `embeddings`:
+    keep a GGML token embedding packed too)."""
     with torch.device("meta"):
         module = factory()
     expected = set(module.state_dict().keys())
@@ -98,11 +130,16 @@ def _strict_build(
             )
     converted = {}
     mappings = None
+    packed = {k: v for k, v in sd.items() if is_packed(v)}
     for k, v in sd.items():
+        if k in packed:
+            continue
         converted[k] = c = _convert(v, device, dtype)
         if c.data_ptr() != v.data_ptr():  # a copy: the mapped source pages are no longer needed
             mappings = file_mappings() if mappings is None else mappings
             release(v, mappings)
+    if packed:
+        converted.update(install(module, packed, converted, device, dtype, embeddings=embeddings))
     module.load_state_dict(converted, strict=True, assign=True)
     module.requires_grad_(False)
     module.eval()
@@ -121,11 +158,11 @@ def load_dit(
     """Load the DiT file (official `net.`, `model.diffusion_model.` or bare keys) -> (DiT, adapter)."""
 
     path, device = Path(path), torch.device(device)
-    headers, shapes = read_headers(path)
+    shapes, read = read_source(path)
     kind = file_kinds.detect(shapes)
     if kind.kind != file_kinds.DIT:
         raise _wrong_kind(path, kind, DESCRIPTIONS_WANTED["dit"])
-    sd = _tensors(headers)
+    sd = read()
     p = kind.prefix
     if checkpoint.part_prefix(shapes, "dit"):  # a ComfyUI checkpoint: its DiT part only
         sd = {k: v for k, v in sd.items() if k.startswith(p)}
@@ -208,20 +245,22 @@ def load_text_encoder(
     """
 
     path, device = Path(path), torch.device(device)
-    headers, shapes = read_headers(path)
+    shapes, read = read_source(path)
     inside = checkpoint.part_prefix(shapes, "text_encoder")  # a ComfyUI checkpoint's text encoder
     kind = file_kinds.Kind(file_kinds.TEXT_ENCODER, inside) if inside else file_kinds.detect(shapes)
     if kind.kind != file_kinds.TEXT_ENCODER:
         raise _wrong_kind(path, kind, DESCRIPTIONS_WANTED["text_encoder"])
     p = kind.prefix
-    sd = {k[len(p) :]: v for k, v in _tensors(headers).items() if k.startswith(p)}
+    sd = {k[len(p) :]: v for k, v in read().items() if k.startswith(p)}
     sd.pop("lm_head.weight", None)  # tied to the embedding; some exports carry it anyway
     cfg = TextEncoderConfig.from_shapes({k: tuple(v.shape) for k, v in sd.items()})
     with torch.device("meta"):
         want = next(k for k in Qwen3TextEncoder(cfg).state_dict() if k.endswith("embed_tokens.weight"))
     module_prefix = want[: -len("embed_tokens.weight")]
     sd = {module_prefix + k: v for k, v in sd.items()}
-    return _strict_build(lambda: Qwen3TextEncoder(cfg), sd, path, "Qwen3 text encoder", device, dtype)
+    return _strict_build(
+        lambda: Qwen3TextEncoder(cfg), sd, path, "Qwen3 text encoder", device, dtype, embeddings=True
+    )
 
 
 def load_vae(

@@ -1,7 +1,7 @@
 """What a model file is and what a generation setup consists of: the vocabulary discovery,
 downloads and loading share.
 
-`inspect_file` classifies a safetensors file from its header alone (a few KB, no tensor data),
+`inspect_file` classifies a safetensors or GGUF file from its header alone (a few KB, no tensor data),
 with the key-name rules of `anima.weights.file_kinds` that the loaders use too, so discovery
 never offers a file the loader would refuse. A `ModelSet` is the resolved files of one setup.
 """
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from anima.weights import file_kinds
+from anima.weights.gguf_header import is_gguf, read_gguf
 from anima.weights.header import read_header
 
 Kind = Literal["dit", "text_encoder", "vae", "lora", "lllite", "unknown"]
@@ -30,7 +31,10 @@ T5_TOKENIZER_DIRS = ("t5", "t5_tokenizer")
 
 
 def header_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
-    """{tensor name: shape} from the header alone (keys as stored); `AnimaError` names a bad file."""
+    """{tensor name: shape} from the header alone (keys as stored; llama.cpp names of a GGUF text
+    encoder renamed); `AnimaError` names a bad file. Safetensors and GGUF files."""
+    if is_gguf(path):
+        return read_gguf(path).shapes
     return read_header(path).shapes
 
 

@@ -1,0 +1,112 @@
+"""The matmul of an 8-bit weight: which kernel runs it, for which device and format, in one place.
+
+Three ways to compute ``y = x Wᵀ`` for an 8-bit weight ``W = q · s`` (q int8 or fp8 [out, in], s a
+per-tensor or per-output-channel float32 scale):
+
+- ``int_mm``: dynamic per-row activation quantisation ``x ≈ xq · sx`` (sx = rowmax|x| / 127, round to
+  nearest), one ``torch._int_mm(xq, qᵀ)`` (int8 x int8 -> int32, exact), then ``y = acc · sx · s``.
+  The standard W8A8 scheme (LLM.int8()'s vector-wise quantisation without outliers, SmoothQuant's
+  kernel, ComfyUI's INT8 nodes and comfy-kitchen's TensorWiseINT8Layout). Needs int8 tensor cores:
+  CUDA compute capability 7.5 (Turing) or newer.
+- ``scaled_mm``: per-tensor activation quantisation to float8 e4m3 (sx = max|x| / 448, or the static
+  ``input_scale`` a ComfyUI fp8 file carries), then ``torch._scaled_mm``; a per-channel weight scale
+  multiplies the output afterwards. Needs fp8 tensor cores: compute capability 8.9 (Ada) or newer.
+- ``dequant``: the weight is dequantised to the compute dtype and a normal matmul runs (the numbers
+  of a dense model whose weights were rounded to 8 bits). The fallback everywhere else, including
+  CPUs (a real int8 CPU path is added in `choose_kernel` when there is one).
+
+The quantised kernels also round the activations, so they are not bit-equal to the dequant path;
+tests/test_qmatmul.py pins each path's maths against a float reference on the CPU (torch ships CPU
+versions of both kernels), and the selection by device capability. Kernel shape limits (cuBLASLt):
+``_int_mm`` needs more than 16 rows and inner/outer sizes that are multiples of 8; ``_scaled_mm``
+multiples of 16. Calls outside them take the dequant path.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import torch
+
+INT_MM, SCALED_MM, DEQUANT = "int_mm", "scaled_mm", "dequant"
+KERNEL_NAMES = {INT_MM: "int8 matmul (torch._int_mm)", SCALED_MM: "fp8 matmul (torch._scaled_mm)",
+                DEQUANT: "dequantise + matmul"}  # fmt: skip
+INT8_MIN_CAPABILITY = (7, 5)
+FP8_MIN_CAPABILITY = (8, 9)
+
+
+@cache
+def device_capability(device: torch.device) -> tuple[int, int] | None:
+    """CUDA compute capability of `device`, None for other devices."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_capability(device)
+
+
+def choose_kernel(fmt: str, device_type: str, capability: tuple[int, int] | None) -> str:
+    """The kernel for a weight of format `fmt` ('int8', 'fp8', 'fp8_e5m2') on a device.
+
+    The one place that decides: a CPU int8 kernel (issue 19) is another branch here.
+    """
+    if device_type == "cuda" and capability is not None:
+        if fmt == "int8" and capability >= INT8_MIN_CAPABILITY:
+            return INT_MM
+        if fmt == "fp8" and capability >= FP8_MIN_CAPABILITY:
+            return SCALED_MM
+    return DEQUANT
+
+
+def shapes_fit(kernel: str, rows: int, in_features: int, out_features: int) -> bool:
+    """Whether one call's shapes are inside the kernel's limits (else the call is dequantised)."""
+    if kernel == INT_MM:
+        return rows > 16 and in_features % 8 == 0 and out_features % 8 == 0
+    if kernel == SCALED_MM:
+        return rows % 16 == 0 and in_features % 16 == 0 and out_features % 16 == 0
+    return True
+
+
+def int8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8 quantisation of a 2-D activation: (xq int8, sx float32 [rows, 1])."""
+    xf = x.float()
+    sx = (xf.abs().amax(dim=1, keepdim=True) / 127.0).clamp_min(1e-12)
+    return (xf / sx).round_().clamp_(-127, 127).to(torch.int8), sx
+
+
+def int_mm_linear(
+    x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, out_dtype: torch.dtype
+) -> torch.Tensor:
+    """[rows, in] x int8 [out, in] with scale [out, 1] or [1, 1] -> [rows, out] (the ``int_mm`` path)."""
+    xq, sx = int8_rows(x2)
+    acc = torch._int_mm(xq, q.t())
+    return (acc.float() * sx * scale.reshape(1, -1).float()).to(out_dtype)
+
+
+def scaled_mm_linear(
+    x2: torch.Tensor,
+    q: torch.Tensor,
+    scale: torch.Tensor,
+    out_dtype: torch.dtype,
+    input_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """[rows, in] x fp8 e4m3 [out, in] -> [rows, out] (the ``scaled_mm`` path)."""
+    xf = x2.float()
+    if input_scale is None:
+        sx = (xf.abs().amax() / 448.0).clamp_min(1e-12).reshape(())
+    else:
+        sx = input_scale.float().reshape(()).to(x2.device)
+    xq = (xf / sx).clamp_(-448.0, 448.0).to(torch.float8_e4m3fn)
+    per_tensor = scale.numel() == 1
+    sw = scale.float().reshape(()) if per_tensor else torch.ones((), device=x2.device)
+    out = torch._scaled_mm(xq, q.t(), scale_a=sx, scale_b=sw, out_dtype=torch.float32 if not per_tensor
+                           else out_dtype)  # fmt: skip
+    if not per_tensor:
+        out = (out * scale.reshape(1, -1).float()).to(out_dtype)
+    return out
+
+
+def pick(
+    fmt: str, device: torch.device, rows: int, in_features: int, out_features: int, forced: str | None = None
+) -> str:
+    """The kernel of one call: `forced`, else the device's (`choose_kernel`); dequant outside its limits."""
+    kernel = forced or choose_kernel(fmt, device.type, device_capability(device))
+    return kernel if shapes_fit(kernel, rows, in_features, out_features) else DEQUANT

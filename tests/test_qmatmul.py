@@ -1,0 +1,94 @@
+"""The 8-bit matmul dispatch (anima.model.qmatmul): kernel choice by device, and each kernel's maths.
+
+No GPU is needed: torch ships CPU implementations of `_int_mm` and `_scaled_mm`, so the int8 and
+fp8 paths run here with the kernel forced, against float references. (Whether they are *faster*
+can only be measured on a GPU; nothing here times anything.)
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anima.model import qmatmul
+from anima.model.quant_linear import QuantLinear, hadamard, quantize_weight, rotate_groups
+
+
+@pytest.mark.parametrize(
+    ("fmt", "device", "cap", "kernel"),
+    [
+        ("int8", "cpu", None, "dequant"),  # CPU int8 is issue 19's; it would be a branch in choose_kernel
+        ("fp8", "cpu", None, "dequant"),
+        ("int8", "cuda", (7, 0), "dequant"),  # Volta: no int8 tensor-core GEMM in cuBLASLt
+        ("int8", "cuda", (7, 5), "int_mm"),
+        ("int8", "cuda", (9, 0), "int_mm"),
+        ("fp8", "cuda", (8, 6), "dequant"),  # Ampere has no fp8 tensor cores
+        ("fp8", "cuda", (8, 9), "scaled_mm"),
+        ("fp8", "cuda", (12, 0), "scaled_mm"),
+        ("fp8_e5m2", "cuda", (9, 0), "dequant"),
+    ],
+)
+def test_kernel_choice_by_device_capability(fmt, device, cap, kernel) -> None:
+    assert qmatmul.choose_kernel(fmt, device, cap) == kernel
+
+
+def test_shape_limits_send_small_calls_to_the_fallback() -> None:
+    assert qmatmul.shapes_fit("int_mm", 17, 64, 64) and not qmatmul.shapes_fit("int_mm", 16, 64, 64)
+    assert not qmatmul.shapes_fit("int_mm", 64, 60, 64)
+    assert qmatmul.shapes_fit("scaled_mm", 32, 64, 48) and not qmatmul.shapes_fit("scaled_mm", 33, 64, 48)
+    assert qmatmul.pick("int8", torch.device("cpu"), 64, 64, 64, forced="int_mm") == "int_mm"
+    assert qmatmul.pick("int8", torch.device("cpu"), 8, 64, 64, forced="int_mm") == "dequant"
+
+
+def _weight(out_f=96, in_f=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(out_f, in_f, generator=g) * torch.linspace(0.2, 2.0, out_f)[:, None]
+
+
+def test_int_mm_path_is_exact_integer_maths_and_close_to_float() -> None:
+    w = _weight()
+    q, scale = quantize_weight(w, "int8")
+    x = torch.randn(40, 256, generator=torch.Generator().manual_seed(1))
+    got = qmatmul.int_mm_linear(x, q, scale, torch.float32)
+    # The same maths spelled out: per-row activation scales, an exact integer product, two scalings.
+    xq, sx = qmatmul.int8_rows(x)
+    assert (xq.float() - x / sx).abs().max() <= 0.5 + 1e-6  # round to nearest
+    emulated = (xq.long() @ q.long().t()).float() * sx * scale.reshape(1, -1)
+    assert torch.equal(got, emulated)  # integer accumulation is exact: no rounding to disagree on
+    ref = x @ w.t()
+    rel = ((got - ref).norm() / ref.norm()).item()
+    assert 0 < rel < 0.02  # weights and activations both rounded to 8 bits
+
+
+@pytest.mark.parametrize("per_tensor", [True, False])
+def test_scaled_mm_path_matches_an_fp8_emulation(per_tensor) -> None:
+    w = _weight(out_f=64, in_f=128)
+    q, scale = quantize_weight(w, "fp8", per_channel=not per_tensor)
+    x = torch.randn(32, 128, generator=torch.Generator().manual_seed(2))
+    got = qmatmul.scaled_mm_linear(x, q, scale, torch.float32)
+    sx = x.abs().amax() / 448.0
+    xq = (x / sx).to(torch.float8_e4m3fn)
+    emulated = (xq.float() @ q.float().t()) * sx * scale.reshape(1, -1)
+    # fp8 x fp8 products are exact in fp32; only the summation order of the kernel may differ.
+    assert torch.allclose(got, emulated, rtol=1e-5, atol=1e-5 * emulated.abs().max().item())
+    ref = x @ w.t()
+    assert ((got - ref).norm() / ref.norm()).item() < 0.08
+    static = qmatmul.scaled_mm_linear(x, q, scale, torch.float32, input_scale=torch.tensor(sx.item()))
+    assert torch.allclose(static, got, rtol=1e-5, atol=1e-5 * got.abs().max().item())
+
+
+# ConvRot files are int8 only: the rotation is tested on the int8 kernel.
+@pytest.mark.parametrize(("kernel", "rotation"), [("int_mm", 0), ("int_mm", 64), ("scaled_mm", 0)])
+def test_quant_linear_kernels_agree_with_the_dequant_path(kernel, rotation) -> None:
+    w = _weight(out_f=64, in_f=256)
+    fmt = "int8" if kernel == "int_mm" else "fp8"
+    stored = rotate_groups(w, hadamard(rotation)) if rotation else w
+    q, scale = quantize_weight(stored, fmt, per_channel=fmt == "int8")
+    layer = QuantLinear(q, scale, fmt, torch.float32, rotation=rotation)
+    x = torch.randn(2, 24, 256, generator=torch.Generator().manual_seed(3))
+    dense = layer(x)  # CPU: the dequant path
+    layer.kernel = kernel
+    fast = layer(x)
+    assert fast.shape == dense.shape == (2, 24, 64)
+    assert ((fast - dense).norm() / dense.norm()).item() < 0.05
+    assert ((dense - x @ w.t()).norm() / dense.norm()).item() < 0.05  # the rotation undone correctly
