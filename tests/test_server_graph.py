@@ -80,3 +80,22 @@ def test_graph_errors_are_clear_4xx(server, body: dict, status: int, message: st
         r = c.post("/api/jobs", json=body)
     assert r.status_code == status, r.text
     assert message in json.dumps(r.json()["detail"])
+
+
+def test_png_info_reads_a_comfyui_png(server) -> None:
+    """The web UI's PNG info takes a ComfyUI PNG: its graph planned as a graph job would be."""
+    import base64
+
+    png = FIX / "wf_c_lora_kohya_08" / "Anima_00001_.png"
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        r = c.post("/api/png-recipe", json={"image": base64.b64encode(png.read_bytes()).decode()})
+        assert r.status_code == 200, r.text
+        info = r.json()
+        pictures = c.post("/api/png-recipe", json={"image": base64.b64encode(
+            (FIX / "wf_e_img2img_denoise_055" / "Anima_00001_.png").read_bytes()).decode()})  # fmt: skip
+    assert info["format"] == "comfyui" and info["runnable"]
+    assert info["recipe"]["model"] == MODEL_NAME and info["recipe"]["loras"] == [["anima_tiny_lora_kohya", 0.8]]
+    assert info["settings"]["lora_keys"] == "comfyui"
+    # A graph that loads a picture: one line saying what the server takes instead.
+    assert pictures.status_code == 400 and "LoadImage" in pictures.json()["detail"]
+    assert "\n" not in pictures.json()["detail"]

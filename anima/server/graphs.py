@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from anima.errors import AnimaError
+from anima.interop.comfyui.graph import Graph
 from anima.interop.comfyui.plan import plan_graph
 from anima.interop.comfyui.read import load_graph
 from anima.recipe import Recipe
@@ -30,9 +31,10 @@ def _stem(name: str) -> str:
     return PurePosixPath(name.replace("\\", "/")).stem
 
 
-def graph_recipe(graph: dict[str, Any], service) -> tuple[Recipe, list[str]]:
-    """(the recipe of the graph's one output, notes)."""
-    plan = plan_graph(load_graph(graph, "graph"), _no_pictures, _no_pictures)
+def graph_recipe(graph: dict[str, Any] | Graph, service) -> tuple[Recipe, list[str]]:
+    """(the recipe of the graph's one output, notes); `graph` as JSON data or already read (a PNG's)."""
+    graph = graph if isinstance(graph, Graph) else load_graph(graph, "graph")
+    plan = plan_graph(graph, _no_pictures, _no_pictures)
     if len(plan.jobs) != 1:
         outputs = ", ".join(j.output for j in plan.jobs)
         raise AnimaError(f"the graph has {len(plan.jobs)} outputs ({outputs}); a job runs a graph with one")

@@ -11,9 +11,11 @@ from pydantic import BaseModel, Field
 
 from anima.errors import AnimaError
 from anima.imageio import recipe_from_text
+from anima.interop.comfyui.read import graph_from_text, has_graph
 from anima.prompt_tools import analyze, prompt_tag
 from anima.recipe import Recipe, changed_settings
 from anima.server import images
+from anima.server.graphs import graph_recipe
 from anima.server.routes_a1111 import ERRORS, Ctx
 from anima.server.schemas import MAX_PROMPT_CHARS, PNGInfoRequest
 from anima.server.settings_schema import SettingsIn
@@ -86,9 +88,13 @@ def png_recipe(req: PNGInfoRequest, c: Ctx) -> PNGRecipe:
     """The recipe an image carries (anima's own JSON, an A1111/Forge infotext, or a ComfyUI
     graph), for the page's PNG info panel: fill the form, or run it again."""
     chunks = images.text_chunks(req.image, "image", c.limits)
-    fmt = "anima" if "anima_recipe" in chunks else "a1111" if "parameters" in chunks else "unknown"
-    recipe = recipe_from_text(chunks, "the image")
     problem = None
+    if has_graph(chunks):  # a ComfyUI PNG: its graph planned as a native graph job would be
+        fmt = "comfyui"
+        recipe, _notes = graph_recipe(graph_from_text(chunks, "the image"), c.service)
+    else:
+        fmt = "anima" if "anima_recipe" in chunks else "a1111" if "parameters" in chunks else "unknown"
+        recipe = recipe_from_text(chunks, "the image")
     try:
         recipe.validate(c.service.samplers(), c.service.schedulers())
     except AnimaError as exc:
