@@ -222,6 +222,9 @@ class _Page(html.parser.HTMLParser):
         self._label_for: str | None = None
         self._text: dict[str, str] = {}
         self._open: list[str] = []
+        self.controls: dict[str, dict] = {}  # data-control fields (the unit template): tag, labelled, text
+        self._labels_open = 0
+        self._button: str | None = None
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -234,12 +237,23 @@ class _Page(html.parser.HTMLParser):
         if tag == "label" and "for" in a:
             self._label_for = a["for"]
             self.labels[a["for"]] = ""
+        if tag == "label":
+            self._labels_open += 1
+        if "data-control" in a:
+            labelled = self._labels_open > 0
+            self.controls[a["data-control"]] = {"tag": tag, "labelled": labelled, "text": "", **a}
+            self._button = a["data-control"] if tag == "button" else None
 
     def handle_endtag(self, tag):
         if tag == "label":
             self._label_for = None
+            self._labels_open -= 1
+        if tag == "button":
+            self._button = None
 
     def handle_data(self, data):
+        if self._button:
+            self.controls[self._button]["text"] += data
         if self._label_for:
             self.labels[self._label_for] += data
         for i in self._open[-1:]:
@@ -255,6 +269,17 @@ def test_page_has_a_field_for_every_client_setting_and_the_names_tests_use():
     assert page.by_id["completions"]["role"] == "listbox"
     assert page.by_id["gallery"]["aria-label"] == "Gallery"
     assert "disabled" in page.by_id["generate"]  # until /api/info is in
+    # A control unit (the page clones the template per unit): a field for each ControlIn field,
+    # each inside its label or a button with its own text.
+    from anima.server.schemas import ControlIn
+
+    unit = page.controls
+    assert set(ControlIn.model_fields) <= set(unit)  # model, image, mask, strength, start, end
+    assert {"enabled", "preprocessor", "preview"} <= set(unit)
+    for name, el in unit.items():
+        assert el["labelled"] if el["tag"] != "button" else el["text"].strip(), name
+    assert unit["preview"]["text"].strip() == "Preview" and unit["image"]["type"] == "file"
+    assert page.by_id["control-unit-template"]["tag"] == "template"
 
 
 def test_serve_refuses_a_missing_artist_or_tag_file_in_one_line(tmp_path, capsys):

@@ -3,6 +3,7 @@
 
 import { $, $$, api, option, showError, state } from "./js/api.js";
 import { initDataURL, loadInitImage, maskDataURL, setupMaskPainting } from "./js/canvas.js";
+import { controlsSettled, prepareControls, setupControls } from "./js/controls.js";
 import { applyModelDefaults, applyPreset, fillForm, payloadFromForm, setSize, setupChoices, syncForm } from "./js/form.js";
 import { addToGallery, reloadGallery, setupGallery } from "./js/gallery.js";
 import { setupPngInfo } from "./js/pnginfo.js";
@@ -24,6 +25,7 @@ async function init() {
     info.loras.forEach((l) => option($("#lora-select"), l));
   }
   setupChoices(info);
+  setupControls(info);
   $("#banner").textContent = info.notice ?? "";
   $("#banner").hidden = !info.notice;
   describePromptHelp(info.prompt_help);
@@ -58,6 +60,7 @@ function setMode(mode) {
 /** Queue the form as a job; throws the server's one-line message. */
 async function submit() {
   if (!state.ready) throw new Error("the page is still loading");
+  await prepareControls();
   const body = payloadFromForm();
   if (state.mode === "img2img" || state.mode === "inpaint") {
     if (!state.initLoaded) throw new Error("choose an init image first");
@@ -144,7 +147,11 @@ document.addEventListener("DOMContentLoaded", () => {
   setupPlan();
   setupRegions();
   setMode("txt2img");
-  // Test hooks and console aids: what the page would send now; fill the form from a recipe.
-  window.anima = { payload: payloadFromForm, fill: (recipe, settings) => { fillForm(recipe, settings); renderLoras(); } };
+  // Test hooks and console aids: what the page would send now; fill the form from a recipe (both
+  // resolve once the control units' images are loaded and previewed).
+  window.anima = {
+    payload: async () => { await prepareControls(); return payloadFromForm(); },
+    fill: (recipe, settings) => { fillForm(recipe, settings); renderLoras(); return controlsSettled(); },
+  };
   init().catch((e) => { showError(`could not reach the server: ${e.message}`); $("#status").textContent = "offline"; });
 });
