@@ -244,10 +244,11 @@ def test_field_group_round_trips(group, browser, server, reference_png, tmp_path
     if recipe.controls:  # the form sends again the images the server stored (fetched back from it)
         _check_control_images(recipe, _split_control_images(payload2))
     # The batch count belongs to the job (checked above), not to the recipe a PNG records; a
-    # reference image is recorded as the server's file, which the form cannot show again.
+    # reference image is recorded as the server's file, which the form fetches back from it.
     if "reference_image" in payload:
-        payload.pop("reference_image")
-        assert payload["recipe"]["settings"].pop("reference_strength") == 0.6
+        stored = _pixels(recipe.reference.image)
+        assert np.array_equal(_pixels(payload.pop("reference_image"))[..., :3], stored)
+        assert np.array_equal(_pixels(payload2.pop("reference_image"))[..., :3], stored)
     assert {**payload2, "n_iter": payload["n_iter"]} == payload
     pg.close()
     assert not errors, errors

@@ -5,43 +5,13 @@
 // with the job (/api/jobs/{id}/inputs/control{i}-image).
 "use strict";
 
-import { $, api, option } from "./api.js";
+import { $, api, fetchDataURL, option, readAsDataURL, settled, storedInputURL, track } from "./api.js";
 
 export const MAX_UNITS = 3;
-// The server stores a unit's images as `{job id}-control{i}-{image|mask}.png` in its inputs folder;
-// a recipe records them by path, so the file name says where to fetch them again.
-const STORED = /^([0-9a-f]+)-(control\d+-(?:image|mask))\.png$/;
 
 // Per unit: source (data URL of the chosen image), processed ({kind, image} from /api/preprocess),
 // mask (data URL). The form's fields hold the rest.
 const units = [];
-const pending = new Set();  // file reads, fetches and previews still running
-
-function track(promise) {
-  pending.add(promise);
-  promise.finally(() => pending.delete(promise)).catch(() => {});
-  return promise;
-}
-
-/** Resolves when every image load and preview started so far has finished. */
-export async function controlsSettled() {
-  while (pending.size) await Promise.allSettled([...pending]);
-}
-
-function readFile(file) {
-  return new Promise((resolve, reject) => {
-    const reader = new FileReader();
-    reader.onload = () => resolve(reader.result);
-    reader.onerror = () => reject(new Error(`could not read ${file.name}`));
-    reader.readAsDataURL(file);
-  });
-}
-
-async function fetchDataURL(url) {
-  const res = await fetch(url);
-  if (!res.ok) throw new Error(`HTTP ${res.status}`);
-  return readFile(await res.blob());
-}
 
 function show(img, src) {
   img.hidden = src == null;
@@ -126,7 +96,7 @@ export function setupControls(info) {
       if (!file) return;
       note(i, "");
       const current = begin(i, "sourceLoad");
-      track(readFile(file).then((url) => {
+      track(readAsDataURL(file).then((url) => {
         if (!current()) return;
         setSource(i, url);
         field(i, "enabled").checked = true;  // choosing an image turns the unit on, as in Forge
@@ -142,7 +112,7 @@ export function setupControls(info) {
       const file = e.target.files[0];
       if (!file) return;
       const current = begin(i, "maskLoad");
-      track(readFile(file).then((url) => { if (current()) setMask(i, url); }).catch((err) => note(i, err.message)));
+      track(readAsDataURL(file).then((url) => { if (current()) setMask(i, url); }).catch((err) => note(i, err.message)));
     });
     field(i, "mask-clear").addEventListener("click", () => setMask(i, null));
   }
@@ -151,7 +121,7 @@ export function setupControls(info) {
 
 /** Before a payload is taken: the loads have finished and every enabled unit is preprocessed. */
 export async function prepareControls() {
-  await controlsSettled();
+  await settled();
   for (let i = 0; i < units.length; i++) if (field(i, "enabled").checked) await preview(i);
 }
 
@@ -181,12 +151,6 @@ export function controlsFromForm() {
 function patchName(model) {
   // A recipe made by the CLI may name the patch by path: the server knows it by its file stem.
   return model.split(/[\\/]/).pop().replace(/\.safetensors$/i, "");
-}
-
-/** The server URL of an image a recipe records, when the server stored it with a job. */
-export function storedInputURL(path) {
-  const m = STORED.exec(String(path ?? "").split(/[\\/]/).pop());
-  return m ? `/api/jobs/${m[1]}/inputs/${m[2]}` : null;
 }
 
 function load(i, path, slot, what, apply) {

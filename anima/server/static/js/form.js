@@ -5,6 +5,7 @@
 
 import { $, $$, option, state } from "./api.js";
 import { controlsFromForm, fillControls } from "./controls.js";
+import { fillReference } from "./reference.js";
 import { fillRegions, regionsFromForm } from "./regions.js";
 
 const CORE = {
@@ -102,6 +103,7 @@ export function fillForm(recipe, settings = {}) {
   $("#hires-on").checked = Number(all.hires_scale) !== 1;
   fillRegions(recipe.regions);
   fillControls(recipe.controls);
+  fillReference(settings.reference_image);
   const axes = recipe.grid || [];
   $$("#grid-axes .grid-axis").forEach((row, i) => {
     row.querySelector("select").value = axes[i]?.name ?? "";
