@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import REPO, TINY, TOKENIZERS
+from conftest import REPO, SHARED, TINY, TOKENIZERS
 
 WEIGHTS = TINY / "weights"
 TINY_FILES = {
@@ -23,13 +23,17 @@ TINY_FILES = {
 MODEL_NAME = "anima_tiny_dit"
 
 
-def tiny_service(lora_dirs=()):
+LLLITE_PATCHES = SHARED / "fixtures" / "anima-lllite" / "lllite"  # the tiny model's LLLite patches
+
+
+def tiny_service(lora_dirs=(), patch_dirs=()):
     from anima.pipeline import RunOptions
     from anima.server.service import PipelineService
 
     return PipelineService.from_files(
         TINY_FILES["dit"], TINY_FILES["text_encoder"], TINY_FILES["vae"],
         tokenizer_dir=TOKENIZERS, lora_dirs=lora_dirs, options=RunOptions(device="cpu", dtype="fp32"),
+        patch_dirs=patch_dirs,
     )  # fmt: skip
 
 

@@ -1,6 +1,6 @@
 """What the web UI asks the server: completions, lint, a PNG's recipe, the hires plan, per-model
-defaults, the history search and grid jobs; and the page's contract (every client setting has a
-field, the accessible names the browser tests use)."""
+defaults, the history search and grid jobs, control preprocessing and a job's stored inputs; and
+the page's contract (every client setting has a field, the accessible names the browser tests use)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import base64
 import html.parser
 import io
 import json
+import sys
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from server_support import LiveServer, tiny_service, wait_job
+from server_support import LLLITE_PATCHES, LiveServer, tiny_service, wait_job
 
 from anima.errors import AnimaError
 from anima.imageio import read_recipe, save_png
@@ -40,7 +41,7 @@ def server(tmp_path_factory):
         artists=ArtistIndex(["wlop", "wada arco", "ilya kuvshinov"], source="test"),
         tags=TagList.load(root / "tags.csv"),
     )
-    app = create_app(tiny_service(), data_dir=root / "data", prompt_help=help_)
+    app = create_app(tiny_service(patch_dirs=[LLLITE_PATCHES]), data_dir=root / "data", prompt_help=help_)
     with LiveServer(app) as srv:
         yield srv
 
@@ -117,6 +118,77 @@ def test_info_has_model_defaults_and_choices(client):
     assert info["prompt_help"] == {"artists": True, "tags": True}
     assert info["choices"]["presets"]["turbo"]["cfg"] == 1.0
     assert set(info["setting_defaults"]) == set(CLIENT_SETTINGS)
+    assert info["control_models"] == sorted(p.stem for p in LLLITE_PATCHES.glob("*.safetensors"))
+    assert "anima_lllite_tiny_aspp" in info["control_models"]
+    assert {"none", "invert", "canny", "lineart"} <= set(info["control_preprocessors"])
+
+
+def _data_url(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _decode(data_url: str) -> Image.Image:
+    assert data_url.startswith("data:image/png;base64,")
+    return Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1])))
+
+
+def test_preprocess_previews_a_control_image(client, monkeypatch):
+    arr = np.zeros((32, 48, 3), np.uint8)
+    arr[8:24, 12:36] = (250, 200, 10)
+    src = _data_url(Image.fromarray(arr))
+    inverted = _decode(client.post("/api/preprocess", json={"kind": "invert", "image": src}).json()["image"])
+    assert inverted.size == (48, 32) and np.array_equal(np.asarray(inverted.convert("RGB")), 255 - arr)
+    lines = client.post("/api/preprocess", json={"kind": "lineart", "image": src}).json()["image"]
+    lines = np.asarray(_decode(lines))
+    assert lines.shape == (32, 48, 3) and lines.min() == 0 and lines.max() == 255  # dark lines on white
+    for body, words in [
+        ({"kind": "depth_midas", "image": src}, "unknown control preprocessor"),
+        ({"kind": "invert", "image": "data:image/png;base64,bm90IGFuIGltYWdl"}, "could not be decoded"),
+        ({"kind": "invert", "image": "%%%"}, "not valid base64"),
+    ]:
+        r = client.post("/api/preprocess", json=body)
+        assert r.status_code == 400 and words in r.json()["detail"] and "\n" not in r.json()["detail"], r.text
+    monkeypatch.setitem(sys.modules, "kornia.filters", None)  # kornia not installed
+    r = client.post("/api/preprocess", json={"kind": "canny", "image": src})
+    assert r.status_code == 400 and "needs kornia" in r.json()["detail"] and "\n" not in r.json()["detail"]
+
+
+def test_job_inputs_are_served_and_deleted_with_the_job(tmp_path):
+    control = Image.new("RGB", (64, 64), (10, 200, 30))
+    mask = Image.new("L", (64, 64), 255)
+    app = create_app(tiny_service(patch_dirs=[LLLITE_PATCHES]), data_dir=tmp_path, start_worker=False)
+    recipe = {"prompt": "x", "size": "64x64", "steps": 2, "seed": 1, "denoise": 0.5}
+    inputs = tmp_path / "inputs"
+    with LiveServer(app) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        unit = {"model": "anima_lllite_tiny_inpaint", "image": _data_url(control), "mask": _data_url(mask)}
+        body = {"recipe": recipe, "init_image": _data_url(control), "inpaint": {"mask": _data_url(mask)}}
+        a = c.post("/api/jobs", json={**body, "controls": [unit]})
+        ref = {"recipe": {**recipe, "denoise": 1}, "reference_image": _data_url(control)}
+        b = c.post("/api/jobs", json=ref)
+        assert a.status_code == b.status_code == 202, (a.text, b.text)
+        a, b = a.json(), b.json()
+        assert sorted(a["inputs"]) == ["control0-image", "control0-mask", "init", "mask"]
+        assert list(b["inputs"]) == ["reference"]
+        got = c.get(a["inputs"]["control0-image"])
+        assert got.status_code == 200 and got.headers["content-type"] == "image/png"
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(got.content))), np.asarray(control))
+        assert Image.open(io.BytesIO(c.get(a["inputs"]["control0-mask"]).content)).mode == "L"
+        assert c.get(b["inputs"]["reference"]).status_code == 200
+        for url in (f"/api/jobs/{a['id']}/inputs/reference", f"/api/jobs/{a['id']}/inputs/..%2Fjobs.sqlite3",
+                    f"/api/jobs/{'0' * 16}/inputs/init"):  # fmt: skip
+            r = c.get(url)
+            assert r.status_code == 404 and "\n" not in r.json()["detail"], url
+        # A refused job stores nothing.
+        before = sorted(inputs.iterdir())
+        bad = c.post("/api/jobs", json={**body, "controls": [{**unit, "model": "nowhere"}]})
+        assert bad.status_code == 400 and sorted(inputs.iterdir()) == before
+        for job in (a, b):  # cancel (queued), then forget: the stored inputs go with it
+            assert c.delete(f"/api/jobs/{job['id']}").json()["status"] == "cancelled"
+            assert c.delete(f"/api/jobs/{job['id']}").status_code == 200
+        assert list(inputs.iterdir()) == []
+        assert c.get(a["inputs"]["init"]).status_code == 404
 
 
 def test_history_search_and_grid_job(server, client):
@@ -150,6 +222,9 @@ class _Page(html.parser.HTMLParser):
         self._label_for: str | None = None
         self._text: dict[str, str] = {}
         self._open: list[str] = []
+        self.controls: dict[str, dict] = {}  # data-control fields (the unit template): tag, labelled, text
+        self._labels_open = 0
+        self._button: str | None = None
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -162,12 +237,23 @@ class _Page(html.parser.HTMLParser):
         if tag == "label" and "for" in a:
             self._label_for = a["for"]
             self.labels[a["for"]] = ""
+        if tag == "label":
+            self._labels_open += 1
+        if "data-control" in a:
+            labelled = self._labels_open > 0
+            self.controls[a["data-control"]] = {"tag": tag, "labelled": labelled, "text": "", **a}
+            self._button = a["data-control"] if tag == "button" else None
 
     def handle_endtag(self, tag):
         if tag == "label":
             self._label_for = None
+            self._labels_open -= 1
+        if tag == "button":
+            self._button = None
 
     def handle_data(self, data):
+        if self._button:
+            self.controls[self._button]["text"] += data
         if self._label_for:
             self.labels[self._label_for] += data
         for i in self._open[-1:]:
@@ -183,6 +269,17 @@ def test_page_has_a_field_for_every_client_setting_and_the_names_tests_use():
     assert page.by_id["completions"]["role"] == "listbox"
     assert page.by_id["gallery"]["aria-label"] == "Gallery"
     assert "disabled" in page.by_id["generate"]  # until /api/info is in
+    # A control unit (the page clones the template per unit): a field for each ControlIn field,
+    # each inside its label or a button with its own text.
+    from anima.server.schemas import ControlIn
+
+    unit = page.controls
+    assert set(ControlIn.model_fields) <= set(unit)  # model, image, mask, strength, start, end
+    assert {"enabled", "preprocessor", "preview"} <= set(unit)
+    for name, el in unit.items():
+        assert el["labelled"] if el["tag"] != "button" else el["text"].strip(), name
+    assert unit["preview"]["text"].strip() == "Preview" and unit["image"]["type"] == "file"
+    assert page.by_id["control-unit-template"]["tag"] == "template"
 
 
 def test_serve_refuses_a_missing_artist_or_tag_file_in_one_line(tmp_path, capsys):

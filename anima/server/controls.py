@@ -47,6 +47,13 @@ def _tensor(im: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr)[None]
 
 
+def preprocess_image(im: Image.Image, kind: str, *, low: float = 0.1, high: float = 0.2,
+                     threshold: float = 0.5) -> Image.Image:  # fmt: skip
+    """An RGB image through preprocessor `kind` (`PREPROCESSORS`), as the job will receive it."""
+    done = preprocess(_tensor(images.to_rgb(im)), kind, low=low, high=high, threshold=threshold)
+    return Image.fromarray((done[0].numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8))
+
+
 def check(pending: PendingControl, service, model: str | None, index: int) -> None:
     path = service.resolve_patch(pending.unit.model)
     cfg = patch_config(path, service.dit_config(model))
@@ -134,8 +141,7 @@ def a1111(extra: Mapping[str, Any], service, limits: Limits, model: str | None, 
             kind = A1111_MODULES[module]
             if kind == "threshold":
                 low = high = float(u.get("threshold_a", 127)) / 255.0
-            done = preprocess(_tensor(image), kind, low=min(low, high), high=max(low, high), threshold=low)
-            image = Image.fromarray((done[0].numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8))
+            image = preprocess_image(image, kind, low=min(low, high), high=max(low, high), threshold=low)
         mode = _resize_mode(u.get("resize_mode"))
         fitted = _fit(image, mode, width, height)
         if fitted is not image:

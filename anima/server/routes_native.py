@@ -35,6 +35,8 @@ from anima.server.routes_a1111 import ERRORS, Ctx
 from anima.server.schemas import Choices, ErrorResponse, JobCreate, JobOut, JobPage, ModelDefaults, ServerInfo
 from anima.server.security import resolve_inside
 from anima.server.settings_schema import CLIENT_SETTINGS
+from anima.server.submit import stored_inputs
+from anima.workflows.control_preprocess import PREPROCESSORS
 
 router = APIRouter(prefix="/api", tags=["native"])
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
@@ -55,6 +57,7 @@ def job_out(c, job: QueuedJob) -> JobOut:
         n_iter=job.spec.n_iter,
         outputs=job.outputs, urls=[f"/api/outputs/{p}" for p in job.outputs], error=job.error,
         notes=job.notes, step=step, steps=steps, position=c.store.position(job),
+        inputs={role: f"/api/jobs/{job.id}/inputs/{role}" for role in stored_inputs(job.spec, c.inputs_dir)},
     )  # fmt: skip
 
 
@@ -101,13 +104,8 @@ def delete_job(job_id: str, c: Ctx) -> JobOut:
     elif job.status in ("queued", "running"):
         c.worker.interrupt(job_id, status="cancelled")  # claimed meanwhile: stop it instead
     elif c.store.delete(job_id):
-        for name in (job.spec.init_image, job.spec.mask):  # its uploads go too; outputs stay
-            if name:
-                (c.inputs_dir / name).unlink(missing_ok=True)
-        for unit in job.spec.recipe.controls:  # control images stored with the job (absolute paths)
-            for path in (unit.image, unit.mask):
-                if path and Path(path).parent.resolve() == c.inputs_dir.resolve():
-                    Path(path).unlink(missing_ok=True)
+        for path in stored_inputs(job.spec, c.inputs_dir).values():  # its uploads go too; outputs stay
+            path.unlink(missing_ok=True)
     out = job_out(c, job)
     c.hub.publish({"type": "job", "id": job_id})
     return out
@@ -123,6 +121,20 @@ def job_preview(job_id: str, c: Ctx) -> Response:
     if snap.job_id != job_id or snap.preview_png is None:
         raise HTTPException(404, "no preview for this job (not running, or none yet)")
     return Response(snap.preview_png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+@router.get(
+    "/jobs/{job_id}/inputs/{role}",
+    response_class=FileResponse,
+    responses={**ERRORS, **NOT_FOUND, 200: {"content": {"image/png": {}}, "description": "a stored input"}},
+)
+def job_input(job_id: str, role: str, c: Ctx) -> FileResponse:
+    """An input image stored with the job (its JobOut's ``inputs``): ``init``, ``mask``,
+    ``reference``, ``control{i}-image``, ``control{i}-mask``; the page fetches them to fill a form."""
+    path = stored_inputs(_get(c, job_id).spec, c.inputs_dir).get(role)
+    if path is None or not path.is_file():
+        raise HTTPException(404, f"job {job_id!r} has no stored {role!r} image")
+    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
 @router.get(
@@ -178,6 +190,7 @@ def info(c: Ctx) -> ServerInfo:
         model_info=[ModelDefaults(name=m.name, demo=m.demo, defaults=dict(m.defaults)) for m in models],
         notice=DEMO_NOTICE if demo_in_use else None,
         loras=sorted(c.service.loras()), samplers=c.service.samplers(), schedulers=c.service.schedulers(),
+        control_models=sorted(c.service.control_patches()), control_preprocessors=list(PREPROCESSORS),
         choices=Choices(
             guidances=list(GUIDANCES), hires_upscalers=list(HIRES_UPSCALERS),
             tiled_vae_modes=list(TILED_VAE_MODES),

@@ -1,6 +1,7 @@
 """What the web UI asks while you type and before you run: completions, prompt lint findings,
-a PNG's recipe, and the hires pass plan. Thin routes over the prompt tools, the PNG reader and
-the hires planner; nothing here queues work."""
+a PNG's recipe, the hires pass plan and a control image's preprocessing. Thin routes over the
+prompt tools, the PNG reader, the hires planner and the control preprocessors; nothing here
+queues work."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from anima.imageio import recipe_from_text
 from anima.interop.comfyui.read import graph_from_text, has_graph
 from anima.prompt_tools import analyze, prompt_tag
 from anima.recipe import Recipe, changed_settings
-from anima.server import images
+from anima.server import controls, images
 from anima.server.graphs import graph_recipe
 from anima.server.routes_a1111 import ERRORS, Ctx
 from anima.server.schemas import MAX_PROMPT_CHARS, PNGInfoRequest
 from anima.server.settings_schema import SettingsIn
+from anima.workflows.control_preprocess import PREPROCESSORS
 from anima.workflows.hires import plan_passes
 
 router = APIRouter(prefix="/api", tags=["web UI"])
@@ -128,3 +130,27 @@ def plan(req: PlanRequest, c: Ctx) -> PlanResponse:
     sizes = [[recipe.width, recipe.height], *([w, hh] for w, hh in passes.sizes)]
     text = passes.describe() if passes.sizes else f"one pass at {recipe.width}x{recipe.height}"
     return PlanResponse(sizes=sizes, description=text)
+
+
+class PreprocessRequest(BaseModel):
+    kind: str = Field(..., max_length=32, description="a preprocessor (ServerInfo.control_preprocessors)")
+    image: str = Field(..., description="base64 image, optionally a data: URL")
+    low: float = Field(0.1, ge=0, le=1, description="canny / lineart / scribble: low threshold")
+    high: float = Field(0.2, ge=0, le=1, description="canny / lineart / scribble: high threshold")
+    threshold: float = Field(0.5, ge=0, le=1, description="threshold: the luminance cut")
+
+
+class PreprocessResponse(BaseModel):
+    image: str = Field(description="the preprocessed image, a PNG data: URL")
+
+
+@router.post("/preprocess", response_model=PreprocessResponse, responses=ERRORS)
+def preprocess(req: PreprocessRequest, c: Ctx) -> PreprocessResponse:
+    """A control image through a preprocessor, to preview it and send it as the unit's image
+    (what a job's control unit receives is the image as sent: the page preprocesses here first)."""
+    if req.kind not in PREPROCESSORS:  # before decoding anything
+        raise AnimaError(f"unknown control preprocessor {req.kind!r}; choose from {', '.join(PREPROCESSORS)}")
+    im = images.decode_image(req.image, "image", c.limits)
+    done = controls.preprocess_image(im, req.kind, low=req.low, high=req.high, threshold=req.threshold)
+    data = images.b64_png(images.png_bytes(done, compress_level=1))
+    return PreprocessResponse(image=f"data:image/png;base64,{data}")

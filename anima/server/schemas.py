@@ -250,6 +250,10 @@ class JobOut(BaseModel):
     step: int
     steps: int
     position: int | None = Field(None, description="place in the queue (0 = next)")
+    inputs: dict[str, str] = Field(
+        default_factory=dict,
+        description="role (init, mask, reference, control0-image, ...) -> stored image URL",
+    )
 
 
 class JobPage(BaseModel):
@@ -285,6 +289,8 @@ class ServerInfo(BaseModel):
     loras: list[str]
     samplers: list[str]
     schedulers: list[str]
+    control_models: list[str] = Field(default_factory=list, description="ControlNet-LLLite patches (names)")
+    control_preprocessors: list[str] = Field(default_factory=list, description="POST /api/preprocess kinds")
     choices: Choices | None = None
     prompt_help: dict[str, bool] = Field(default_factory=dict, description="artists / tags lists loaded")
     size_presets: dict[str, list[int]] = Field(description="name -> [width, height]")

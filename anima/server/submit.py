@@ -214,6 +214,23 @@ class Submitter:
         return name
 
 
+def stored_inputs(spec: JobSpec, inputs_dir: Path) -> dict[str, Path]:
+    """The input images stored with a job, by role (``init``, ``mask``, ``reference``,
+    ``control{i}-image``, ``control{i}-mask``: the ``{job_id}-{role}.png`` files `submit` wrote).
+    Files outside the inputs folder (a recipe re-run from a PNG names the user's own) are not its."""
+    base = Path(inputs_dir).resolve()
+    found: dict[str, str | None] = {"init": spec.init_image, "mask": spec.mask,
+                                    "reference": spec.recipe.reference.image or None}  # fmt: skip
+    for i, unit in enumerate(spec.recipe.controls):
+        found |= {f"control{i}-image": unit.image or None, f"control{i}-mask": unit.mask or None}
+    out = {}
+    for role, name in found.items():
+        path = (base / name).resolve() if name else None  # relative names are the folder's; absolute stay
+        if path is not None and path.parent == base:
+            out[role] = path
+    return out
+
+
 def _replace(spec: JobSpec, **changes) -> JobSpec:
     import dataclasses
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import time
@@ -14,7 +16,7 @@ import pytest
 from conftest import REPO
 from PIL import Image
 from playwright import sync_api
-from server_support import LiveServer, tiny_service, wait_job
+from server_support import LLLITE_PATCHES, LiveServer, tiny_service, wait_job
 
 pytestmark = pytest.mark.slow  # see pyproject.toml: the quick loop is -m 'not slow'
 
@@ -34,7 +36,8 @@ def server(tmp_path_factory):
     from anima.server.app import create_app
     from anima.server.security import Limits
 
-    app = create_app(tiny_service(), data_dir=tmp_path_factory.mktemp("ui"), limits=Limits(max_side=256))
+    service = tiny_service(patch_dirs=[LLLITE_PATCHES])
+    app = create_app(service, data_dir=tmp_path_factory.mktemp("ui"), limits=Limits(max_side=256))
     with LiveServer(app) as srv:
         yield srv
 
@@ -129,8 +132,7 @@ def test_generate_progress_recipe_and_reuse(page, server):
     assert pg.input_value("#prompt") == "1girl, ui test"
     assert pg.input_value("#seed") == "4242" and pg.is_checked("#seed-lock")
     assert (pg.input_value("#steps"), pg.input_value("#width")) == ("8", "64")
-    pg.click("#generate")
-    pg.wait_for_function("document.querySelectorAll('#gallery-grid figure').length >= 2", timeout=120_000)
+    generate_and_wait(pg)
     again = latest_job(server)
     assert again["id"] != job["id"]
     keep = ("prompt", "negative_prompt", "seed", "steps", "width", "height", "cfg", "sampler", "scheduler")
@@ -203,3 +205,63 @@ def test_cancel_a_queued_job(page, server):
     while pg.inner_text("#status") != "idle" and time.monotonic() < deadline:
         time.sleep(0.05)
     assert pg.inner_text("#status") == "idle"
+
+
+def generate_and_wait(pg) -> None:
+    """Click Generate and wait for one more image in the gallery (earlier tests' stay there)."""
+    before = pg.locator("#gallery-grid figure").count()
+    pg.click("#generate")
+    more = f"document.querySelectorAll('#gallery-grid figure').length > {before}"
+    pg.wait_for_function(more, timeout=120_000)
+
+
+def test_control_unit_generate_and_reuse(page, server):
+    """A ControlNet-LLLite unit from the page (image, invert preview, strength) makes the pixels the
+    native API makes with the same unit; reuse from the gallery restores the unit and its image."""
+    pg = page
+    control = LLLITE_PATCHES.parent / "inputs" / "control_128.png"
+    pg.fill("#prompt", "1girl, control test")
+    small_settings(pg, 3)
+    set_value(pg, "#seed", 11)
+    pg.click("#wf-control summary")
+    unit = pg.get_by_role("group", name="ControlNet unit 1")
+    unit.get_by_label("Control image").set_input_files(str(control))
+    sync_api.expect(unit.get_by_role("checkbox", name="Unit 1")).to_be_checked()  # on once it has an image
+    unit.get_by_label("Control model").select_option("anima_lllite_tiny_aspp")
+    unit.get_by_label("Preprocessor").select_option("invert")
+    unit.get_by_role("button", name="Preview").click()
+    sync_api.expect(unit.get_by_role("img", name="preprocessed control image")).to_be_visible()
+    unit.get_by_label("Strength").fill("0.8")
+    shot(pg, "08-control-unit")
+    generate_and_wait(pg)
+    first = latest_job(server)
+    assert first["status"] == "done" and first["recipe"]["controls"][0]["strength"] == 0.8
+    assert set(first["inputs"]) == {"control0-image"}
+
+    # Reuse: the unit comes back (its image fetched from the server), generate again: same pixels.
+    unit.get_by_label("Strength").fill("0.1")
+    pg.get_by_role("checkbox", name="Unit 1").uncheck()
+    job_id = first["id"]
+    pg.locator(f'#gallery-grid figure[data-job="{job_id}"]').click()
+    pg.click("#reuse")
+    sync_api.expect(unit.get_by_role("img", name="control image")).to_be_visible()
+    assert unit.get_by_role("checkbox", name="Unit 1").is_checked()
+    assert unit.get_by_label("Strength").input_value() == "0.8"
+    assert unit.get_by_label("Preprocessor").input_value() == "none"  # the stored image is the inverted one
+    generate_and_wait(pg)
+    again = latest_job(server)
+    assert again["id"] != first["id"] and again["status"] == "done"
+
+    # The native API with the same unit (the inverted image, as the page sent it).
+    keep = ("prompt", "negative_prompt", "width", "height", "steps", "cfg", "sampler", "scheduler", "seed")
+    inverted = Image.fromarray(255 - np.asarray(Image.open(control).convert("RGB")))
+    buf = io.BytesIO()
+    inverted.save(buf, format="PNG")
+    unit_in = {"model": "anima_lllite_tiny_aspp", "image": base64.b64encode(buf.getvalue()).decode(),
+               "strength": 0.8}  # fmt: skip
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        body = {"recipe": {k: first["recipe"][k] for k in keep}, "controls": [unit_in]}
+        native = wait_job(c, c.post("/api/jobs", json=body).json()["id"], timeout=120)
+    outs = [np.asarray(Image.open(server.ctx.outputs_dir / j["outputs"][0])) for j in (first, again, native)]
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+    shot(pg, "09-control-reused")

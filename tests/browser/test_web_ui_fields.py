@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from playwright import sync_api
-from server_support import LiveServer, tiny_service
+from server_support import LLLITE_PATCHES, LiveServer, tiny_service
 from test_server_ui import CHROMIUM, CHROMIUM_ARGS
 
 from anima.imageio import read_recipe, recipe_from_text, save_png
@@ -23,9 +23,14 @@ from anima.server.schemas import JobCreate
 from anima.workflows.init_image import file_digest
 
 pytestmark = pytest.mark.slow
+LLLITE_INPUTS = LLLITE_PATCHES.parent / "inputs"
+CONTROL = LLLITE_INPUTS / "control_128.png"
+INPAINT_SRC = LLLITE_INPUTS / "inpaint_src_128.png"
+INPAINT_MASK = LLLITE_INPUTS / "mask_binary_128.png"
 
 # group -> (tab, [(selector, value)], settings / recipe fields the recipe must then hold)
 AXIS = "#grid-axes .grid-axis:nth-child({}) {}"
+UNIT = '#control-units [data-unit="{}"] [data-control="{}"]'
 GROUPS = {
     "core": ("txt2img", [
         ("#prompt", "1girl, round trip"), ("#negative", "lowres"), ("#width", "96"), ("#height", "80"),
@@ -81,6 +86,19 @@ GROUPS = {
         "start_step": 2, "end_step": 5, "add_noise": False, "leftover_noise": True, "zero_negative": True,
         "lora_keys": "comfyui",
     }),
+    # Unit 1 previewed through a preprocessor, unit 2 turned on by choosing its image, with a mask;
+    # unit 3 left off. The images are compared by their pixels (`_check_control_images`).
+    "control": ("txt2img", [
+        (UNIT.format(0, "enabled"), True), (UNIT.format(0, "model"), "anima_lllite_tiny_aspp"),
+        (UNIT.format(0, "image"), CONTROL), (UNIT.format(0, "preprocessor"), "invert"),
+        (UNIT.format(0, "preview"), "click"), (UNIT.format(0, "strength"), "0.8"),
+        (UNIT.format(0, "start"), "0.1"), (UNIT.format(0, "end"), "0.9"),
+        (UNIT.format(1, "image"), INPAINT_SRC), (UNIT.format(1, "model"), "anima_lllite_tiny_inpaint"),
+        (UNIT.format(1, "mask"), INPAINT_MASK), (UNIT.format(1, "strength"), "-0.5"),
+    ], {"controls": [
+        {"model": "anima_lllite_tiny_aspp", "strength": 0.8, "start": 0.1, "end": 0.9},
+        {"model": "anima_lllite_tiny_inpaint", "strength": -0.5, "start": 0.0, "end": 1.0},
+    ]}),
     "speed": ("txt2img", [("#tiled-vae", "on"), ("#step-cache", "0.1")],
               {"tiled_vae": "on", "step_cache": 0.1}),
     "img2img": ("img2img", [("#denoise", "0.45")], {"denoise": 0.45}),
@@ -104,7 +122,8 @@ def _data_url(image: Image.Image) -> str:
 def server(tmp_path_factory):
     from anima.server.app import create_app
 
-    app = create_app(tiny_service(), data_dir=tmp_path_factory.mktemp("fields"), start_worker=False)
+    service = tiny_service(patch_dirs=[LLLITE_PATCHES])
+    app = create_app(service, data_dir=tmp_path_factory.mktemp("fields"), start_worker=False)
     with LiveServer(app) as srv:
         yield srv
 
@@ -126,6 +145,9 @@ def browser():
 
 def _set(pg, selector: str, value, file: Path | None = None) -> None:
     el = pg.locator(selector)
+    if isinstance(value, Path):  # a control unit's image or mask (the payload waits for the read)
+        el.set_input_files(str(value))
+        return
     if value == "FILE":
         el.set_input_files(str(file))
         pg.wait_for_function("!document.querySelector('#reference-preview').hidden")
@@ -141,6 +163,30 @@ def _set(pg, selector: str, value, file: Path | None = None) -> None:
     else:
         el.evaluate("(e, v) => { e.value = v; }", value)
     el.dispatch_event("change")
+
+
+def _pixels(data_url_or_path) -> np.ndarray:
+    if isinstance(data_url_or_path, str) and data_url_or_path.startswith("data:"):
+        data_url_or_path = io.BytesIO(base64.b64decode(data_url_or_path.split(",", 1)[1]))
+    return np.asarray(Image.open(data_url_or_path))
+
+
+def _split_control_images(payload: dict) -> list[dict]:
+    """The payload's control units without their images (returned: each unit's image and mask)."""
+    return [{k: u.pop(k) for k in ("image", "mask") if k in u} for u in payload["controls"]]
+
+
+def _check_control_images(recipe, sent: list[dict]) -> None:
+    """The server stored each unit's image and mask as the page sent them (unit 1: inverted)."""
+    assert len(recipe.controls) == len(sent) == 2
+    for unit, images in zip(recipe.controls, sent, strict=True):
+        assert unit.image_hash == file_digest(Path(unit.image))
+        assert np.array_equal(_pixels(unit.image), _pixels(images["image"]).astype(np.uint8)[..., :3])
+        assert bool(unit.mask) == ("mask" in images)
+    a, b = recipe.controls
+    assert np.array_equal(_pixels(a.image), 255 - np.asarray(Image.open(CONTROL).convert("RGB")))
+    assert np.array_equal(_pixels(b.image), np.asarray(Image.open(INPAINT_SRC).convert("RGB")))
+    assert np.array_equal(_pixels(b.mask), np.asarray(Image.open(INPAINT_MASK).convert("L")))
 
 
 def _recipe(server, payload: dict):
@@ -175,12 +221,17 @@ def test_field_group_round_trips(group, browser, server, reference_png, tmp_path
     payload["_mode"], payload["_blur"] = tab, int(pg.input_value("#mask-blur"))
 
     recipe, n_iter = _recipe(server, payload)
+    sent_images = _split_control_images(payload)
     assert n_iter == payload["n_iter"]
     settings = changed_settings(recipe)
     held = {**recipe.to_dict(), **settings, "grid": [a.spec() for a in recipe.grid]}
     if "reference_image" in payload:  # stored by the server, recorded by path and digest
         assert recipe.reference.image_hash == file_digest(Path(recipe.reference.image))
         assert Image.open(recipe.reference.image).size == (64, 48)
+    if "controls" in expected:  # the units' fields; their stored images by their pixels
+        fields = ("model", "strength", "start", "end")
+        held["controls"] = [{k: getattr(u, k) for k in fields} for u in recipe.controls]
+        _check_control_images(recipe, sent_images)
     assert {k: held[k] for k in expected} == expected
 
     # Through the PNG: the anima JSON chunk gives the same recipe; the infotext the same settings.
@@ -199,11 +250,14 @@ def test_field_group_round_trips(group, browser, server, reference_png, tmp_path
     )
     payload2 = pg.evaluate("window.anima.payload()")
     payload2["_mode"], payload2["_blur"] = tab, int(pg.input_value("#mask-blur"))
+    if recipe.controls:  # the form sends again the images the server stored (fetched back from it)
+        _check_control_images(recipe, _split_control_images(payload2))
     # The batch count belongs to the job (checked above), not to the recipe a PNG records; a
-    # reference image is recorded as the server's file, which the form cannot show again.
+    # reference image is recorded as the server's file, which the form fetches back from it.
     if "reference_image" in payload:
-        payload.pop("reference_image")
-        assert payload["recipe"]["settings"].pop("reference_strength") == 0.6
+        stored = _pixels(recipe.reference.image)
+        assert np.array_equal(_pixels(payload.pop("reference_image"))[..., :3], stored)
+        assert np.array_equal(_pixels(payload2.pop("reference_image"))[..., :3], stored)
     assert {**payload2, "n_iter": payload["n_iter"]} == payload
     pg.close()
     assert not errors, errors

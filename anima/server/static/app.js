@@ -1,14 +1,16 @@
 // anima web UI: plain ES modules, no build step, no external assets; talks to the native API (/api).
 "use strict";
 
-import { $, $$, api, option, showError, state } from "./js/api.js";
+import { $, $$, api, option, settled, showError, state } from "./js/api.js";
 import { initDataURL, loadInitImage, maskDataURL, setupMaskPainting } from "./js/canvas.js";
+import { prepareControls, setupControls } from "./js/controls.js";
 import { applyModelDefaults, applyPreset, fillForm, payloadFromForm, setSize, setupChoices, syncForm } from "./js/form.js";
 import { addToGallery, reloadGallery, setupGallery } from "./js/gallery.js";
 import { setupPngInfo } from "./js/pnginfo.js";
 import { describePromptHelp, setupPromptHelp } from "./js/prompt_help.js";
 import { listen, loadActiveJobs, setupQueue, upsertJob } from "./js/queue.js";
 import { planSoon, setupPlan } from "./js/plan.js";
+import { setupReference } from "./js/reference.js";
 import { setupRegions } from "./js/regions.js";
 
 async function init() {
@@ -24,6 +26,7 @@ async function init() {
     info.loras.forEach((l) => option($("#lora-select"), l));
   }
   setupChoices(info);
+  setupControls(info);
   $("#banner").textContent = info.notice ?? "";
   $("#banner").hidden = !info.notice;
   describePromptHelp(info.prompt_help);
@@ -58,6 +61,7 @@ function setMode(mode) {
 /** Queue the form as a job; throws the server's one-line message. */
 async function submit() {
   if (!state.ready) throw new Error("the page is still loading");
+  await prepareControls();
   const body = payloadFromForm();
   if (state.mode === "img2img" || state.mode === "inpaint") {
     if (!state.initLoaded) throw new Error("choose an init image first");
@@ -78,13 +82,6 @@ async function generate() {
   showError("");
   if (!state.ready) return;  // Generate is disabled until then; Ctrl+Enter lands here
   try { await submit(); } catch (e) { showError(e.message); }
-}
-
-function setReference(dataURL) {
-  state.reference = dataURL;
-  $("#reference-preview").hidden = dataURL === null;
-  if (dataURL !== null) $("#reference-preview").src = dataURL;
-  $("#reference-badge").hidden = dataURL === null;
 }
 
 function renderLoras() {
@@ -114,14 +111,6 @@ document.addEventListener("DOMContentLoaded", () => {
     reader.onload = () => loadInitImage(reader.result).catch((err) => showError(err.message));
     reader.readAsDataURL(file);
   });
-  $("#reference-file").addEventListener("change", (e) => {
-    const file = e.target.files[0];
-    if (!file) return;
-    const reader = new FileReader();
-    reader.onload = () => setReference(reader.result);
-    reader.readAsDataURL(file);
-  });
-  $("#reference-clear").addEventListener("click", () => { $("#reference-file").value = ""; setReference(null); });
   $("#denoise").addEventListener("input", () => { $("#denoise-value").textContent = $("#denoise").value; });
   $("#seed-random").addEventListener("click", () => { $("#seed").value = Math.floor(Math.random() * 2 ** 32); });
   $("#seed-reuse").addEventListener("click", () => {
@@ -143,8 +132,13 @@ document.addEventListener("DOMContentLoaded", () => {
   setupPngInfo(setMode, submit);
   setupPlan();
   setupRegions();
+  setupReference();
   setMode("txt2img");
-  // Test hooks and console aids: what the page would send now; fill the form from a recipe.
-  window.anima = { payload: payloadFromForm, fill: (recipe, settings) => { fillForm(recipe, settings); renderLoras(); } };
+  // Test hooks and console aids: what the page would send now; fill the form from a recipe (both
+  // resolve once the images they load (control units, reference) are in and previewed).
+  window.anima = {
+    payload: async () => { await prepareControls(); return payloadFromForm(); },
+    fill: (recipe, settings) => { fillForm(recipe, settings); renderLoras(); return settled(); },
+  };
   init().catch((e) => { showError(`could not reach the server: ${e.message}`); $("#status").textContent = "offline"; });
 });

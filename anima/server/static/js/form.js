@@ -4,6 +4,8 @@
 "use strict";
 
 import { $, $$, option, state } from "./api.js";
+import { controlsFromForm, fillControls } from "./controls.js";
+import { fillReference } from "./reference.js";
 import { fillRegions, regionsFromForm } from "./regions.js";
 
 const CORE = {
@@ -71,7 +73,8 @@ export function gridFromForm() {
     .map(([name, values]) => `${name}=${values}`);
 }
 
-/** The body of POST /api/jobs, less the init image and mask (the canvases add those). */
+/** The body of POST /api/jobs, less the init image and mask (the canvases add those); the control
+ *  units' images as they are now (`prepareControls` first waits for loads and previews). */
 export function payloadFromForm() {
   const recipe = { prompt: $("#prompt").value, model: $("#model").value };
   for (const [key, sel] of Object.entries(CORE)) recipe[key] = NUMERIC.has(key) ? Number($(sel).value) : $(sel).value;
@@ -81,7 +84,7 @@ export function payloadFromForm() {
   recipe.regions = regionsFromForm();
   if ($("#seed").value !== "") recipe.seed = Number($("#seed").value);
   if (state.mode === "img2img" || state.mode === "inpaint") recipe.denoise = Number($("#denoise").value);
-  const body = { recipe, n_iter: Number($("#n-iter").value) };
+  const body = { recipe, n_iter: Number($("#n-iter").value), controls: controlsFromForm() };
   if (state.reference !== null) body.reference_image = state.reference;
   return body;
 }
@@ -101,6 +104,8 @@ export function fillForm(recipe, settings = {}) {
   for (const el of $$("[data-setting]")) writeSetting(el, all[el.dataset.setting]);
   $("#hires-on").checked = Number(all.hires_scale) !== 1;
   fillRegions(recipe.regions);
+  fillControls(recipe.controls);
+  fillReference(settings.reference_image);
   const axes = recipe.grid || [];
   $$("#grid-axes .grid-axis").forEach((row, i) => {
     row.querySelector("select").value = axes[i]?.name ?? "";

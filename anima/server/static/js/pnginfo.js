@@ -2,22 +2,13 @@
 // infotext or a ComfyUI graph); one click fills the form or queues it again.
 "use strict";
 
-import { $, api, showError } from "./api.js";
+import { $, api, readAsDataURL, showError } from "./api.js";
 import { loadInitImage } from "./canvas.js";
 import { fillForm } from "./form.js";
 
 let current = null;  // the /api/png-recipe answer
 let setMode = () => {};
 let submit = async () => {};
-
-function readAsDataURL(file) {
-  return new Promise((resolve, reject) => {
-    const reader = new FileReader();
-    reader.onload = () => resolve(reader.result);
-    reader.onerror = () => reject(new Error(`could not read ${file.name}`));
-    reader.readAsDataURL(file);
-  });
-}
 
 export async function showPngInfo(file) {
   setMode("pnginfo");
