@@ -4,7 +4,7 @@
 import { $, $$, api, option, settled, showError, state } from "./js/api.js";
 import { initDataURL, loadInitImage, maskDataURL, setupMaskPainting } from "./js/canvas.js";
 import { prepareControls, setupControls } from "./js/controls.js";
-import { applyModelDefaults, applyPreset, fillForm, payloadFromForm, setSize, setupChoices, syncForm } from "./js/form.js";
+import { applyModelDefaults, applyPreset, fillForm, payloadFromForm, setSize, setupChoices, syncForm, writeSetting } from "./js/form.js";
 import { addToGallery, reloadGallery, setupGallery } from "./js/gallery.js";
 import { setupPngInfo } from "./js/pnginfo.js";
 import { describePromptHelp, setupPromptHelp } from "./js/prompt_help.js";
@@ -31,10 +31,7 @@ async function init() {
   $("#banner").hidden = !info.notice;
   describePromptHelp(info.prompt_help);
   $("#negative").value = info.defaults.negative_prompt;
-  for (const el of $$("[data-setting]")) {
-    const v = info.setting_defaults[el.dataset.setting];
-    el.value = v == null ? "" : String(v);
-  }
+  for (const el of $$("[data-setting]")) writeSetting(el, info.setting_defaults[el.dataset.setting]);
   applyModelDefaults(info.current_model);
   $("#steps").max = info.limits.max_steps;
   $("#batch").max = info.limits.max_batch;

@@ -42,7 +42,7 @@ function readSetting(el) {
   return el.value === "" ? null : Number(el.value);
 }
 
-function writeSetting(el, value) {
+export function writeSetting(el, value) {
   if (el.type === "checkbox") el.checked = value === true || value === "true";
   else el.value = value == null ? "" : String(value);
 }
