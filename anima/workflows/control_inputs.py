@@ -21,23 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from anima.errors import AnimaError
+from anima.workflows.comfy_image import centre_crop  # common_upscale's crop, as AnimaLLLiteApply's
 
 
 def padded_latent_size(height: int, width: int, patch: int = 2) -> tuple[int, int]:
     """The latent size the DiT runs at: padded up to a multiple of its patch size."""
     return height + (-height % patch), width + (-width % patch)
-
-
-def centre_crop(t: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """[..., H, W] cut to the aspect ratio of `width` x `height` as ``common_upscale(crop="center")``."""
-    old_w, old_h = t.shape[-1], t.shape[-2]
-    old_aspect, new_aspect = old_w / old_h, width / height
-    x = y = 0
-    if old_aspect > new_aspect:
-        x = round((old_w - old_w * (new_aspect / old_aspect)) / 2)
-    elif old_aspect < new_aspect:
-        y = round((old_h - old_h * (old_aspect / new_aspect)) / 2)
-    return t.narrow(-2, y, old_h - 2 * y).narrow(-1, x, old_w - 2 * x)
 
 
 def crop_resize(t: torch.Tensor, width: int, height: int, mode: str) -> torch.Tensor:
