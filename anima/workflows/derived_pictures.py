@@ -25,7 +25,8 @@ bits), a Painter composite where the painter alpha is 0 or 255, and every Painte
 of ComfyUI's float. A 16-bit PNG would keep more but PIL writes no 16-bit RGB, and a float file
 would not be a picture anyone can look at (A1111 keeps its "detected maps" as 8-bit PNGs too).
 A mask is written as RGBA with R = G = B = v and A = 255 - v, so that it reads as v through every
-channel a recipe may name (LoadImage's ``1 - alpha``, LoadImageMask's red/green/blue, luminance).
+channel a recipe may name (LoadImageMask's red/green/blue and luminance exactly, LoadImage's
+``1 - alpha`` up to float32 rounding, below 1e-6).
 kornia is optional (``pip install 'anima[control]'``) and imported only for Canny.
 """
 
