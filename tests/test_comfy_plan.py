@@ -338,32 +338,50 @@ def test_official_templates_resolve(name: str, unet: str, sampler: str) -> None:
     assert (r.width, r.height) == (1024, 1024) and r.loras == ()  # turbo off: its LoRA never loads
 
 
-@pytest.mark.parametrize(
-    "name, message",
-    [
-        (
-            "image_anima_lllite_any_control_to_image",
-            r"^node 88:87 \(AnimaLLLiteApply\): its control image was changed first \(node 90 \(Canny\)",
-        ),
-        (
-            "image_anima_lllite_image_inpainting",
-            r"^node 694 \(Painter\) is not supported yet",
-        ),
-        # The depth template's control image is the Depth Anything 3 subgraph's output, on no switch.
-        (
-            "image_anima_lllite_depth_control_to_image",
-            r"^node 690:687 \(DA3Render\) is not supported yet",
-        ),
-    ],
-)
-def test_lllite_templates_say_what_they_need(name: str, message: str) -> None:
-    sizes = {
-        "wired_serenity_cyber_figure.png": (832, 1216),
-        "goat_horned_spirit_girl.png": (1024, 1024),
-        "anima_depth_ref.png": (1024, 768),
-    }
-    with pytest.raises(AnimaError, match=message):
-        _plan(_template(name), sizes)
+LLLITE_SIZES = {
+    "wired_serenity_cyber_figure.png": (832, 1216),
+    "goat_horned_spirit_girl.png": (1024, 1024),
+    "anima_depth_ref.png": (1024, 768),
+}
+
+
+def test_lllite_templates_say_what_they_need() -> None:
+    """The any-control and inpainting templates plan, their control pictures as derivations the
+    runner computes (tests/test_comfy_derived.py runs them); the depth template's Depth Anything 3
+    subgraph (on no switch) is one line that says to give a depth map."""
+    from anima.interop.comfyui import values as V
+    from anima.interop.comfyui.plan import DERIVED
+    from anima.recipe.image_ops import Resize
+
+    (job,) = _plan(_template("image_anima_lllite_any_control_to_image"), LLLITE_SIZES).jobs
+    (unit,) = job.recipe.controls
+    assert (unit.model, unit.image, unit.mask) == ("anima-lllite-any-test-like-v2.safetensors", DERIVED, "")
+    assert (unit.strength, unit.start, unit.end) == (1.0, 0.0, 1.0)
+    (d,) = job.derived
+    assert (d.unit, d.what, d.value.name) == (0, "image", "/input/wired_serenity_cyber_figure.png")
+    # LoadImage -> Canny (0.17, 0.45) -> ImageInvert -> ResizeImageMaskNode (1 megapixel, lanczos)
+    assert V.content(d.value.ops) == V.content(
+        (V.Canny(0.17, 0.45, ""), V.Invert(""), Resize("lanczos", 847, 1238))
+    )
+    # GetImageSize of the resized control picture sizes the latent (EmptyLatentImage, cropped to 8)
+    assert (job.recipe.width, job.recipe.height, job.recipe.loras) == (840, 1232, ())
+
+    (job,) = _plan(_template("image_anima_lllite_image_inpainting"), LLLITE_SIZES).jobs
+    (unit,) = job.recipe.controls
+    assert (unit.model, unit.image, unit.mask) == ("anima-lllite-inpainting-v2.safetensors", DERIVED, DERIVED)
+    painted, mask = job.derived
+    painter = "/input/painter/painter-694-1784648658071.png [temp]"
+    assert (painted.what, V.content(painted.value.ops)) == ("image", V.content((V.Paint(painter, ""),)))
+    assert (mask.what, mask.value.file, mask.value.base.size) == ("mask", painter, (1024, 1024))
+    # its turbo switch is on: the LoRA, 8 steps, CFG 1
+    r = job.recipe
+    assert (r.loras, r.steps, r.cfg) == ((("anima-turbo-lora-v0.2.safetensors", 1.0),), 8, 1.0)
+
+    with pytest.raises(AnimaError) as err:
+        _plan(_template("image_anima_lllite_depth_control_to_image"), LLLITE_SIZES)
+    text = str(err.value)
+    assert text.startswith("node 690:687 (DA3Render) is not supported: anima has no depth estimator")
+    assert "give a depth map file instead" in text and "\n" not in text
 
 
 def test_api_graph_of_a_request_body() -> None:

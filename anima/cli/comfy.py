@@ -109,7 +109,7 @@ def run_graph(args: argparse.Namespace, graph, where: str, folder: Path) -> int:
     from anima.interop.comfyui.plan import plan_graph
     from anima.interop.comfyui.write import GraphFiles
     from anima.jobs.comfy_files import GraphPlaces, input_file, picture_size
-    from anima.jobs.comfy_graph import graph_output_paths, prepare_graph, render_graph
+    from anima.jobs.comfy_graph import derive_controls, graph_output_paths, prepare_graph, render_graph
     from anima.pipeline import Pipeline
     from anima.runtime.precision import SHORT_NAMES, resolve_dtype
 
@@ -129,6 +129,7 @@ def run_graph(args: argparse.Namespace, graph, where: str, folder: Path) -> int:
     if out.suffix.lower() != ".png":
         raise AnimaError(f"--output must end in .png, got '{out}'")
     paths = graph_output_paths(out, runs)
+    runs = derive_controls(runs, out)  # the graph's computed control pictures, beside the output
     device = _device(args.device)
     dtype = SHORT_NAMES[resolve_dtype(args.dtype or "auto", device)]
     loras = {name: path for run in runs for name, path in run.loras.items()}

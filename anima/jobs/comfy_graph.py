@@ -8,6 +8,12 @@ and loads the inputs. `render_graph` then runs the jobs, loading each distinct m
 Output names (`graph_output_paths`): a graph with one output writes OUT.png (a batch: OUT_0.png,
 OUT_1.png, ...); with several, each output node's images are named after it, OUT_<node id>.png
 (``:`` of a subgraph id written as ``-``), and OUT_<node id>_0.png, ... for a batch.
+
+Control pictures the graph computes (the plan's `Derived`: Canny, ImageInvert, Painter, resizes)
+are made by `derive_controls` once the output name is known, before any model loads, and written
+beside the output as OUT.control<i>.png and OUT.control<i>-mask.png (OUT_<node id>.control<i>.png
+with several outputs), like A1111's saved "detected maps": the recorded units name those files, so
+``anima generate --from-png`` of the output runs again from them.
 """
 
 from __future__ import annotations
@@ -18,13 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from anima.errors import AnimaError
-from anima.imageio import output_paths
-from anima.interop.comfyui.plan import GraphJob, GraphPlan
+from anima.imageio import atomic_write, output_paths
+from anima.interop.comfyui import values as V
+from anima.interop.comfyui.plan import DERIVED, GraphJob, GraphPlan
 from anima.jobs.comfy_files import GraphPlaces, model_file
 from anima.lora.file import check_lora
 from anima.recipe import Recipe
 from anima.weights.checkpoint import is_checkpoint
 from anima.weights.model_files import ModelSet, header_shapes, inspect_file
+from anima.workflows import derived_pictures
 from anima.workflows.init_image import file_digest
 from anima.workflows.sources import Inputs, recipe_inputs
 
@@ -78,8 +86,9 @@ def _controls_found(recipe: Recipe, places: GraphPlaces) -> Recipe:
     found = []
     for u in units:
         changes = {"model": str(model_file("model_patch", u.model, places))}
-        changes["image_hash"] = file_digest(u.image)
-        if u.mask:
+        if u.image != DERIVED:  # a derived one gets its digest once made (derive_controls)
+            changes["image_hash"] = file_digest(u.image)
+        if u.mask and u.mask != DERIVED:
             changes["mask_hash"] = file_digest(u.mask)
         found.append(replace(u, **changes))
     return recipe.with_(controls=tuple(found))
@@ -101,6 +110,9 @@ def prepare_graph(
             except AnimaError as exc:
                 raise AnimaError(f"output node {job.output}: {exc}", setting=exc.setting) from None
         recipe = _controls_found(recipe, places)
+        for d in job.derived:
+            if isinstance(d.value, V.Picture):
+                derived_pictures.check_available(d.value)
         src = recipe.sources
         if src.init_image:
             recipe = recipe.with_(init_image_hash=file_digest(src.init_image))
@@ -113,16 +125,39 @@ def prepare_graph(
     return runs
 
 
+def _base(out: Path, runs: Sequence[GraphRun], run: GraphRun) -> Path:
+    """OUT without .png for a graph with one output, OUT_<node id> with several."""
+    base = out.with_suffix("") if out.suffix.lower() == ".png" else out
+    return base if len(runs) == 1 else base.with_name(f"{base.name}_{run.job.output.replace(':', '-')}")
+
+
 def graph_output_paths(out: Path, runs: Sequence[GraphRun]) -> list[list[Path]]:
     """Per run, the files its images go to (see the module docstring)."""
     if len(runs) == 1:
         return [output_paths(out, runs[0].recipe.batch_size)]
-    base = out.with_suffix("") if out.suffix.lower() == ".png" else out
-    paths = []
-    for run in runs:
-        name = f"{base.name}_{run.job.output.replace(':', '-')}.png"
-        paths.append(output_paths(base.with_name(name), run.recipe.batch_size))
-    return paths
+    return [output_paths(_base(out, runs, run).with_suffix(".png"), run.recipe.batch_size) for run in runs]
+
+
+def derive_controls(runs: Sequence[GraphRun], out: Path) -> list[GraphRun]:
+    """The runs with their derived control pictures made, written beside `out` (see the module
+    docstring) and recorded in their units (absolute path and digest). Every picture is computed
+    before the first is written, so a bad input writes nothing; each file is written atomically."""
+    made: list[tuple[int, int, str, Path, bytes]] = []
+    for r, run in enumerate(runs):
+        for d in run.job.derived:
+            tail = "" if d.what == "image" else "-mask"
+            path = _base(out, runs, run).with_name(f"{_base(out, runs, run).name}.control{d.unit}{tail}.png")
+            made.append((r, d.unit, d.what, path, derived_pictures.derived_png(d.value)))
+    if not made:
+        return list(runs)
+    done = list(runs)
+    for r, unit, what, path, data in made:
+        atomic_write(path, lambda fh, data=data: fh.write(data))
+        recipe = done[r].recipe
+        units = list(recipe.controls)
+        units[unit] = units[unit].with_(**{what: str(path.resolve()), f"{what}_hash": file_digest(path)})
+        done[r] = replace(done[r], recipe=recipe.with_(controls=tuple(units)))
+    return done
 
 
 PipelineFor = Callable[[ModelSet], Any]  # model set -> a loaded Pipeline

@@ -4,8 +4,8 @@ The graph is read and planned as the CLI plans it (`anima.interop.comfyui`); its
 looked up the server's way: the DiT by its file stem among the served models, LoRAs by stem inside
 the LoRA folders (never paths). A served model brings its own text encoder and VAE: the graph's
 names for them are noted when they differ. What the server does not take from a graph yet is
-refused in one line: several outputs (one job makes one output's images) and LoadImage pictures
-(send ``init_image`` with a recipe instead).
+refused in one line: several outputs (one job makes one output's images), LoadImage pictures
+(send ``init_image`` with a recipe instead) and control pictures the graph computes.
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ def graph_recipe(graph: dict[str, Any] | Graph, service) -> tuple[Recipe, list[s
         outputs = ", ".join(j.output for j in plan.jobs)
         raise AnimaError(f"the graph has {len(plan.jobs)} outputs ({outputs}); a job runs a graph with one")
     (job,) = plan.jobs
+    if job.derived:  # a Painter canvas needs no file, but its pixels are made by the CLI's runner only
+        raise AnimaError("the graph computes a control picture (Painter, Canny, ...); the server takes "
+                         "control images as files (send controls with a recipe)")  # fmt: skip
     model = service.check_model(_stem(job.files.unet))
     served = next((m for m in service.models() if m.name == model), None)
     notes = list(plan.notes)

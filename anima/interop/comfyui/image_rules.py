@@ -4,8 +4,11 @@ Pictures come from LoadImage files and keep the resizes applied since (``ImageSc
 ``ImageScaleBy``, ``ResizeImageMaskNode``), each turned into one concrete operation with the sizes
 the node computes (``nodes.py`` / ``comfy_extras/nodes_post_processing.py``: Python ``round``,
 ``max(1, ...)``, the cover-then-crop of "scale to multiple"); anima's pipeline replays them
-(`anima.workflows.comfy_image`). Pixel filters anima does not reproduce (Canny, ImageInvert) pass
-the size on, for GetImageSize, and mark the pixels unusable.
+(`anima.workflows.comfy_image`). The pixel filters ``Canny`` (comfy_extras/nodes_canny.py),
+``ImageInvert`` (nodes.py) and ``Painter`` (comfy_extras/nodes_painter.py) are recorded the same
+way, as steps on the picture (`values.Filter`) with the settings read from their widgets; the
+runner computes such a derived picture when a control unit takes it
+(`anima.workflows.derived_pictures`).
 """
 
 from __future__ import annotations
@@ -132,10 +135,57 @@ def _to_multiple(p: V.Picture, method: str, multiple: int) -> V.Picture:
     return _replace(q, size=(tw, th), ops=(*q.ops, Crop(x0, y0, tw, th)))
 
 
-def pixel_filter(ev: Evaluator, n: Node) -> tuple:
-    """A node that changes pixels (Canny, ImageInvert): the size passes, the pixels are not usable."""
+def _filtered(p: V.Picture, step: V.Filter) -> V.Picture:
+    return _replace(p, ops=(*p.ops, step))
+
+
+def canny(ev: Evaluator, n: Node) -> tuple:
+    """Canny: the thresholds in the node's declared range 0.01..0.99 (ComfyUI's validation refuses
+    others) and low <= high (kornia's canny raises otherwise)."""
     p = _picture(ev, n, "image")
-    return (_replace(p, filters=(*p.filters, n.label)),)
+    low, high = ev.number(n, "low_threshold"), ev.number(n, "high_threshold")
+    for name, value in (("low_threshold", low), ("high_threshold", high)):
+        if not 0.01 <= value <= 0.99:
+            raise AnimaError(f"{n.label}: {name} {value:g} is outside 0.01..0.99")
+    if low > high:
+        raise AnimaError(f"{n.label}: low_threshold {low:g} is above high_threshold {high:g}")
+    return (_filtered(p, V.Canny(low, high, n.label)),)
+
+
+def image_invert(ev: Evaluator, n: Node) -> tuple:
+    return (_filtered(_picture(ev, n, "image"), V.Invert(n.label)),)
+
+
+def hex_rgb(n: Node, text: str) -> tuple[float, float, float]:
+    """Painter's bg_color: '#rrggbb' -> floats; any other length is black (nodes_painter.hex_to_rgb)."""
+    digits = text.lstrip("#")
+    if len(digits) != 6:
+        return (0.0, 0.0, 0.0)
+    try:
+        r, g, b = (int(digits[i : i + 2], 16) / 255.0 for i in (0, 2, 4))
+    except ValueError:
+        raise AnimaError(f"{n.label}: bg_color {text!r} is not a #rrggbb colour") from None
+    return (r, g, b)
+
+
+def painter(ev: Evaluator, n: Node) -> tuple:
+    """Painter: (the painter file over the base image, the file's alpha). Without a base image the
+    canvas is width x height of bg_color; without a drawing (an empty `mask` widget) the image
+    passes and the mask is zeros. The file is an input like LoadImage's ('... [temp]' in a
+    ComfyUI graph: the planner looks for it in the input folders)."""
+    base = ev.get(n, "image", None)
+    if base is not None and not isinstance(base, V.Picture):
+        raise AnimaError(f"{n.label}: input 'image' must be an IMAGE loaded from a file")
+    if base is None:
+        width, height = ev.number(n, "width", int, 512), ev.number(n, "height", int, 512)
+        if width < 1 or height < 1:
+            raise AnimaError(f"{n.label}: canvas size {width}x{height} must be positive")
+        rgb = hex_rgb(n, ev.text(n, "bg_color", "#000000"))
+        base = V.Picture("", n.label, (width, height), fill=V.Fill(width, height, rgb))
+    name = ev.text(n, "mask", "")
+    name = name if name.strip() else ""
+    image = _filtered(base, V.Paint(name, n.label)) if name else base
+    return image, V.PainterMask(base, name, n.label)
 
 
 def get_image_size(ev: Evaluator, n: Node) -> tuple:

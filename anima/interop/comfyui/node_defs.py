@@ -32,8 +32,12 @@ class InputDef:
 
     @property
     def extra_widget_values(self) -> int:
-        """Frontend-only values that follow this widget in ``widgets_values``."""
-        return int(bool(self.spec.get("control_after_generate"))) + int(bool(self.spec.get("image_upload")))
+        """Frontend-only values that follow this widget in ``widgets_values``: a seed's
+        control_after_generate, and the upload button of an ``image_upload`` COMBO (LoadImage's);
+        Painter's ``image_upload`` STRING is its own PAINTER widget and adds none (the LLLite
+        inpainting template's Painter holds [mask, width, height, bg_color])."""
+        upload = self.type == "COMBO" and bool(self.spec.get("image_upload"))
+        return int(bool(self.spec.get("control_after_generate"))) + int(upload)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,10 @@ from anima.interop.comfyui.evaluate import Evaluator, Rule, choose
 from anima.interop.comfyui.graph import Node
 
 LATENT_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "bislerp")
+_NO_DEPTH = (
+    "anima has no depth estimator (Depth Anything 3); give a depth map file instead "
+    "(LoadImage it into AnimaLLLiteApply's image)"
+)
 
 
 # ---------------------------------------------------------------------- loaders
@@ -88,16 +92,9 @@ def cfg_zero_star(ev: Evaluator, n: Node) -> tuple:
     return (_replace(model, guidance="cfg-zero-star"),)
 
 
-def _different_maths(why: str) -> Rule:
+def _unsupported(why: str) -> Rule:
     def rule(ev: Evaluator, n: Node) -> tuple:
         raise AnimaError(f"{n.label} is not supported: {why}")
-
-    return rule
-
-
-def _not_yet(why: str) -> Rule:
-    def rule(ev: Evaluator, n: Node) -> tuple:
-        raise AnimaError(f"{n.label} is not supported yet: {why}")
 
     return rule
 
@@ -111,14 +108,9 @@ def lllite_apply(ev: Evaluator, n: Node) -> tuple:
     model = ev.typed(n, "model", V.Model, "a MODEL")
     patch = ev.typed(n, "model_patch", V.Patch, "a MODEL_PATCH")
     picture = ev.typed(n, "image", V.Picture, "an IMAGE loaded from a file")
-    if picture.filters or picture.ops:
-        done = ", ".join((*picture.filters, *(op.text() for op in picture.ops)))
-        raise AnimaError(
-            f"{n.label}: its control image was changed first ({done}); give the control file as is"
-        )
     mask = ev.get(n, "mask", None)
-    if mask is not None and not isinstance(mask, V.Mask):
-        raise AnimaError(f"{n.label}: input 'mask' must be a MASK from a file")
+    if mask is not None and not isinstance(mask, V.Mask | V.PainterMask):
+        raise AnimaError(f"{n.label}: input 'mask' must be a MASK from a file or a Painter")
     strength, start, end = (ev.number(n, k) for k in ("strength", "start_percent", "end_percent"))
     unit = V.Control(patch, picture, mask, strength, start, end, model.shift or 3.0, n.label)
     return (_replace(model, controls=(*model.controls, unit)),)
@@ -180,10 +172,11 @@ def _latent(ev: Evaluator, n: Node, name: str):
 def vae_encode(ev: Evaluator, n: Node) -> tuple:
     picture = ev.typed(n, "pixels", V.Picture, "an IMAGE loaded from a file")
     vae = ev.typed(n, "vae", V.Vae, "a VAE")
-    if picture.filters:
+    if picture.filters or picture.fill is not None:
+        done = ", ".join(dict.fromkeys(f.node for f in picture.filters)) or picture.node
         raise AnimaError(
-            f"{n.label}: its image passed through {', '.join(picture.filters)}, whose pixels anima does not "
-            "reproduce"
+            f"{n.label}: its image passed through {done}; anima computes such pictures only for "
+            "control images (AnimaLLLiteApply), VAEEncode takes a file with resizes"
         )
     return (V.Encoded(picture, vae, n.label),)
 
@@ -265,15 +258,15 @@ RULES: dict[str, Rule] = {
     "LoraLoader": lora_loader,
     "ModelSamplingAuraFlow": model_sampling_aura_flow,
     "CFGZeroStar": cfg_zero_star,
-    "RescaleCFG": _different_maths(
+    "RescaleCFG": _unsupported(
         "ComfyUI's RescaleCFG rescales with the eps/v-prediction formulas and a std over its first "
         "three latent axes; anima's rescale-cfg works on the flow velocity, so the images differ"
     ),
-    "APG": _different_maths(
+    "APG": _unsupported(
         "ComfyUI's APG adds the projected guidance as c + s * g (norms per channel); anima's APG is "
         "c + (s - 1) * g with per-image norms, so the images differ"
     ),
-    "NAGuidance": _different_maths(
+    "NAGuidance": _unsupported(
         "ComfyUI's NAGuidance guides the self-attention of the cond/uncond batch; anima's NAG guides "
         "the cross-attention with the negative prompt, so there is no counterpart"
     ),
@@ -294,8 +287,9 @@ RULES: dict[str, Rule] = {
     "ImageScale": image_rules.image_scale,
     "ImageScaleBy": image_rules.image_scale_by,
     "ResizeImageMaskNode": image_rules.resize_image_mask,
-    "Canny": image_rules.pixel_filter,
-    "ImageInvert": image_rules.pixel_filter,
+    "Canny": image_rules.canny,
+    "ImageInvert": image_rules.image_invert,
+    "Painter": image_rules.painter,
     "GetImageSize": image_rules.get_image_size,
     "PreviewImage": image_rules.preview_image,
     "SaveImage": image_rules.save_image,
@@ -309,15 +303,7 @@ RULES: dict[str, Rule] = {
     "ResolutionSelector": resolution_selector,
     "ModelPatchLoader": model_patch_loader,
     "AnimaLLLiteApply": lllite_apply,
-    "Painter": _not_yet(
-        "the Painter node's mask lives in ComfyUI's temp folder; save it as a mask image "
-        "and load it with LoadImageMask"
-    ),
-    "LoadDA3Model": _not_yet(
-        "anima has no Depth Anything 3 model; make the depth map in ComfyUI and load it"
-    ),
-    "DA3Inference": _not_yet(
-        "anima has no Depth Anything 3 model; make the depth map in ComfyUI and load it"
-    ),
-    "DA3Render": _not_yet("anima has no Depth Anything 3 model; make the depth map in ComfyUI and load it"),
+    "LoadDA3Model": _unsupported(_NO_DEPTH),
+    "DA3Inference": _unsupported(_NO_DEPTH),
+    "DA3Render": _unsupported(_NO_DEPTH),
 }

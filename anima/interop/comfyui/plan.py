@@ -10,6 +10,9 @@ its decode, sampler, model, prompts and latent into one `Recipe`:
 - the model chain: LoRAs in order (``recipe.loras``, with ComfyUI's key rule), ModelSamplingAuraFlow
   (``shift``, default 3), CFGZeroStar (``guidance``);
 - the negative's ConditioningZeroOut (``comfy.zero_negative``);
+- AnimaLLLiteApply: a control unit each; a control image or mask the graph computes from its files
+  (resizes, Canny, ImageInvert, Painter) is a `Derived` of the job, which the runner makes and
+  records in the unit (`anima.jobs.comfy_graph.derive_controls`); the plan stays free of pixels;
 - the latent: an empty latent (size, batch), a VAEEncode of a loaded picture (img2img: the file,
   how it was resized before VAEEncode), with SetLatentNoiseMask (a mask file and channel, ComfyUI's
   noise-mask semantics); a sampler -> LatentUpscale -> sampler chain is a hires fix when anima's
@@ -24,6 +27,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from dataclasses import replace as _replace
 from pathlib import PurePosixPath
 
 from anima.errors import AnimaError
@@ -50,6 +54,20 @@ class ModelFiles:
     vae_from_checkpoint: bool = False
 
 
+DERIVED = "(derived by the graph)"  # a unit's image / mask until the runner has made it
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A control picture (`what` "image") or mask ("mask") that the graph computes: control `unit`'s,
+    to be made by the runner (`anima.workflows.derived_pictures`) and recorded in the unit. The
+    value's file names are already paths (LoadImage's and Painter's files, found at planning)."""
+
+    unit: int
+    what: str
+    value: V.Picture | V.PainterMask
+
+
 @dataclass(frozen=True)
 class GraphJob:
     """One output node's image(s): the recipe, the files it needs, and what mapping decided."""
@@ -61,6 +79,7 @@ class GraphJob:
     init_image: str = ""  # LoadImage names (the recipe holds the resolved paths)
     mask: str = ""
     notes: tuple[str, ...] = ()
+    derived: tuple[Derived, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,17 +136,19 @@ def _job(out: Node, decoded: V.Decoded, image_path: Callable[[str], str]) -> Gra
     first, hires = latent, None
     if isinstance(latent.latent, V.Upscaled | V.Sampled):
         first, hires = _hires(latent)
-    fields, files, init, mask = _fields(first, decoded, image_path)
+    fields, files, init, mask, derived = _fields(first, decoded, image_path)
     if hires:
         fields.update(hires)
     try:
         recipe = Recipe.make(fields.pop("prompt"), **fields).validate()
     except AnimaError as exc:
         raise AnimaError(f"{first.node}: {exc}", setting=exc.setting) from None
-    return GraphJob(out.id, out.title or out.class_type, recipe, files, init, mask)
+    return GraphJob(out.id, out.title or out.class_type, recipe, files, init, mask, derived=derived)
 
 
-def _fields(sampled: V.Sampled, decoded: V.Decoded, image_path) -> tuple[dict, ModelFiles, str, str]:
+def _fields(
+    sampled: V.Sampled, decoded: V.Decoded, image_path
+) -> tuple[dict, ModelFiles, str, str, tuple[Derived, ...]]:
     s, where = sampled.sampling, sampled.node
     m, pos, neg = s.model, s.positive, s.negative
     if V.content(pos.clip) != V.content(neg.clip):
@@ -153,8 +174,11 @@ def _fields(sampled: V.Sampled, decoded: V.Decoded, image_path) -> tuple[dict, M
         fields["denoise"] = s.denoise
     if decoded.tiled:
         fields["tiled_vae"] = "on"
+    derived: list[Derived] = []
     if m.controls:
-        fields["controls"] = tuple(_control(c, m.shift or 3.0, image_path) for c in m.controls)
+        fields["controls"] = tuple(
+            _control(i, c, m.shift or 3.0, image_path, derived) for i, c in enumerate(m.controls)
+        )
         fields |= _mask_channel(m.controls, sampled.latent)
     init = mask = ""
     latent = sampled.latent
@@ -185,7 +209,7 @@ def _fields(sampled: V.Sampled, decoded: V.Decoded, image_path) -> tuple[dict, M
     files = ModelFiles(
         m.unet, clip.name, decoded.vae.name, m.checkpoint, clip.checkpoint, decoded.vae.checkpoint
     )
-    return fields, files, init, mask
+    return fields, files, init, mask, tuple(derived)
 
 
 def _rebased(percent: float, applied: float, final: float) -> float:
@@ -201,7 +225,8 @@ def _rebased(percent: float, applied: float, final: float) -> float:
 def _mask_channel(controls: tuple[V.Control, ...], latent) -> dict:
     """The control masks' channel (LoadImage's alpha, a LoadImageMask colour) as the recipe's one
     `mask_channel`, which the init mask shares: masks read from different channels are refused."""
-    channels = {c.mask.channel for c in controls if c.mask is not None}
+    # A derived mask (Painter's) is written so that every channel reads it (derived_pictures).
+    channels = {c.mask.channel for c in controls if isinstance(c.mask, V.Mask)}
     if isinstance(latent, V.Masked):
         channels.add(latent.mask.channel)
     if len(channels) > 1:
@@ -210,12 +235,42 @@ def _mask_channel(controls: tuple[V.Control, ...], latent) -> dict:
     return {"mask_channel": channels.pop()} if channels else {}
 
 
-def _control(c: V.Control, shift: float, image_path):
+def _found(name: str, node: str, image_path) -> str:
+    try:
+        return image_path(name)
+    except AnimaError as exc:
+        raise AnimaError(f"{node}: {exc}" if not str(exc).startswith(node) else str(exc)) from None
+
+
+def _with_paths(p: V.Picture, image_path) -> V.Picture:
+    """`p` with its LoadImage name and its Painter files as paths."""
+    ops = tuple(
+        _replace(op, file=_found(op.file, op.node, image_path)) if isinstance(op, V.Paint) and op.file else op
+        for op in p.ops
+    )
+    name = _found(p.name, p.node, image_path) if p.name else ""
+    return _replace(p, name=name, ops=ops)
+
+
+def _control(i: int, c: V.Control, shift: float, image_path, derived: list[Derived]) -> ControlUnit:
     """One AnimaLLLiteApply as a recipe control unit (ComfyUI's graph path ignores a mask given to a
-    3-channel patch; the unit keeps it and the patch decides)."""
+    3-channel patch; the unit keeps it and the patch decides). A computed image or mask goes into
+    `derived` and the unit holds `DERIVED` until the runner has made it."""
+    if c.picture.derived:
+        derived.append(Derived(i, "image", _with_paths(c.picture, image_path)))
+        image = DERIVED
+    else:
+        image = image_path(c.picture.name)
+    mask = ""
+    if isinstance(c.mask, V.PainterMask):
+        m = c.mask
+        file = _found(m.file, m.node, image_path) if m.file else ""
+        derived.append(Derived(i, "mask", _replace(m, base=_with_paths(m.base, image_path), file=file)))
+        mask = DERIVED
+    elif c.mask is not None:
+        mask = image_path(c.mask.name)
     return ControlUnit(
-        model=c.patch.name, image=image_path(c.picture.name),
-        mask=image_path(c.mask.name) if c.mask is not None else "", strength=c.strength,
+        model=c.patch.name, image=image, mask=mask, strength=c.strength,
         start=_rebased(c.start, c.shift, shift), end=_rebased(c.end, c.shift, shift),
     )  # fmt: skip
 
@@ -282,4 +337,4 @@ def _hires(second: V.Sampled) -> tuple[V.Sampled, dict]:
     return first, hires
 
 
-__all__ = ["GraphJob", "GraphPlan", "ModelFiles", "output_nodes", "plan_graph"]
+__all__ = ["DERIVED", "Derived", "GraphJob", "GraphPlan", "ModelFiles", "output_nodes", "plan_graph"]

@@ -45,7 +45,7 @@ class Control:
 
     patch: Patch
     picture: Picture
-    mask: Mask | None
+    mask: Mask | PainterMask | None
     strength: float
     start: float
     end: float
@@ -81,17 +81,75 @@ class Cond:
 
 
 @dataclass(frozen=True)
+class Canny:
+    """ComfyUI's Canny node (comfy_extras/nodes_canny.py): kornia's canny on the RGB picture with
+    these thresholds, the binary edges repeated to 3 channels."""
+
+    low: float
+    high: float
+    node: str
+
+    def text(self) -> str:
+        return f"canny {self.low:g},{self.high:g}"
+
+
+@dataclass(frozen=True)
+class Invert:
+    """ImageInvert (nodes.py): 1 - x."""
+
+    node: str
+
+    def text(self) -> str:
+        return "invert"
+
+
+@dataclass(frozen=True)
+class Paint:
+    """Painter (comfy_extras/nodes_painter.py): the painter RGBA file composited over the picture so
+    far (LANCZOS-resized to it when the sizes differ). `file` is its name ('' when nothing was drawn:
+    the picture passes unchanged); the planner replaces names by paths."""
+
+    file: str
+    node: str
+
+    def text(self) -> str:
+        return f"paint {self.file}" if self.file else "paint (nothing drawn)"
+
+
+Filter = Canny | Invert | Paint
+
+
+@dataclass(frozen=True)
+class Fill:
+    """A Painter's canvas without a base image: `width` x `height` of one colour (0..1 floats)."""
+
+    width: int
+    height: int
+    rgb: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
 class Picture:
-    """An IMAGE that comes from a LoadImage file, with the resizes applied to it since.
+    """An IMAGE that comes from a LoadImage file (or a Painter's plain canvas, `fill`, when `name` is
+    empty), with what was done to it since, in order: resizes and crops (`ImageOp`) and pixel
+    filters (`Filter`). Only resizes can stand before a VAEEncode (the recipe's ``init_resize``); a
+    control image with any of them is a derived picture that the runner computes
+    (`anima.workflows.derived_pictures`)."""
 
-    `filters` names the nodes that changed its pixels in ways anima does not reproduce (Canny,
-    ImageInvert, ...): its size is still known (for GetImageSize), its pixels are not usable."""
-
-    name: str  # LoadImage's file name
+    name: str  # LoadImage's file name ('' for a `fill` canvas)
     node: str
     size: tuple[int, int]  # (width, height) after `ops`
-    ops: tuple[ImageOp, ...] = ()
-    filters: tuple[str, ...] = ()
+    ops: tuple[ImageOp | Filter, ...] = ()
+    fill: Fill | None = None
+
+    @property
+    def filters(self) -> tuple[Filter, ...]:
+        return tuple(op for op in self.ops if isinstance(op, Canny | Invert | Paint))
+
+    @property
+    def derived(self) -> bool:
+        """Whether its pixels are not a file's as they are."""
+        return bool(self.ops) or self.fill is not None
 
 
 @dataclass(frozen=True)
@@ -100,6 +158,16 @@ class Mask:
 
     name: str
     channel: str  # "alpha", "red", "green", "blue"
+    node: str
+
+
+@dataclass(frozen=True)
+class PainterMask:
+    """Painter's MASK: the painter file's alpha, LANCZOS-resized to `base` (the picture the Painter
+    painted over); zeros of its size when `file` is ''."""
+
+    base: Picture
+    file: str
     node: str
 
 

@@ -270,7 +270,7 @@ def _widget_values(n: _Node) -> list:
         values.append(n.inputs[d.name])
         if d.spec.get("control_after_generate"):
             values.append("fixed")
-        if d.spec.get("image_upload"):
+        if d.type == "COMBO" and d.spec.get("image_upload"):
             values.append("image")
     return values
 
