@@ -269,6 +269,19 @@ def test_any_control_template_runs(template_dir: Path) -> None:
     assert torch.equal(load_rgb(control), want)
 
 
+def test_a_failed_run_leaves_no_derived_pictures(template_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("kornia")
+    from anima.jobs import comfy_graph
+
+    def fail(*_args, **_kwargs):
+        raise AnimaError("the DiT went away")
+
+    monkeypatch.setattr(comfy_graph, "render_graph", fail)
+    template = template_dir / "image_anima_lllite_any_control_to_image.json"
+    assert _generate(template_dir, "--workflow", str(template), "-o", str(template_dir / "f.png")) == 2
+    assert not list(template_dir.glob("f*.png"))  # neither the image nor its control picture
+
+
 @pytest.mark.slow
 def test_inpainting_template_runs_and_reruns_from_its_png(template_dir: Path) -> None:
     out = template_dir / "inpaint.png"

@@ -102,16 +102,11 @@ def _tokenizers(args: argparse.Namespace, places, comfyui_dirs) -> tuple[Path | 
 
 def run_graph(args: argparse.Namespace, graph, where: str, folder: Path) -> int:
     """Plan the graph, find its files, render every output, write the PNGs."""
-    from anima.cli.generate import _default_output, _device, _hash_cache, _progress_bar
+    from anima.cli.generate import _default_output
     from anima.cli.model_selection import search_places
-    from anima.cli.perf_flags import run_options
-    from anima.imageio import save_png
     from anima.interop.comfyui.plan import plan_graph
-    from anima.interop.comfyui.write import GraphFiles
     from anima.jobs.comfy_files import GraphPlaces, input_file, picture_size
-    from anima.jobs.comfy_graph import derive_controls, graph_output_paths, prepare_graph, render_graph
-    from anima.pipeline import Pipeline
-    from anima.runtime.precision import SHORT_NAMES, resolve_dtype
+    from anima.jobs.comfy_graph import derive_controls, graph_output_paths, prepare_graph
 
     overrides = _overrides(args)
     found = search_places(args)
@@ -129,7 +124,26 @@ def run_graph(args: argparse.Namespace, graph, where: str, folder: Path) -> int:
     if out.suffix.lower() != ".png":
         raise AnimaError(f"--output must end in .png, got '{out}'")
     paths = graph_output_paths(out, runs)
+    given = {f for r in runs for u in r.recipe.controls for f in (u.image, u.mask)}
     runs = derive_controls(runs, out)  # the graph's computed control pictures, beside the output
+    derived = {f for r in runs for u in r.recipe.controls for f in (u.image, u.mask)} - given - {""}
+    try:
+        return _render(args, runs, paths, out)
+    except BaseException:  # a run that fails leaves no files of its own behind
+        for f in derived:
+            Path(f).unlink(missing_ok=True)
+        raise
+
+
+def _render(args, runs, paths, out: Path) -> int:
+    from anima.cli.generate import _device, _hash_cache, _progress_bar
+    from anima.cli.perf_flags import run_options
+    from anima.imageio import save_png
+    from anima.interop.comfyui.write import GraphFiles
+    from anima.jobs.comfy_graph import render_graph
+    from anima.pipeline import Pipeline
+    from anima.runtime.precision import SHORT_NAMES, resolve_dtype
+
     device = _device(args.device)
     dtype = SHORT_NAMES[resolve_dtype(args.dtype or "auto", device)]
     loras = {name: path for run in runs for name, path in run.loras.items()}
