@@ -1,7 +1,7 @@
 """Control pictures a ComfyUI graph computes (issue 14, done-when 2: the LLLite templates run).
 
-The node rules (Canny, ImageInvert, Painter) as descriptions; the pixels `anima.workflows.
-derived_pictures` computes, against direct computations with kornia, PIL and numpy written here
+The node rules (Canny, ImageInvert, Painter) as descriptions; the pixels `anima.jobs.
+comfy_pictures` computes, against direct computations with kornia, PIL and numpy written here
 from ComfyUI's nodes (comfy_extras/nodes_canny.py, nodes.py ImageInvert, comfy_extras/
 nodes_painter.py); and the official any-control and inpainting templates run on the tiny model
 with tiny LLLite patches under the templates' patch names.
@@ -27,8 +27,9 @@ from anima.interop.comfyui import values as V
 from anima.interop.comfyui.evaluate import Env, Evaluator
 from anima.interop.comfyui.graph import parse_api
 from anima.interop.comfyui.node_rules import RULES
+from anima.jobs import comfy_pictures
 from anima.recipe.image_ops import Resize
-from anima.workflows import comfy_image, derived_pictures, inpaint
+from anima.workflows import comfy_image, inpaint
 from anima.workflows.init_image import load_rgb
 
 TEMPLATES = files("comfyui_workflow_templates_json") / "templates"
@@ -84,14 +85,14 @@ def test_painter_without_a_drawing_passes_the_picture_and_an_empty_mask() -> Non
     image, mask = _run(_load(p=_painter(image=["1", 0], mask="  ")), "p")
     assert image == V.Picture("a.png", "node 1 (LoadImage)", (40, 30)) and not image.derived
     assert mask.file == ""
-    assert derived_pictures.painter_mask(mask).shape == (1, 30, 40)
-    assert not derived_pictures.painter_mask(mask).any()
+    assert comfy_pictures.painter_mask(mask).shape == (1, 30, 40)
+    assert not comfy_pictures.painter_mask(mask).any()
 
 
 def test_painter_without_a_base_image_paints_on_its_canvas() -> None:
     image, mask = _run({"p": _painter(mask="", bg_color="#ff8000", width=64, height=32)}, "p")
     assert image.fill == V.Fill(64, 32, (1.0, 128 / 255, 0.0)) and image.size == (64, 32) and image.derived
-    pixels = derived_pictures.picture(image)
+    pixels = comfy_pictures.picture(image)
     assert pixels.shape == (1, 32, 64, 3) and pixels[0, 5, 7].tolist() == [1.0, np.float32(128 / 255), 0.0]
     (black, _) = _run({"p": _painter(mask="", bg_color="#fff")}, "p")  # not 6 digits: black (hex_to_rgb)
     assert black.fill == V.Fill(512, 256, (0.0, 0.0, 0.0))
@@ -145,7 +146,7 @@ def test_canny_invert_resize_as_comfyui_computes_it(tmp_path: Path) -> None:
     pytest.importorskip("kornia")
     src = FIX / "input" / "wf_control_128.png"
     ops = (V.Canny(0.17, 0.45, "c"), V.Invert("i"), Resize("lanczos", 100, 90))
-    made = derived_pictures.picture(V.Picture(str(src), "l", (100, 90), ops))
+    made = comfy_pictures.picture(V.Picture(str(src), "l", (100, 90), ops))
     inverted = _canny_invert(_bytes01(src), 0.17, 0.45)
     assert set(inverted.unique().tolist()) <= {0.0, 1.0}  # hysteresis leaves no weak edges
     assert 0 < float(inverted.mean()) < 1  # the fixture has edges
@@ -153,7 +154,7 @@ def test_canny_invert_resize_as_comfyui_computes_it(tmp_path: Path) -> None:
     assert torch.equal(made, want)
     # stored as an 8-bit PNG and read back as a control unit reads it: the same values
     path = _png_roundtrip(
-        derived_pictures.derived_png(V.Picture(str(src), "l", (100, 90), ops)), tmp_path, "c.png"
+        comfy_pictures.derived_png(V.Picture(str(src), "l", (100, 90), ops)), tmp_path, "c.png"
     )
     assert torch.equal(load_rgb(path), want)
 
@@ -173,10 +174,10 @@ def test_painter_composite_and_mask_as_comfyui_computes_them(tmp_path: Path) -> 
     painter = tmp_path / PAINTER_FILE
     _painter_png(painter, 50, 40)  # another size than the base: LANCZOS-resized to it
     base = V.Picture(str(base_path), "l", (140, 108))
-    image = derived_pictures.picture(
+    image = comfy_pictures.picture(
         V.Picture(str(base_path), "l", (140, 108), (V.Paint(str(painter), "p"),))
     )
-    mask = derived_pictures.painter_mask(V.PainterMask(base, str(painter), "p"))
+    mask = comfy_pictures.painter_mask(V.PainterMask(base, str(painter), "p"))
     with Image.open(painter) as im:  # the node's maths, in numpy
         p = (
             np.asarray(im.convert("RGBA").resize((140, 108), Image.Resampling.LANCZOS)).astype(np.float32)
@@ -186,11 +187,11 @@ def test_painter_composite_and_mask_as_comfyui_computes_them(tmp_path: Path) -> 
     want = p[:, :, :3] * p[:, :, 3:4] + b * (1.0 - p[:, :, 3:4])
     assert np.array_equal(image[0].numpy(), want) and np.array_equal(mask[0].numpy(), p[:, :, 3])
     # 8-bit files: within half a level of ComfyUI's floats (exact where alpha is 0 or 1), the mask exact
-    got = load_rgb(_png_roundtrip(derived_pictures.image_png(image), tmp_path, "i.png"))[0].numpy()
+    got = load_rgb(_png_roundtrip(comfy_pictures.image_png(image), tmp_path, "i.png"))[0].numpy()
     assert np.abs(got - want).max() <= 0.5 / 255 + 1e-6
     solid = (p[:, :, 3] == 0) | (p[:, :, 3] == 1)
     assert np.abs(got - want)[solid].max() <= 1e-6
-    mask_file = _png_roundtrip(derived_pictures.mask_png(mask), tmp_path, "m.png")
+    mask_file = _png_roundtrip(comfy_pictures.mask_png(mask), tmp_path, "m.png")
     for channel in ("red", "green", "blue"):  # every channel a recipe may read
         assert torch.equal(comfy_image.load_mask(mask_file, channel), mask), channel
     # LoadImage's 1 - alpha / 255 of alpha = 255 - v: v / 255 up to float rounding
@@ -205,7 +206,7 @@ def test_canny_without_kornia_is_one_line(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(
         AnimaError, match=r"^the graph's Canny node needs kornia: pip install 'anima\[control\]'$"
     ):
-        derived_pictures.check_available(p)
+        comfy_pictures.check_available(p)
 
 
 # ---------------------------------------------------------------------- the templates

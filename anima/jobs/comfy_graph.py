@@ -27,12 +27,12 @@ from anima.errors import AnimaError
 from anima.imageio import atomic_write, output_paths
 from anima.interop.comfyui import values as V
 from anima.interop.comfyui.plan import DERIVED, GraphJob, GraphPlan
+from anima.jobs import comfy_pictures
 from anima.jobs.comfy_files import GraphPlaces, model_file
 from anima.lora.file import check_lora
 from anima.recipe import Recipe
 from anima.weights.checkpoint import is_checkpoint
 from anima.weights.model_files import ModelSet, header_shapes, inspect_file
-from anima.workflows import derived_pictures
 from anima.workflows.init_image import file_digest
 from anima.workflows.sources import Inputs, recipe_inputs
 
@@ -112,7 +112,7 @@ def prepare_graph(
         recipe = _controls_found(recipe, places)
         for d in job.derived:
             if isinstance(d.value, V.Picture):
-                derived_pictures.check_available(d.value)
+                comfy_pictures.check_available(d.value)
         src = recipe.sources
         if src.init_image:
             recipe = recipe.with_(init_image_hash=file_digest(src.init_image))
@@ -147,7 +147,7 @@ def derive_controls(runs: Sequence[GraphRun], out: Path) -> list[GraphRun]:
         for d in run.job.derived:
             tail = "" if d.what == "image" else "-mask"
             path = _base(out, runs, run).with_name(f"{_base(out, runs, run).name}.control{d.unit}{tail}.png")
-            made.append((r, d.unit, d.what, path, derived_pictures.derived_png(d.value)))
+            made.append((r, d.unit, d.what, path, comfy_pictures.derived_png(d.value)))
     if not made:
         return list(runs)
     done = list(runs)

@@ -8,7 +8,7 @@ the node computes (``nodes.py`` / ``comfy_extras/nodes_post_processing.py``: Pyt
 ``ImageInvert`` (nodes.py) and ``Painter`` (comfy_extras/nodes_painter.py) are recorded the same
 way, as steps on the picture (`values.Filter`) with the settings read from their widgets; the
 runner computes such a derived picture when a control unit takes it
-(`anima.workflows.derived_pictures`).
+(`anima.jobs.comfy_pictures`).
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ DERIVED = "(derived by the graph)"  # a unit's image / mask until the runner has
 @dataclass(frozen=True)
 class Derived:
     """A control picture (`what` "image") or mask ("mask") that the graph computes: control `unit`'s,
-    to be made by the runner (`anima.workflows.derived_pictures`) and recorded in the unit. The
+    to be made by the runner (`anima.jobs.comfy_pictures`) and recorded in the unit. The
     value's file names are already paths (LoadImage's and Painter's files, found at planning)."""
 
     unit: int
@@ -225,7 +225,7 @@ def _rebased(percent: float, applied: float, final: float) -> float:
 def _mask_channel(controls: tuple[V.Control, ...], latent) -> dict:
     """The control masks' channel (LoadImage's alpha, a LoadImageMask colour) as the recipe's one
     `mask_channel`, which the init mask shares: masks read from different channels are refused."""
-    # A derived mask (Painter's) is written so that every channel reads it (derived_pictures).
+    # A derived mask (Painter's) is written so that every channel reads it (comfy_pictures).
     channels = {c.mask.channel for c in controls if isinstance(c.mask, V.Mask)}
     if isinstance(latent, V.Masked):
         channels.add(latent.mask.channel)

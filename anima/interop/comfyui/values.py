@@ -134,7 +134,7 @@ class Picture:
     empty), with what was done to it since, in order: resizes and crops (`ImageOp`) and pixel
     filters (`Filter`). Only resizes can stand before a VAEEncode (the recipe's ``init_resize``); a
     control image with any of them is a derived picture that the runner computes
-    (`anima.workflows.derived_pictures`)."""
+    (`anima.jobs.comfy_pictures`)."""
 
     name: str  # LoadImage's file name ('' for a `fill` canvas)
     node: str
