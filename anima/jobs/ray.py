@@ -7,6 +7,9 @@ driver, which alone writes files (the same `OutputStore.save` as the local path,
 byte-identical), and the manifest is written in input order, so the order of completion does not
 show in any output.
 
+`connect` and `actor_layout` (how many actors, threads, resources) serve `anima serve --ray`
+too (`anima.server.ray_pool`).
+
 Failure handling: an actor that dies (process killed, node lost) is restarted by Ray
 (``max_restarts``), and the job it was running goes back to the front of the queue, up to
 `max_attempts` tries; the driver writes a job's images at most once whatever happens.

@@ -159,7 +159,9 @@ class RemoteService:
                 if kind == "error":
                     raise AnimaError(event[1])
                 raise RuntimeError(f"Ray worker: {event[1] if len(event) > 1 else kind}")
-        except errors.RayActorError as exc:  # the process died, or its node was lost
+        except errors.RayTaskError as exc:  # a bug in the actor's own code, not a death
+            raise RuntimeError(f"Ray worker: {exc.cause!r}"[:500]) from None
+        except errors.RayError as exc:  # the process died, or its node (and the stream's objects) was lost
             self.lost = True
             raise WorkerLost(f"the Ray worker running this job died ({type(exc).__name__})") from None
         self.lost = True
