@@ -1,7 +1,8 @@
 """`anima serve`: flags -> models, limits, security -> the FastAPI app under uvicorn.
 
-Every flag is checked (binding without a key, folders, limits, model files by header) before
-any model is loaded or the port is opened.
+Every flag is checked (binding without a key, folders, limits, model files by header, Ray
+installed for ``--ray``) before any model is loaded or the port is opened. ``--ray [ADDRESS]``
+runs the jobs on a Ray cluster's actors (`anima.server.ray_pool`); the queue stays here.
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     r.add_argument("--dtype", default="auto", help="fp32, bf16, fp16 or auto")
     r.add_argument("--preview-every", type=int, default=2, help="preview image every N steps (0: none)")
+    c = p.add_argument_group("Ray cluster (jobs run on its actors; the queue stays here)")
+    c.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run jobs on Ray: no value starts a local cluster; or a cluster address")  # fmt: skip
+    c.add_argument("--ray-workers", type=int, help="Ray actors (default: one per GPU, or 2 CPU workers)")
+    c.add_argument("--ray-threads", type=int, help="torch threads per CPU actor (default: this process's)")
+    c.add_argument("--ray-attempts", type=int, default=3, help="a job whose worker dies this often fails")
     lim = p.add_argument_group("request limits")
     lim.add_argument("--max-size", type=int, default=2048, help="largest width or height (default 2048)")
     lim.add_argument("--max-pixels", type=int, default=2048 * 2048, help="largest width*height")
@@ -70,6 +77,7 @@ def build_app(args: argparse.Namespace):
         if not d.is_dir():
             raise AnimaError(f"--lora-dir {d}: no such folder")
     _import_server_deps()
+    ray = _ray_settings(args)
     from anima.cli.perf_flags import run_options
     from anima.prompt_tools.artist_index import ArtistIndex
     from anima.prompt_tools.tag_list import TagList
@@ -97,9 +105,32 @@ def build_app(args: argparse.Namespace):
     data_dir = args.data_dir or default_data_dir(os.environ, Path.home()) / "server"
     app = create_app(
         service, data_dir=data_dir, outputs_dir=args.output_dir, limits=limits, api_key=api_key,
-        cors_origins=args.cors_origin, preview_every=args.preview_every, prompt_help=prompt_help,
+        cors_origins=args.cors_origin, preview_every=args.preview_every, prompt_help=prompt_help, ray=ray,
     )  # fmt: skip
     return app, host
+
+
+def _ray_settings(args: argparse.Namespace):
+    """RaySettings for --ray (None without it); checked, and Ray importable, before any model loads."""
+    if getattr(args, "ray", None) is None:
+        for flag in ("ray_workers", "ray_threads"):
+            if getattr(args, flag, None) is not None:
+                raise AnimaError(f"--{flag.replace('_', '-')} needs --ray")
+        return None
+    from anima.jobs.ray import require_ray
+
+    try:
+        require_ray()
+    except AnimaError:
+        raise AnimaError("--ray needs Ray: pip install 'anima[ray]' (or pip install ray)") from None
+    for flag in ("ray_workers", "ray_threads", "ray_attempts"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise AnimaError(f"--{flag.replace('_', '-')} must be at least 1")
+    from anima.server.ray_pool import RaySettings
+
+    address = None if args.ray == "local" else args.ray
+    return RaySettings(address, args.ray_workers, args.ray_threads, max_attempts=args.ray_attempts)
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -7,6 +7,9 @@ driver, which alone writes files (the same `OutputStore.save` as the local path,
 byte-identical), and the manifest is written in input order, so the order of completion does not
 show in any output.
 
+`connect` and `actor_layout` (how many actors, threads, resources) serve `anima serve --ray`
+too (`anima.server.ray_pool`).
+
 Failure handling: an actor that dies (process killed, node lost) is restarted by Ray
 (``max_restarts``), and the job it was running goes back to the front of the queue, up to
 `max_attempts` tries; the driver writes a job's images at most once whatever happens.
@@ -42,6 +45,40 @@ def require_ray():
     return ray
 
 
+def connect(address: str | None = None, init_kwargs: dict | None = None):
+    """The ray module, connected to the cluster at `address`, or to a local one (started now,
+    unless this process already has one)."""
+    ray = require_ray()
+    if not ray.is_initialized():
+        kwargs = {"include_dashboard": False, "log_to_driver": False, **(init_kwargs or {})}
+        if address:
+            kwargs["address"] = address
+        try:
+            ray.init(**kwargs)
+        except ConnectionError as exc:
+            raise AnimaError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+    return ray
+
+
+def actor_layout(
+    ray, *, gpu: bool, workers: int | None, threads: int | None, local: bool
+) -> tuple[int, int | None, dict]:
+    """(how many actors, torch threads per actor, their `ray.remote` resources): one actor per GPU
+    of the cluster, or `workers` (default 2) CPU actors."""
+    if workers is None:
+        workers = int(ray.cluster_resources().get("GPU", 0)) if gpu else 2
+    if workers < 1:
+        raise AnimaError(
+            "no Ray workers: the cluster has no GPU (ask for CPU workers, or run on the CPU)",
+            setting="ray_workers",
+        )
+    if threads is None and not gpu and local:
+        # CPU float results depend on the thread count; a local cluster copies this process's
+        # so that its images are byte-identical to the single-process path.
+        threads = torch.get_num_threads()
+    return workers, threads, {"num_gpus": 1} if gpu else {"num_cpus": 1}
+
+
 class _Worker:
     """The actor body: builds the pipeline once, then renders recipes sent as JSON."""
 
@@ -75,32 +112,15 @@ class RayExecutor:
         max_restarts: int = 2,
         init_kwargs: dict | None = None,
     ) -> None:
-        ray = require_ray()
+        ray = connect(address, init_kwargs)
         self._ray = ray
         self.spec = spec
         self.max_attempts = max_attempts
         self.max_restarts = max_restarts
         gpu = spec.options.device.startswith("cuda")
-        if not ray.is_initialized():
-            kwargs = {"include_dashboard": False, "log_to_driver": False, **(init_kwargs or {})}
-            if address:
-                kwargs["address"] = address
-            try:
-                ray.init(**kwargs)
-            except ConnectionError as exc:
-                raise AnimaError(f"cannot reach the Ray cluster at {address}: {exc}") from None
-        if workers is None:
-            workers = int(ray.cluster_resources().get("GPU", 0)) if gpu else 2
-        if workers < 1:
-            raise AnimaError(
-                "no Ray workers: the cluster has no GPU (ask for CPU workers, or run on the CPU)",
-                setting="ray_workers",
-            )
-        if threads_per_worker is None and not gpu and not address:
-            # CPU float results depend on the thread count; a local cluster copies this process's
-            # so that its images are byte-identical to the single-process path.
-            threads_per_worker = torch.get_num_threads()
-        resources = {"num_gpus": 1} if gpu else {"num_cpus": 1}
+        workers, threads_per_worker, resources = actor_layout(
+            ray, gpu=gpu, workers=workers, threads=threads_per_worker, local=not address
+        )
         # The actor runs in another process; the frozen spec (model paths, run options) pickles.
         actor_cls = ray.remote(**resources, max_restarts=max_restarts, max_task_retries=0)(_Worker)
         self.actors = [actor_cls.remote(spec, threads_per_worker) for _ in range(workers)]

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -25,6 +26,9 @@ from anima.server.security import ApiKeyMiddleware, BodyLimitMiddleware, Limits
 from anima.server.service import GenerationService
 from anima.server.submit import Submitter
 from anima.server.worker import Worker
+
+if TYPE_CHECKING:
+    from anima.server.ray_pool import RaySettings
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
@@ -42,7 +46,7 @@ class PromptHelp:
 class ServerContext:
     service: GenerationService
     store: JobStore
-    worker: Worker
+    worker: Worker  # or a RayWorkers: the same methods
     hub: EventHub
     submitter: Submitter
     limits: Limits
@@ -63,8 +67,10 @@ def create_app(
     preview_every: int = 2,
     start_worker: bool = True,
     prompt_help: PromptHelp | None = None,
+    ray: RaySettings | None = None,
 ) -> FastAPI:
-    """The app. The worker starts with the app (lifespan) unless `start_worker` is False."""
+    """The app. The worker starts with the app (lifespan) unless `start_worker` is False; with
+    `ray`, jobs run on a Ray cluster's actors (`anima.server.ray_pool`) instead of this process."""
 
     data_dir = Path(data_dir)
     outputs_dir = Path(outputs_dir) if outputs_dir else data_dir / "outputs"
@@ -78,10 +84,17 @@ def create_app(
     store = JobStore(data_dir / "jobs.sqlite3")
     hub = EventHub()
     saved = store.get_options()
-    worker = Worker(
-        store, service, hub, outputs_dir=outputs_dir, inputs_dir=inputs_dir,
-        preview_every=int(saved.get("show_progress_every_n_steps", preview_every)),
-    )  # fmt: skip
+    every = int(saved.get("show_progress_every_n_steps", preview_every))
+    if ray is not None:
+        from anima.server.ray_pool import RayWorkers
+
+        worker: Worker | RayWorkers = RayWorkers(
+            store, service, hub, ray, outputs_dir=outputs_dir, inputs_dir=inputs_dir, preview_every=every
+        )
+    else:
+        worker = Worker(
+            store, service, hub, outputs_dir=outputs_dir, inputs_dir=inputs_dir, preview_every=every
+        )
     if saved.get("sd_model_checkpoint"):
         with contextlib.suppress(AnimaError):  # that model may no longer be served
             service.select_model(saved["sd_model_checkpoint"])

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from anima.errors import AnimaError
 from anima.imageio import PARAMETERS_KEY, read_recipe
 from anima.interop.a1111 import parse_infotext
-from anima.server import a1111, images
+from anima.server import a1111, images, status
 from anima.server.jobs import QueuedJob
 from anima.server.schemas import (
     ErrorResponse,
@@ -123,6 +123,12 @@ def progress(c: Ctx, skip_current_image: bool = Query(False)) -> ProgressRespons
     )
 
 
+@router.get("/memory", response_model=dict[str, Any], responses=ERRORS)
+def memory(c: Ctx) -> dict[str, Any]:
+    """RAM and CUDA memory of the server's machine, as A1111 reports them, plus the workers."""
+    return status.memory(c.worker, c.store)
+
+
 @router.post("/interrupt", response_model=dict[str, bool], responses=ERRORS)
 def interrupt(c: Ctx) -> dict[str, bool]:
     """Stop the running job at its next sampling step (queued jobs still run)."""
@@ -168,6 +174,7 @@ def loras(c: Ctx) -> list[LoraItem]:
 @router.post("/refresh-checkpoints", response_model=dict[str, int], responses=ERRORS)
 def refresh_checkpoints(c: Ctx) -> dict[str, int]:
     c.service.refresh()
+    c.worker.refresh()  # Ray workers rescan their LoRA folders
     return {"models": len(c.service.models()), "loras": len(c.service.loras())}
 
 

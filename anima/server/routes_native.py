@@ -30,9 +30,19 @@ from anima.recipe import (
 from anima.recipe.model_defaults import TURBO_DEFAULTS
 from anima.recipe.settings import LORA_KEY_RULES
 from anima.sampling.names import GUIDANCES
+from anima.server import status
 from anima.server.jobs import STATUSES, QueuedJob
 from anima.server.routes_a1111 import ERRORS, Ctx
-from anima.server.schemas import Choices, ErrorResponse, JobCreate, JobOut, JobPage, ModelDefaults, ServerInfo
+from anima.server.schemas import (
+    Choices,
+    ErrorResponse,
+    JobCreate,
+    JobOut,
+    JobPage,
+    ModelDefaults,
+    ServerInfo,
+    WorkersOut,
+)
 from anima.server.security import resolve_inside
 from anima.server.settings_schema import CLIENT_SETTINGS
 from anima.server.submit import stored_inputs
@@ -48,7 +58,7 @@ EVENT_KEEPALIVE_S = 15.0
 def job_out(c, job: QueuedJob) -> JobOut:
     step, steps = job.step, job.steps or job.spec.recipe.steps
     if job.status == "running":
-        snap = c.worker.snapshot()
+        snap = c.worker.snapshot(job.id)
         if snap.job_id == job.id:
             step, steps = snap.step, snap.total
     return JobOut(
@@ -117,7 +127,7 @@ def delete_job(job_id: str, c: Ctx) -> JobOut:
     responses={**ERRORS, **NOT_FOUND, 200: {"content": {"image/png": {}}, "description": "latest preview"}},
 )
 def job_preview(job_id: str, c: Ctx) -> Response:
-    snap = c.worker.snapshot()
+    snap = c.worker.snapshot(job_id)
     if snap.job_id != job_id or snap.preview_png is None:
         raise HTTPException(404, "no preview for this job (not running, or none yet)")
     return Response(snap.preview_png, media_type="image/png", headers={"Cache-Control": "no-store"})
@@ -176,6 +186,12 @@ async def events(request: Request, c: Ctx) -> StreamingResponse:
                 await asyncio.sleep(0)
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+
+@router.get("/workers", response_model=WorkersOut, responses=ERRORS)
+def workers(c: Ctx) -> WorkersOut:
+    """The generation workers (the server itself, or its Ray actors): device, model, current job."""
+    return status.workers_out(c.worker, c.store)
 
 
 @router.get("/info", response_model=ServerInfo, responses=ERRORS)

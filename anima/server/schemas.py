@@ -299,3 +299,25 @@ class ServerInfo(BaseModel):
     limits: dict[str, int]
 
 
+class WorkerOut(BaseModel):
+    """One generation worker: the server's own (local) or a Ray actor."""
+
+    name: str
+    kind: Literal["local", "ray"]
+    state: str = Field(description="starting, idle, busy, restarting or dead")
+    device: str
+    pid: int | None = None
+    node: str | None = Field(None, description="host name of the worker's machine (Ray)")
+    model: str | None = Field(None, description="the model it holds loaded")
+    job: str | None = Field(None, description="id of the job it is running")
+    step: int = 0
+    steps: int = 0
+    jobs_done: int = 0
+    restarts: int = Field(0, description="times its process died (Ray restarts it)")
+
+
+class WorkersOut(BaseModel):
+    mode: Literal["local", "ray"]
+    workers: list[WorkerOut]
+    queued: int
+    running: int

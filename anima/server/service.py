@@ -75,6 +75,24 @@ class GenerationService(Protocol):
     ) -> tuple[list[tuple[object, Recipe]], list[str]]: ...
 
 
+@dataclass(frozen=True)
+class ServiceSpec:
+    """The arguments of a `PipelineService`, without the rescan function (a remote copy is told
+    of new models by the server)."""
+
+    models: tuple[ModelSet, ...]
+    lora_dirs: tuple[Path, ...] = ()
+    options: RunOptions = field(default_factory=RunOptions)
+    upscaler_dirs: tuple[Path, ...] = ()
+    patch_dirs: tuple[Path, ...] = ()
+
+    def build(self) -> PipelineService:
+        return PipelineService(
+            self.models, lora_dirs=self.lora_dirs, options=self.options,
+            upscaler_dirs=self.upscaler_dirs, patch_dirs=self.patch_dirs,
+        )  # fmt: skip
+
+
 class PipelineService:
     """Models found on disk (or given explicitly), loaded lazily, one at a time."""
 
@@ -102,13 +120,19 @@ class PipelineService:
         self._patch_dirs = tuple(Path(d) for d in patch_dirs)
         self._patches = _scan_folders(self._patch_dirs)
         self._options = dataclasses.replace(
-            options or RunOptions(), lora_resolver=self.resolve_lora, upscaler_resolver=self.resolve_upscaler,
+            options or RunOptions(),
+            lora_resolver=self.resolve_lora,
+            upscaler_resolver=self.resolve_upscaler,
             control_resolver=self.resolve_patch,
         )
         self._rescan = rescan
         self._lock = threading.Lock()
         self._selected = next(iter(self._models))
         self._loaded: tuple[str, object] | None = None  # (name, Pipeline)
+        self._hashes: dict[str, str] = {}  # models loaded here, or by a remote worker (`record_hash`)
+        self._spec = ServiceSpec(
+            tuple(models), self._lora_dirs, options or RunOptions(), self._upscaler_dirs, self._patch_dirs
+        )
 
     @classmethod
     def from_files(
@@ -134,7 +158,7 @@ class PipelineService:
             loaded = self._loaded
             out = []
             for name, ms in self._models.items():
-                h = loaded[1].model_hash if loaded and loaded[0] == name else None
+                h = loaded[1].model_hash if loaded and loaded[0] == name else self._hashes.get(name)
                 demo_model = ms.source == demo.SOURCE
                 defaults = defaults_for(name, demo.RECIPE_DEFAULTS if demo_model else None)
                 out.append(ModelInfo(name, str(ms.diffusers or ms.dit), h, demo_model, defaults))
@@ -143,6 +167,25 @@ class PipelineService:
     def current_model(self) -> str:
         with self._lock:
             return self._selected
+
+    def loaded_model(self) -> str | None:
+        with self._lock:
+            return self._loaded[0] if self._loaded else None
+
+    def device(self) -> str:
+        return self._options.device
+
+    def spec(self) -> ServiceSpec:
+        """What another process needs to build the same service (a Ray actor): the model sets
+        known now, the folders and the run options, all picklable."""
+        with self._lock:
+            return dataclasses.replace(self._spec, models=tuple(self._models.values()))
+
+    def record_hash(self, name: str, model_hash: str | None) -> None:
+        """A model's hash, as a worker that loaded it elsewhere reports it (A1111 titles show it)."""
+        if model_hash:
+            with self._lock:
+                self._hashes[name] = model_hash
 
     def check_model(self, name: str) -> str:
         """A served model's name for `name` (exact, or an A1111 title 'name.safetensors [hash]')."""
@@ -218,6 +261,12 @@ class PipelineService:
         ms = self._models[self.check_model(name) if name else self.current_model()]
         return None if ms.diffusers is not None else dit_config_of(ms.dit)
 
+    def add_models(self, sets: Sequence[ModelSet]) -> None:
+        """Serve these model sets too (the ones already known keep their files)."""
+        with self._lock:
+            for ms in sets:
+                self._models.setdefault(ms.name, ms)
+
     def refresh(self) -> None:
         found = list(self._rescan()) if self._rescan else []
         loras = self._scan_loras()
@@ -238,6 +287,10 @@ class PipelineService:
         return list(schedules.SCHEDULERS)
 
     # ----------------------------------------------------------------- running
+    def load(self, name: str) -> None:
+        """Load a served model now (a worker warming up), rather than at its first job."""
+        self._pipeline(self.check_model(name))
+
     def _pipeline(self, name: str):
         with self._lock:
             if self._loaded and self._loaded[0] == name:
@@ -248,6 +301,7 @@ class PipelineService:
         pipe = Pipeline.load(ms, self._options)
         with self._lock:
             self._loaded = (name, pipe)
+            self._hashes[name] = pipe.model_hash
         return pipe
 
     def run(
