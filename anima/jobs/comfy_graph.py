@@ -78,7 +78,7 @@ def _model_set(job: GraphJob, places: GraphPlaces, tokenizers: tuple[Path | None
 
 
 def _controls_found(recipe: Recipe, places: GraphPlaces) -> Recipe:
-    """ControlNet-LLLite units (issue 13's ``Recipe.controls``) with their patch files found and
+    """ControlNet-LLLite units (``Recipe.controls``) with their patch files found and
     their pictures' digests recorded; a recipe without units is returned as it is."""
     units = recipe.controls
     if not units:
