@@ -17,7 +17,11 @@ from anima.model.quant_linear import QuantLinear, hadamard, quantize_weight, rot
 @pytest.mark.parametrize(
     ("fmt", "device", "cap", "kernel"),
     [
-        ("int8", "cpu", None, "dequant"),  # CPU int8 is issue 19's; it would be a branch in choose_kernel
+        ("int8", "cpu", None, "dequant"),  # no oneDNN
+        ("int8", "cpu", "DEFAULT", "dequant"),  # below AVX2: oneDNN's int8 is no faster than fp32
+        ("int8", "cpu", "AVX2", "int_mm"),
+        ("int8", "cpu", "AVX512", "int_mm"),
+        ("fp8", "cpu", "AVX512", "dequant"),
         ("fp8", "cpu", None, "dequant"),
         ("int8", "cuda", (7, 0), "dequant"),  # Volta: no int8 tensor-core GEMM in cuBLASLt
         ("int8", "cuda", (7, 5), "int_mm"),
@@ -36,8 +40,10 @@ def test_shape_limits_send_small_calls_to_the_fallback() -> None:
     assert qmatmul.shapes_fit("int_mm", 17, 64, 64) and not qmatmul.shapes_fit("int_mm", 16, 64, 64)
     assert not qmatmul.shapes_fit("int_mm", 64, 60, 64)
     assert qmatmul.shapes_fit("scaled_mm", 32, 64, 48) and not qmatmul.shapes_fit("scaled_mm", 33, 64, 48)
-    assert qmatmul.pick("int8", torch.device("cpu"), 64, 64, 64, forced="int_mm") == "int_mm"
-    assert qmatmul.pick("int8", torch.device("cpu"), 8, 64, 64, forced="int_mm") == "dequant"
+    assert qmatmul.pick("int8", torch.device("cuda"), 64, 64, 64, forced="int_mm") == "int_mm"
+    assert qmatmul.pick("int8", torch.device("cuda"), 8, 64, 64, forced="int_mm") == "dequant"
+    # oneDNN takes any shape: on a CPU a few rows or odd sizes keep the int8 kernel.
+    assert qmatmul.pick("int8", torch.device("cpu"), 3, 60, 20, forced="int_mm") == "int_mm"
 
 
 def _weight(out_f=96, in_f=256, seed=0):
@@ -86,7 +92,8 @@ def test_quant_linear_kernels_agree_with_the_dequant_path(kernel, rotation) -> N
     q, scale = quantize_weight(stored, fmt, per_channel=fmt == "int8")
     layer = QuantLinear(q, scale, fmt, torch.float32, rotation=rotation)
     x = torch.randn(2, 24, 256, generator=torch.Generator().manual_seed(3))
-    dense = layer(x)  # CPU: the dequant path
+    layer.kernel = "dequant"
+    dense = layer(x)
     layer.kernel = kernel
     fast = layer(x)
     assert fast.shape == dense.shape == (2, 24, 64)

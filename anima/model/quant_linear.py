@@ -16,8 +16,8 @@ Dequantisation follows the producers exactly (comfy-kitchen, which ComfyUI calls
   Hadamard, so g is a power of 4); ``W = W_rot H`` is restored in float32, then cast
   (``dequantize_int8_convrot_weight``). The quantised kernels rotate the activations instead.
 
-The matmul itself is chosen per device by `anima.model.qmatmul` (int8 or fp8 tensor cores, else
-dequantise + matmul).
+The matmul itself is chosen per device by `anima.model.qmatmul` (int8 or fp8 tensor cores, oneDNN's
+int8 matmul on CPUs, else dequantise + matmul).
 """
 
 from __future__ import annotations
@@ -113,11 +113,15 @@ class QuantLinear(nn.Module):
         self.register_buffer("input_scale", None if input_scale is None else input_scale.float().reshape(()))
 
     @classmethod
-    def from_linear(cls, linear: nn.Module, fmt: str, per_channel: bool = True) -> QuantLinear:
+    def from_linear(
+        cls, linear: nn.Module, fmt: str, per_channel: bool = True, compute_dtype: torch.dtype | None = None
+    ) -> QuantLinear:
+        """`compute_dtype`: None computes in the layer's dtype (pass it when the layer still holds
+        the file's dtype, e.g. bf16 weights for an fp32 run)."""
         if getattr(linear, "bias", None) is not None:
             raise AnimaError("QuantLinear supports bias-free layers only (the Anima DiT has no biases)")
         q, scale = quantize_weight(linear.weight, fmt, per_channel)
-        return cls(q, scale.to(linear.weight.device), fmt, linear.weight.dtype)
+        return cls(q, scale.to(linear.weight.device), fmt, compute_dtype or linear.weight.dtype)
 
     def dequantize(self) -> torch.Tensor:
         """The dense [out, in] weight in the compute dtype (rotated back for ConvRot)."""

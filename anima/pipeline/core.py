@@ -25,6 +25,7 @@ from anima.pipeline.result import Result
 from anima.recipe import SETTINGS, Recipe
 from anima.runtime.precision import SHORT_NAMES, parse_dtype, resolve_dtype
 from anima.runtime.profile import maybe_profiled
+from anima.runtime.quant import matmul_record
 from anima.text.conditioning import TextConditioner
 from anima.text.tokenize import AnimaTokenizer
 from anima.weights import loading
@@ -80,6 +81,7 @@ class Pipeline:
         # What the options decided (memory plan, 8-bit savings, compile warm-up), for the front ends.
         self.notes: list[str] = []
         self.memory_plan, self._streamer = placement.prepare(self, self.notes)
+        self.weights_matmul = matmul_record(self.dit, self.device)  # stamped into every recipe
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -95,16 +97,20 @@ class Pipeline:
         dtype = resolve_dtype(options.dtype, device)
         vae_dtype = resolve_dtype(options.vae_dtype or dtype, device)
         load_device = placement.load_device(options, device)
+        # 8-bit weights: the DiT stays in its file's dtype (memory-mapped) until `placement.prepare`
+        # quantises it layer by layer and casts the rest, so no full compute-dtype copy ever exists.
+        dit_dtype = None if options.weights else dtype
         tok = AnimaTokenizer.from_dirs(*_tokenizer_dirs(models))
         if models.diffusers is not None:
             folder = Path(models.diffusers)
             dit, adapter = loading.load_dit_diffusers(
-                folder / "transformer", folder / "text_conditioner", device=load_device, dtype=dtype
+                folder / "transformer", folder / "text_conditioner", device=load_device, dtype=dit_dtype
             )
             hashed = folder / "transformer"
         else:
-            dit, adapter = loading.load_dit(models.dit, device=load_device, dtype=dtype)
+            dit, adapter = loading.load_dit(models.dit, device=load_device, dtype=dit_dtype)
             hashed = Path(models.dit)
+        adapter.to(dtype)
         te_path = Path(models.text_encoder)
         vae = loading.load_vae(models.vae, device=load_device, dtype=vae_dtype)
         return cls(
@@ -252,7 +258,9 @@ class Pipeline:
             "dtype": SHORT_NAMES[self.dtype],
         }
         perf = recipe.perf.with_(
-            weights=self.options.weights, fp16_accumulation=self.options.fp16_accumulation
+            weights=self.options.weights,
+            weights_matmul=self.weights_matmul,
+            fp16_accumulation=self.options.fp16_accumulation,
         )
         if all(getattr(recipe, k) == v for k, v in stamp.items()) and perf == recipe.perf:
             return recipe

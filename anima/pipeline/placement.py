@@ -17,7 +17,7 @@ from anima.model.attention import set_backend
 from anima.model.dit import fuse_qkv
 from anima.pipeline.options import RunOptions
 from anima.runtime.memory import MemoryPlan, ModelSizes, budget_from_gb, dit_activation_bytes, plan_memory
-from anima.runtime.quant import kernel_note, loaded_note, quantize_dit
+from anima.runtime.quant import has_int8_kernel, kernel_note, loaded_note, quantize_dit, requantize_q8_0
 from anima.runtime.streaming import BlockStreamer
 
 
@@ -35,8 +35,10 @@ def prepare(pipe, notes: list[str]) -> tuple[MemoryPlan, BlockStreamer | None]:
     loaded = loaded_note(pipe.dit, device)
     if loaded:
         notes.append(loaded)
+    if has_int8_kernel(device) and (n := requantize_q8_0(pipe.dit, pipe.dtype)):
+        notes.append(f"weights: {n} GGUF Q8_0 layers as per-channel int8, {kernel_note('int8', device)}")
     if opts.weights:
-        report = quantize_dit(pipe.dit, opts.weights)
+        report = quantize_dit(pipe.dit, opts.weights, compute_dtype=pipe.dtype)
         notes.append(
             f"weights: {report.layers} DiT layers in {opts.weights}, {report.saved_gb:.2f} GB saved, "
             f"{kernel_note(opts.weights, device)}"
