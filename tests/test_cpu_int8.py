@@ -29,36 +29,62 @@ from anima.runtime.quant import (
 )
 
 CPU = torch.device("cpu")
-ONEDNN_INT8 = torch.backends.mkldnn.is_available() and qmatmul.cpu_isa() in qmatmul.CPU_INT8_ISAS
-needs_int8 = pytest.mark.skipif(not ONEDNN_INT8, reason="no oneDNN int8 matmul on this CPU")
+KERNEL = qmatmul.choose_kernel("int8", "cpu", qmatmul.device_capability(CPU))
+needs_int8 = pytest.mark.skipif(KERNEL == qmatmul.DEQUANT, reason="no int8 matmul on this CPU")
+needs_fbgemm = pytest.mark.skipif(
+    "fbgemm" not in torch.backends.quantized.supported_engines, reason="torch built without fbgemm"
+)
 
 
 @needs_int8
-def test_cpus_with_onednn_get_the_int8_kernel() -> None:
-    assert qmatmul.device_capability(CPU) == qmatmul.cpu_isa()
-    assert qmatmul.pick("int8", CPU, 3, 60, 20) == qmatmul.INT_MM  # any shape
+def test_cpus_get_an_int8_kernel_of_any_shape() -> None:
+    cap = qmatmul.device_capability(CPU)
+    assert str(cap) == qmatmul.cpu_isa()
+    assert KERNEL == (qmatmul.INT_MM if cap.onednn_int8_exact else qmatmul.FBGEMM)
+    assert qmatmul.pick("int8", CPU, 3, 60, 20) == KERNEL  # oneDNN and fbgemm take any shape
     assert qmatmul.pick("fp8", CPU, 64, 64, 64) == qmatmul.DEQUANT
     assert has_int8_kernel(CPU)
+
+
+def _layer_case(dtype):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(192, 256, generator=g) * torch.linspace(0.2, 2.0, 192)[:, None]
+    q, scale = quantize_weight(w, "int8")
+    x = torch.randn(2, 37, 256, generator=g).to(dtype)
+    return q, scale, x, x.float() @ (q.float() * scale).t()  # dequantised weights, float32 matmul
 
 
 @needs_int8
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cpu_int8_layer_is_close_to_the_dequantised_matmul(dtype) -> None:
-    g = torch.Generator().manual_seed(0)
-    w = torch.randn(192, 256, generator=g) * torch.linspace(0.2, 2.0, 192)[:, None]
-    q, scale = quantize_weight(w, "int8")
+    q, scale, x, ref = _layer_case(dtype)
     layer = QuantLinear(q, scale, "int8", dtype)
-    x = torch.randn(2, 37, 256, generator=g).to(dtype)
-    fast = layer(x)  # the default kernel on this CPU: torch._int_mm
-    ref = x.float() @ (q.float() * scale).t()  # dequantised weights, float32 matmul
+    fast = layer(x)  # this CPU's default kernel
     assert fast.dtype == dtype and fast.shape == (2, 37, 192)
     rel = ((fast.float() - ref).norm() / ref.norm()).item()
-    assert 0 < rel < 0.02  # only the activations' 8-bit rounding (and bf16's output rounding)
-    # The integer product itself is exact whatever the ISA: the same maths spelled out in int64.
-    xq, sx = qmatmul.int8_rows(x.reshape(-1, 256))
+    # only the activations' rounding: 8-bit per row (int_mm), 7-bit per tensor (fbgemm)
+    assert 0 < rel < (0.015 if KERNEL == qmatmul.INT_MM else 0.04)
+
+
+@pytest.mark.skipif(not qmatmul.device_capability(CPU).onednn_int8_exact, reason="oneDNN int8 saturates here")
+def test_onednn_int8_product_is_exact() -> None:
+    q, scale, x, _ = _layer_case(torch.float32)
+    x2 = x.reshape(-1, 256)
+    xq, sx = qmatmul.int8_rows(x2)
     emulated = (xq.long() @ q.long().t()).float() * sx * scale.reshape(1, -1)
-    got = qmatmul.int_mm_linear(x.reshape(-1, 256), q, scale, torch.float32)
+    got = qmatmul.int_mm_linear(x2, q, scale, torch.float32)
     assert torch.allclose(got, emulated, rtol=1e-6, atol=1e-6 * emulated.abs().max().item())
+
+
+@needs_fbgemm
+def test_fbgemm_path_is_close_to_the_dequantised_matmul() -> None:
+    q, scale, x, ref = _layer_case(torch.float32)
+    layer = QuantLinear(q, scale, "int8", torch.float32)
+    layer.kernel = qmatmul.FBGEMM
+    out = layer(x)
+    assert out.shape == (2, 37, 192) and layer._packed is not None
+    rel = ((out - ref).norm() / ref.norm()).item()
+    assert 0 < rel < 0.04
 
 
 @torch.no_grad()
@@ -111,5 +137,4 @@ def test_the_matmul_choice_is_recorded() -> None:
     q, scale = quantize_weight(torch.randn(8, 16), "int8")
     model.proj = QuantLinear(q, scale, "int8", torch.float32)
     note = matmul_record(model, CPU)
-    kernel = "torch._int_mm" if ONEDNN_INT8 else "dequantise"
-    assert note.startswith("int8: ") and kernel in note and note.endswith(qmatmul.cpu_isa())
+    assert note == f"int8: {qmatmul.KERNEL_NAMES[KERNEL]} on {qmatmul.cpu_isa()}"

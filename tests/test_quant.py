@@ -11,11 +11,15 @@ from test_dit import CASES, build, tiny_dit_state
 from torch import nn
 
 from anima.errors import AnimaError
+from anima.model import qmatmul
 from anima.runtime.quant import BLOCK_LINEARS, QuantLinear, quantize_dit, quantize_weight
 
 # Max-abs velocity error relative to the velocity's max, measured on the tiny fixture: int8 1.3%,
 # fp8 4.4% (bf16 itself is ~0.9% from fp32). Bounds leave ~2x margin.
 BOUNDS = {"int8": 0.03, "fp8": 0.09}
+# Where CPUs run int8 on fbgemm (plain AVX2: 7-bit per-tensor activations), int8 measured 4.9%.
+if qmatmul.choose_kernel("int8", "cpu", qmatmul.device_capability(torch.device("cpu"))) == qmatmul.FBGEMM:
+    BOUNDS["int8"] = 0.08
 
 
 @pytest.fixture(scope="module")

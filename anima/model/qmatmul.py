@@ -8,10 +8,14 @@ per-tensor or per-output-channel float32 scale):
   The standard W8A8 scheme (LLM.int8()'s vector-wise quantisation without outliers, SmoothQuant's
   kernel, ComfyUI's INT8 nodes and comfy-kitchen's TensorWiseINT8Layout). On CUDA it needs int8
   tensor cores: compute capability 7.5 (Turing) or newer. On CPUs ``torch._int_mm`` is oneDNN's
-  u8s8/s8s8 matmul, which picks AMX-INT8, AVX-512 VNNI, AVX-VNNI or plain AVX2 (vpmaddubsw) itself;
-  it runs wherever torch has oneDNN and dispatches at least AVX2 (issue 19). Measured on 2 cores of
-  a Sapphire Rapids (AMX): 5-10x fp32 and 1-1.7x bf16 on the DiT's shapes; with oneDNN and ATen
-  held to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``): 2-3x fp32.
+  int8 matmul, exact (int32 accumulation) where the CPU has VNNI or AMX-INT8. Measured on 2 cores of
+  a Sapphire Rapids (AMX): 5-10x fp32 and 1-1.7x bf16 on the DiT's shapes.
+- ``fbgemm``: CPUs whose oneDNN int8 is not exact (plain AVX2 / AVX-512F: ``vpmaddubsw`` adds
+  pairs of u8 x s8 products in saturating int16; probed once, see `CpuCapability`). fbgemm's
+  dynamic quantised linear (``torch.ops.quantized.linear_dynamic`` on a prepacked per-channel
+  weight) quantises the activations per tensor to 7-bit u8 (``reduce_range``, so a pair of
+  products cannot saturate) and runs its own AVX2 kernels: the path of most desktops and laptops.
+  The packed copy is made on first use and kept next to the int8 weight (2 bytes per weight).
 - ``scaled_mm``: per-tensor activation quantisation to float8 e4m3 (sx = max|x| / 448, or the static
   ``input_scale`` a ComfyUI fp8 file carries), then ``torch._scaled_mm``; a per-channel weight scale
   multiplies the output afterwards. Needs fp8 tensor cores: compute capability 8.9 (Ada) or newer.
@@ -28,30 +32,48 @@ are multiples of 8; ``_scaled_mm`` multiples of 16. Calls outside them take the 
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
 from functools import cache
 
 import torch
 
-INT_MM, SCALED_MM, DEQUANT = "int_mm", "scaled_mm", "dequant"
+INT_MM, SCALED_MM, FBGEMM, DEQUANT = "int_mm", "scaled_mm", "fbgemm", "dequant"
 KERNEL_NAMES = {INT_MM: "int8 matmul (torch._int_mm)", SCALED_MM: "fp8 matmul (torch._scaled_mm)",
-                DEQUANT: "dequantise + matmul"}  # fmt: skip
+                FBGEMM: "int8 matmul (fbgemm dynamic linear)", DEQUANT: "dequantise + matmul"}  # fmt: skip
+# ATen's CPU dispatch levels with vector int8 code (VNNI and AMX are the kernels' own choice above).
+CPU_VECTOR_ISAS = ("AVX2", "AVX512", "ZVECTOR", "SVE256", "SVE128")
 INT8_MIN_CAPABILITY = (7, 5)
 FP8_MIN_CAPABILITY = (8, 9)
-# ATen's CPU dispatch levels (torch.backends.cpu.get_cpu_capability()) at which oneDNN's int8 matmul
-# beats fp32: everything from AVX2 up (VNNI and AMX are oneDNN's own choice above that).
-CPU_INT8_ISAS = ("AVX2", "AVX512", "ZVECTOR", "SVE256", "SVE128")
 
-Capability = tuple[int, int] | str | None
+
+@dataclass(frozen=True)
+class CpuCapability:
+    """What a CPU offers 8-bit weights: ATen's vector ISA (``torch.backends.cpu.get_cpu_capability()``,
+    which honours ``ATEN_CPU_CAPABILITY``), whether oneDNN's s8 x s8 matmul is exact here (probed:
+    with VNNI or AMX it accumulates in int32; on plain AVX2 / AVX-512F it pairs products in int16
+    with ``vpmaddubsw`` and saturates, errors of several percent), and whether fbgemm is built in."""
+
+    isa: str
+    onednn_int8_exact: bool
+    fbgemm: bool
+
+    def __str__(self) -> str:
+        return self.isa
+
+
+Capability = tuple[int, int] | CpuCapability | None
 
 
 @cache
 def device_capability(device: torch.device) -> Capability:
-    """CUDA compute capability of `device`; on a CPU the vector ISA ATen dispatches ("AVX2",
-    "AVX512", ...) when torch has oneDNN (which runs ``_int_mm`` there), else None."""
+    """CUDA compute capability of `device`; a `CpuCapability` on a CPU; None elsewhere."""
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device)
-    if device.type == "cpu" and torch.backends.mkldnn.is_available():
-        return cpu_isa()
+    if device.type == "cpu":
+        return CpuCapability(
+            cpu_isa(), _onednn_int8_exact(), "fbgemm" in torch.backends.quantized.supported_engines
+        )
     return None
 
 
@@ -59,6 +81,21 @@ def cpu_isa() -> str:
     """The vector ISA of ATen's CPU kernels ("AVX2", "AVX512", "DEFAULT", ...); it honours
     ``ATEN_CPU_CAPABILITY``, so an AVX-512 machine can be run as an AVX2 one."""
     return torch.backends.cpu.get_cpu_capability()
+
+
+@cache
+def _onednn_int8_exact() -> bool:
+    """One tiny ``_int_mm`` at the int8 extremes, checked against int64: saturating int16 pairs
+    (oneDNN without VNNI/AMX, or held to AVX2 by ``ONEDNN_MAX_CPU_ISA``) get it wrong."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    a = torch.full((32, 64), 127, dtype=torch.int8)  # as u8 (+128, oneDNN's shift): 255 * 127 * 2
+    b = torch.full((64, 32), 127, dtype=torch.int8)  # per pair overflows int16 where it saturates
+    a[1::2] = -127  # the negative extreme too
+    try:
+        return torch.equal(torch._int_mm(a, b).long(), a.long() @ b.long())
+    except RuntimeError:
+        return False
 
 
 def choose_kernel(fmt: str, device_type: str, capability: Capability) -> str:
@@ -69,8 +106,13 @@ def choose_kernel(fmt: str, device_type: str, capability: Capability) -> str:
             return INT_MM
         if fmt == "fp8" and capability >= FP8_MIN_CAPABILITY:
             return SCALED_MM
-    if device_type == "cpu" and fmt == "int8" and capability in CPU_INT8_ISAS:
-        return INT_MM
+    if device_type == "cpu" and fmt == "int8" and isinstance(capability, CpuCapability):
+        if capability.isa not in CPU_VECTOR_ISAS:
+            return DEQUANT  # no vector int8 code: nothing beats the float matmul
+        if capability.onednn_int8_exact:
+            return INT_MM
+        if capability.fbgemm:
+            return FBGEMM
     return DEQUANT
 
 
@@ -102,6 +144,21 @@ def int_mm_linear(
     xq, sx = int8_rows(x2)
     acc = torch._int_mm(xq, q.t())
     return (acc.float() * sx * scale.reshape(1, -1).float()).to(out_dtype)
+
+
+def fbgemm_pack(q: torch.Tensor, scale: torch.Tensor) -> object:
+    """int8 [out, in] with scale [out, 1] or [1, 1] -> fbgemm's packed weight (per output channel)."""
+    out = q.shape[0]
+    scales = scale.reshape(-1).double().expand(out).contiguous()
+    with warnings.catch_warnings():  # torch deprecates quantized tensors; fbgemm still takes only them
+        warnings.simplefilter("ignore")
+        wq = torch._make_per_channel_quantized_tensor(q, scales, torch.zeros(out, dtype=torch.long), 0)
+        return torch.ops.quantized.linear_prepack(wq, None)
+
+
+def fbgemm_linear(x2: torch.Tensor, packed: object, out_dtype: torch.dtype) -> torch.Tensor:
+    """[rows, in] x a `fbgemm_pack`ed weight -> [rows, out] (the ``fbgemm`` path, 7-bit activations)."""
+    return torch.ops.quantized.linear_dynamic(x2.float().contiguous(), packed, True).to(out_dtype)
 
 
 def scaled_mm_linear(

@@ -106,6 +106,7 @@ class QuantLinear(nn.Module):
                 )
         self.rotation = rotation
         self.kernel: str | None = None
+        self._packed: object | None = None  # fbgemm's packed weight (the ``fbgemm`` CPU kernel)
         self.register_buffer("weight", weight)
         self.register_buffer(
             "scale", scale.float().reshape(-1, 1) if scale.numel() > 1 else scale.reshape(1, 1)
@@ -142,6 +143,10 @@ class QuantLinear(nn.Module):
                 x2 = rotate_groups(x2.float(), hadamard(self.rotation, x.device)).to(x.dtype)
             if kernel == qmatmul.INT_MM:
                 out = qmatmul.int_mm_linear(x2.contiguous(), self.weight, self.scale, self.compute_dtype)
+            elif kernel == qmatmul.FBGEMM:
+                if self._packed is None:  # packed once, on first use (not a buffer: fbgemm's own object)
+                    self._packed = qmatmul.fbgemm_pack(self.weight, self.scale)
+                out = qmatmul.fbgemm_linear(x2, self._packed, self.compute_dtype)
             else:
                 out = qmatmul.scaled_mm_linear(x2.contiguous(), self.weight, self.scale, self.compute_dtype,
                                                self.input_scale)  # fmt: skip

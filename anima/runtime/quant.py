@@ -63,7 +63,7 @@ def kernel_note(fmt: str, device: torch.device) -> str:
 
 def has_int8_kernel(device: torch.device) -> bool:
     """Whether int8 weights get a real int8 matmul on `device` (not dequantise + matmul)."""
-    return qmatmul.choose_kernel("int8", device.type, qmatmul.device_capability(device)) == qmatmul.INT_MM
+    return qmatmul.choose_kernel("int8", device.type, qmatmul.device_capability(device)) != qmatmul.DEQUANT
 
 
 def matmul_record(dit: nn.Module, device: torch.device) -> str:
