@@ -99,7 +99,9 @@ class Pipeline:
         load_device = placement.load_device(options, device)
         # 8-bit weights: the DiT stays in its file's dtype (memory-mapped) until `placement.prepare`
         # quantises it layer by layer and casts the rest, so no full compute-dtype copy ever exists.
-        dit_dtype = None if options.weights else dtype
+        # So does a CPU run under a RAM budget: its plan decides which blocks are cast.
+        cpu_plan = options.ram_budget is not None and device.type == "cpu"
+        dit_dtype = None if options.weights or cpu_plan else dtype
         tok = AnimaTokenizer.from_dirs(*_tokenizer_dirs(models))
         if models.diffusers is not None:
             folder = Path(models.diffusers)
