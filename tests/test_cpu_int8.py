@@ -31,16 +31,13 @@ from anima.runtime.quant import (
 CPU = torch.device("cpu")
 KERNEL = qmatmul.choose_kernel("int8", "cpu", qmatmul.device_capability(CPU))
 needs_int8 = pytest.mark.skipif(KERNEL == qmatmul.DEQUANT, reason="no int8 matmul on this CPU")
-needs_fbgemm = pytest.mark.skipif(
-    "fbgemm" not in torch.backends.quantized.supported_engines, reason="torch built without fbgemm"
-)
 
 
 @needs_int8
 def test_cpus_get_an_int8_kernel_of_any_shape() -> None:
     cap = qmatmul.device_capability(CPU)
     assert str(cap) == qmatmul.cpu_isa()
-    assert KERNEL == (qmatmul.INT_MM if cap.onednn_int8_exact else qmatmul.FBGEMM)
+    assert KERNEL == (qmatmul.ONEDNN if cap.onednn_int8_exact else qmatmul.FBGEMM)
     assert qmatmul.pick("int8", CPU, 3, 60, 20) == KERNEL  # oneDNN and fbgemm take any shape
     assert qmatmul.pick("fp8", CPU, 64, 64, 64) == qmatmul.DEQUANT
     assert has_int8_kernel(CPU)
@@ -62,8 +59,8 @@ def test_cpu_int8_layer_is_close_to_the_dequantised_matmul(dtype) -> None:
     fast = layer(x)  # this CPU's default kernel
     assert fast.dtype == dtype and fast.shape == (2, 37, 192)
     rel = ((fast.float() - ref).norm() / ref.norm()).item()
-    # only the activations' rounding: 8-bit per row (int_mm), 7-bit per tensor (fbgemm)
-    assert 0 < rel < (0.015 if KERNEL == qmatmul.INT_MM else 0.04)
+    # only the activations' rounding: 8-bit per tensor (oneDNN), 7-bit per tensor (fbgemm)
+    assert 0 < rel < (0.015 if KERNEL == qmatmul.ONEDNN else 0.04)
 
 
 @pytest.mark.skipif(not qmatmul.device_capability(CPU).onednn_int8_exact, reason="oneDNN int8 saturates here")
@@ -76,15 +73,22 @@ def test_onednn_int8_product_is_exact() -> None:
     assert torch.allclose(got, emulated, rtol=1e-6, atol=1e-6 * emulated.abs().max().item())
 
 
-@needs_fbgemm
-def test_fbgemm_path_is_close_to_the_dequantised_matmul() -> None:
+@pytest.mark.parametrize("kernel", [qmatmul.ONEDNN, qmatmul.FBGEMM])
+def test_packed_kernels_keep_one_copy_and_give_the_weight_back(kernel) -> None:
+    if kernel not in qmatmul.device_capability(CPU).engines:
+        pytest.skip(f"torch built without {kernel}")
     q, scale, x, ref = _layer_case(torch.float32)
-    layer = QuantLinear(q, scale, "int8", torch.float32)
-    layer.kernel = qmatmul.FBGEMM
+    layer = QuantLinear(q.clone(), scale, "int8", torch.float32)
+    layer.kernel = kernel
     out = layer(x)
     assert out.shape == (2, 37, 192) and layer._packed is not None
+    assert layer.weight.numel() == 0  # the packed copy is the only one
     rel = ((out - ref).norm() / ref.norm()).item()
     assert 0 < rel < 0.04
+    assert torch.equal(layer.int8_weight(), q) and torch.equal(layer.state_dict()["weight"], q)
+    assert torch.equal(layer.dequantize(), (q.float() * scale).float())
+    layer.to(torch.device("cpu"))  # a move unpacks (the packed object follows no device)
+    assert layer._packed is None and torch.equal(layer.weight, q)
 
 
 @torch.no_grad()

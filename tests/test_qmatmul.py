@@ -19,12 +19,13 @@ from anima.model.quant_linear import QuantLinear, hadamard, quantize_weight, rot
     ("fmt", "device", "cap", "kernel"),
     [
         ("int8", "cpu", None, "dequant"),
-        ("int8", "cpu", CpuCapability("DEFAULT", True, True), "dequant"),  # no vector int8 code
-        ("int8", "cpu", CpuCapability("AVX512", True, True), "int_mm"),  # VNNI / AMX: exact oneDNN
-        ("int8", "cpu", CpuCapability("AVX2", True, False), "int_mm"),  # AVX-VNNI
-        ("int8", "cpu", CpuCapability("AVX2", False, True), "fbgemm"),  # plain AVX2: oneDNN saturates
-        ("int8", "cpu", CpuCapability("AVX2", False, False), "dequant"),
-        ("fp8", "cpu", CpuCapability("AVX512", True, True), "dequant"),
+        ("int8", "cpu", CpuCapability("DEFAULT", True), "dequant"),  # no vector int8 code
+        ("int8", "cpu", CpuCapability("AVX512", True), "onednn"),  # VNNI / AMX: exact oneDNN
+        ("int8", "cpu", CpuCapability("AVX2", True), "onednn"),  # AVX-VNNI
+        ("int8", "cpu", CpuCapability("AVX512", True, ("fbgemm",)), "int_mm"),  # torch without the engine
+        ("int8", "cpu", CpuCapability("AVX2", False), "fbgemm"),  # plain AVX2: oneDNN saturates
+        ("int8", "cpu", CpuCapability("AVX2", False, ("onednn",)), "dequant"),
+        ("fp8", "cpu", CpuCapability("AVX512", True), "dequant"),
         ("int8", "cuda", (7, 0), "dequant"),  # Volta: no int8 tensor-core GEMM in cuBLASLt
         ("int8", "cuda", (7, 5), "int_mm"),
         ("int8", "cuda", (9, 0), "int_mm"),
@@ -67,6 +68,10 @@ CPU_CAP = qmatmul.device_capability(torch.device("cpu"))
 # On plain AVX2 oneDNN's int8 matmul saturates (anima then picks fbgemm) and it has no fp8 matmul:
 # those kernels' CPU stand-ins for the GPU paths cannot be checked there.
 needs_exact_int_mm = pytest.mark.skipif(not CPU_CAP.onednn_int8_exact, reason="oneDNN int8 saturates here")
+needs_onednn = pytest.mark.skipif(
+    not CPU_CAP.onednn_int8_exact or "onednn" not in CPU_CAP.engines, reason="no exact oneDNN int8 here"
+)
+needs_fbgemm = pytest.mark.skipif("fbgemm" not in CPU_CAP.engines, reason="no fbgemm")
 needs_scaled_mm = pytest.mark.skipif(not _cpu_scaled_mm(), reason="no CPU fp8 matmul here")
 
 
@@ -110,7 +115,10 @@ def test_scaled_mm_path_matches_an_fp8_emulation(per_tensor) -> None:
     [
         pytest.param("int_mm", 0, marks=needs_exact_int_mm),
         pytest.param("int_mm", 64, marks=needs_exact_int_mm),
-        pytest.param("fbgemm", 64, marks=pytest.mark.skipif(not CPU_CAP.fbgemm, reason="no fbgemm")),
+        pytest.param(
+            "fbgemm", 64, marks=pytest.mark.skipif("fbgemm" not in CPU_CAP.engines, reason="no fbgemm")
+        ),
+        pytest.param("onednn", 0, marks=needs_onednn),
         pytest.param("scaled_mm", 0, marks=needs_scaled_mm),
     ],
 )
