@@ -11,11 +11,13 @@ per-tensor or per-output-channel float32 scale):
   int8 matmul, exact (int32 accumulation) where the CPU has VNNI or AMX-INT8. Measured on 2 cores of
   a Sapphire Rapids (AMX): 5-10x fp32 and 1-1.7x bf16 on the DiT's shapes.
 - ``onednn`` (CPUs where oneDNN's int8 is exact: VNNI or AMX-INT8, probed once, see
-  `CpuCapability`): ``torch.ops.quantized.linear_dynamic`` on a weight prepacked by oneDNN. It
-  quantises the activations per tensor (asymmetric u8, 8 bits) and fuses quantisation, the int8
-  matmul and the dequantisation in C++, where ``int_mm`` spends more time in torch's elementwise
-  passes than in the matmul. Measured on 2 shared cores of a Sapphire Rapids (AMX), [512, 2048] x
-  [2048 -> 8192]: 25 ms, against 133 ms for ``int_mm``, 38 ms bf16, 220 ms fp32.
+  `CpuCapability`): the activations quantised per tensor (symmetric, 8 bits), then oneDNN's
+  ``qlinear_pointwise`` on a weight reordered once by ``qlinear_prepack``, with the dequantisation
+  and the output dtype fused in (``int_mm`` spends more time in torch's elementwise passes and its
+  per-call weight reorder than in the matmul). Measured on 2 shared cores of a Sapphire Rapids
+  (AMX), [512, 2048] x [2048 -> 8192], bf16 in and out: 45 ms, against 74 ms for the bf16 matmul in
+  the same sitting (``int_mm``: 1.5-3x slower than bf16). (``torch.ops.quantized.linear_dynamic``
+  with the onednn engine was as fast, but its packed object keeps a second copy of the weight.)
 - ``fbgemm``: CPUs whose oneDNN int8 is not exact (plain AVX2 / AVX-512F: ``vpmaddubsw`` adds
   pairs of u8 x s8 products in saturating int16). fbgemm's dynamic linear with ``reduce_range``
   (7-bit activations, so a pair of products cannot saturate): the path of most desktops/laptops.
@@ -159,13 +161,15 @@ def int_mm_linear(
 
 
 def pack(q: torch.Tensor, scale: torch.Tensor, kernel: str) -> object:
-    """int8 [out, in] with scale [out, 1] or [1, 1] -> the packed weight of `kernel` (``onednn`` or
-    ``fbgemm``; per output channel). The engine is only switched while packing: the packed object
-    carries its own implementation into `dynamic_linear`."""
+    """int8 [out, in] -> the packed weight of `kernel`: for ``onednn`` oneDNN's reordered int8 tensor
+    (``torch.ops.onednn.qlinear_prepack``; it holds the only copy), for ``fbgemm`` fbgemm's packed
+    per-channel weight (the engine is switched only while packing: the object carries its kernel)."""
+    if kernel == ONEDNN:
+        return torch.ops.onednn.qlinear_prepack(q.contiguous(), None)
     out = q.shape[0]
     scales = scale.reshape(-1).double().expand(out).contiguous()
     engine = torch.backends.quantized.engine
-    with warnings.catch_warnings():  # torch deprecates quantized tensors; these kernels take only them
+    with warnings.catch_warnings():  # torch deprecates quantized tensors; fbgemm takes only them
         warnings.simplefilter("ignore")
         wq = torch._make_per_channel_quantized_tensor(q, scales, torch.zeros(out, dtype=torch.long), 0)
         try:
@@ -177,15 +181,34 @@ def pack(q: torch.Tensor, scale: torch.Tensor, kernel: str) -> object:
 
 def unpack(packed: object) -> torch.Tensor:
     """The int8 [out, in] values of a `pack`ed weight (exactly those packed)."""
+    if isinstance(packed, torch.Tensor):  # oneDNN's: [in, out] once made dense
+        return packed.to_dense().t().contiguous()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.ops.quantized.linear_unpack(packed)[0].int_repr()
 
 
-def dynamic_linear(x2: torch.Tensor, packed: object, kernel: str, out_dtype: torch.dtype) -> torch.Tensor:
-    """[rows, in] x a `pack`ed weight -> [rows, out]; fbgemm with 7-bit activations (see above)."""
-    out = torch.ops.quantized.linear_dynamic(x2.float().contiguous(), packed, kernel == FBGEMM)
-    return out.to(out_dtype)
+def dynamic_linear(
+    x2: torch.Tensor, packed: object, kernel: str, scale: torch.Tensor, out_dtype: torch.dtype
+) -> torch.Tensor:
+    """[rows, in] x a `pack`ed weight -> [rows, out] with dynamically quantised activations.
+
+    ``onednn``: symmetric per-tensor 8-bit activations (u8 with zero point 128), then one
+    ``qlinear_pointwise`` that multiplies in int8 and writes `out_dtype` (dequantisation fused), on
+    fp32 or bf16 input alike. ``fbgemm``: its dynamic linear (fp32 in and out, 7-bit activations)."""
+    if kernel == FBGEMM:
+        return torch.ops.quantized.linear_dynamic(x2.float().contiguous(), packed, True).to(out_dtype)
+    amax = torch.linalg.vector_norm(x2, ord=float("inf"), dtype=torch.float32)
+    sx = (amax / 127.0).clamp_min_(1e-12)
+    xq = torch.mul(x2, 1.0 / sx).round_().add_(128).to(torch.uint8)
+    w_scale = scale.reshape(-1).float().expand(packed.shape[1]).contiguous()
+    zeros = torch.zeros(packed.shape[1], dtype=torch.long)
+    return torch.ops.onednn.qlinear_pointwise.tensor(
+        xq, sx.reshape(()), _ZP128, packed, w_scale, zeros, None, 1.0, 0, out_dtype, "none", [], ""
+    )
+
+
+_ZP128 = torch.tensor(128, dtype=torch.long)
 
 
 def scaled_mm_linear(

@@ -170,7 +170,8 @@ class QuantLinear(nn.Module):
                     x2.contiguous(), self.int8_weight(), self.scale, self.compute_dtype
                 )
             elif kernel in qmatmul.PACKED:
-                out = qmatmul.dynamic_linear(x2, self._packed_for(kernel), kernel, self.compute_dtype)
+                packed = self._packed_for(kernel)
+                out = qmatmul.dynamic_linear(x2, packed, kernel, self.scale, self.compute_dtype)
             else:
                 out = qmatmul.scaled_mm_linear(x2.contiguous(), self.weight, self.scale, self.compute_dtype,
                                                self.input_scale)  # fmt: skip
