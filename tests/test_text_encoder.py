@@ -127,13 +127,3 @@ def test_special_token_ids_only_when_the_vocabulary_has_them() -> None:
     assert qwen3_config(small).eos_token_id is None and qwen3_config(small).bos_token_id is None
     full = qwen3_config(replace(small, vocab_size=151936))
     assert full.eos_token_id == full.bos_token_id == 151643
-
-
-def test_encode_many_equals_encode_one_at_a_time(te: Qwen3TextEncoder, fx: dict) -> None:
-    """Layer by layer with each layer's weights cast once for all prompts (issue 19): the same
-    numbers, bit for bit, as one prompt at a time (same kernels, same shapes, same fp32 weights)."""
-    ids = [fx[f"{p}.qwen_ids"] for p in PROMPTS]
-    many = te.encode_many(ids)
-    for i, got in zip(ids, many, strict=True):
-        assert torch.equal(got, te.encode(i))
-    assert all(m.cast is None for m in te.modules() if hasattr(m, "cast"))  # the copies were dropped

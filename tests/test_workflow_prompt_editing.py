@@ -97,14 +97,14 @@ class Recorder(torch.nn.Module):
 def test_each_model_call_gets_its_steps_conditioning(pipe: Pipeline, cfg: float) -> None:
     a, b = pipe.conditioner.encode("a cat").context, pipe.conditioner.encode("a dog").context
     encoded: list[str] = []
-    real_encode, real_dit = pipe.conditioner._encode, pipe.dit  # the one place prompts are encoded
-    pipe.conditioner._encode = lambda ps: (encoded.extend(ps), real_encode(ps))[1]
+    real_encode, real_dit = pipe.conditioner.encode, pipe.dit
+    pipe.conditioner.encode = lambda p: (encoded.append(p), real_encode(p))[1]
     pipe.dit = rec = Recorder(real_dit)
     try:
         recipe = Recipe("[a cat:a dog:0.5]", "ugly", width=64, height=64, steps=10, cfg=cfg, sampler="euler")
         pipe.generate(recipe)
     finally:
-        pipe.conditioner._encode, pipe.dit = real_encode, real_dit
+        pipe.conditioner.encode, pipe.dit = real_encode, real_dit
     assert len(rec.contexts) == 10
     which = []
     for ctx in rec.contexts:

@@ -13,14 +13,10 @@ to fp32 by itself. The transient copy is one matrix at a time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Qwen3Config, Qwen3Model
-from transformers.masking_utils import create_causal_mask
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
 from anima.model.config import TextEncoderConfig
@@ -62,28 +58,9 @@ class _CastLinear(nn.Linear):
     casts_weight = True  # read by anima.lora.apply: a merged LoRA may keep an fp32 weight here
     compute_dtype: torch.dtype = torch.float32  # what it runs in (LoRAs placed on it use this too)
 
-    cast: torch.Tensor | None = None  # the weight already cast, while `_cast_once` holds it
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        weight = (
-            self.cast if self.cast is not None and self.cast.dtype == x.dtype else self.weight.to(x.dtype)
-        )
-        return F.linear(x, weight, bias)
-
-
-@contextmanager
-def _cast_once(layer: nn.Module, dtype: torch.dtype) -> Iterator[None]:
-    """Cast the layer's `_CastLinear` weights to `dtype` once for every prompt run through it now;
-    one layer's copy at a time (63 MB for Qwen3-0.6B in fp32), dropped on exit."""
-    linears = [m for m in layer.modules() if isinstance(m, _CastLinear) and m.weight.dtype != dtype]
-    for m in linears:
-        m.cast = m.weight.to(dtype)
-    try:
-        yield
-    finally:
-        for m in linears:
-            m.cast = None
+        return F.linear(x, self.weight.to(x.dtype), bias)
 
 
 def _cast_linears(root: nn.Module, compute_dtype: torch.dtype) -> None:
@@ -131,33 +108,6 @@ class Qwen3TextEncoder(Qwen3Model):
         embeds = self.embed_tokens(ids).to(self.compute_dtype)
         out = self(inputs_embeds=embeds, use_cache=False)
         return out.last_hidden_state
-
-    @torch.no_grad()
-    def encode_many(self, ids: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Several prompts (each [1, L_i]) -> their hidden states, the same numbers as `encode` of
-        each, computed layer by layer so that each layer's weights are cast from the file's bf16 to
-        fp32 once for all prompts (on a CPU, for a few dozen tokens, that cast and its memory
-        traffic are most of the encoder's time: a positive + negative pair pays it once, not twice).
-        The loop is `Qwen3Model.forward`'s, without a cache; tests/test_text_encoder.py pins the
-        equality with `encode`."""
-        if len(ids) < 2 or not all(i.ndim == 2 and i.shape[1] > 0 for i in ids):
-            return [self.encode(i) for i in ids]
-        states = []
-        for i in ids:
-            h = self.embed_tokens(i).to(self.compute_dtype)
-            pos = torch.arange(h.shape[1], device=h.device).unsqueeze(0)
-            mask = create_causal_mask(
-                config=self.config, inputs_embeds=h, attention_mask=None, cache=None, position_ids=pos
-            )
-            states.append([h, pos, mask, self.rotary_emb(h, pos)])
-        for j, layer in enumerate(self.layers[: self.config.num_hidden_layers]):
-            if self.config.layer_types[j] != "full_attention":  # Qwen3-0.6B has no sliding layers
-                return [self.encode(i) for i in ids]
-            with _cast_once(layer, self.compute_dtype):
-                for st in states:
-                    st[0] = layer(st[0], attention_mask=st[2], position_embeddings=st[3], position_ids=st[1],
-                                  cache=None, use_cache=False)  # fmt: skip
-        return [self.norm(st[0]) for st in states]
 
 
 def _rope_to_weights_device(module: torch.nn.Module, incompatible_keys) -> None:

@@ -90,22 +90,9 @@ class TextConditioner:
 
     @torch.no_grad()
     def encode(self, prompt: str) -> Conditioning:
-        return self._encode([prompt])[0]
-
-    @torch.no_grad()
-    def _encode(self, prompts: list[str]) -> list[Conditioning]:
-        """Distinct prompts, their Qwen3 passes together (`Qwen3TextEncoder.encode_many`: each layer's
-        weights are cast once for all of them), then the adapter per prompt."""
         if self.text_encoder is None:
             raise RuntimeError("the text encoder was released; attach it again before encoding")
-        tokens = [self.tokenizer.tokenize(p) for p in prompts]
-        te_device = self.text_encoder.embed_tokens.weight.device
-        ids = [torch.tensor([t.qwen_ids], dtype=torch.long, device=te_device) for t in tokens]
-        many = getattr(self.text_encoder, "encode_many", None)
-        hidden = many(ids) if many is not None else [self.text_encoder.encode(i) for i in ids]
-        return [self._condition(p, t, h) for p, t, h in zip(prompts, tokens, hidden, strict=True)]
-
-    def _condition(self, prompt: str, tokens, hidden: torch.Tensor) -> Conditioning:
+        tokens = self.tokenizer.tokenize(prompt)
         n = len(tokens.t5_ids)
         if n > MIN_CONTEXT_ROWS:
             log.warning(
@@ -114,7 +101,9 @@ class TextConditioner:
                 MIN_CONTEXT_ROWS,
                 n,
             )
-        hidden = hidden.to(device=self.device, dtype=self.dtype)
+        te_device = self.text_encoder.embed_tokens.weight.device
+        qwen_ids = torch.tensor([tokens.qwen_ids], dtype=torch.long, device=te_device)
+        hidden = self.text_encoder.encode(qwen_ids).to(device=self.device, dtype=self.dtype)
         t5_ids = torch.tensor([tokens.t5_ids], dtype=torch.long, device=self.device)
         out = self.adapter(hidden, t5_ids)
         weights = torch.tensor([tokens.t5_weights], dtype=torch.float32, device=self.device)
@@ -130,7 +119,10 @@ class TextConditioner:
 
     def encode_many(self, prompts: Iterable[str]) -> list[Conditioning]:
         """Encode each prompt, running the models once per distinct prompt."""
-        prompts = list(prompts)
-        distinct = list(dict.fromkeys(prompts))
-        done = dict(zip(distinct, self._encode(distinct), strict=True)) if distinct else {}
-        return [done[p] for p in prompts]
+        done: dict[str, Conditioning] = {}
+        out = []
+        for p in prompts:
+            if p not in done:
+                done[p] = self.encode(p)
+            out.append(done[p])
+        return out
