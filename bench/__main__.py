@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from bench import assets
-from bench.measure import machine_load, peak_rss_gb, release_memory, reset_peak_rss, rss_gb
+from bench.measure import cpu_isa, machine_load, peak_rss_gb, release_memory, reset_peak_rss, rss_gb
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZERS = REPO.parent / "shared" / "fixtures" / "tokenizers"
@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         return gpu.main(["--tokenizers", str(args.tokenizers), "--out", str(args.out)])
     torch.set_grad_enabled(False)
     started = time.perf_counter()
+    isa = cpu_isa()
+    print(f"CPU: {isa['model']}; ATen {isa['aten_capability']}, flags {' '.join(isa['flags'])}; "
+          f"int8 weights: {isa['int8_matmul']}", flush=True)  # fmt: skip
     print("preparing weights (cached in", args.cache, ")", flush=True)
     files = assets.random_files(args.cache)
     folder = None
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {
         "machine": {
             "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "avx512_bf16": cpu_has_fast_bf16(), "torch": torch.__version__,
+            "avx512_bf16": cpu_has_fast_bf16(), "isa": cpu_isa(), "torch": torch.__version__,
             "python": platform.python_version(),
             "start": machine_load(), "note": "shared CPU: ratios come from the paired timings",
         },

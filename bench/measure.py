@@ -58,6 +58,34 @@ def reset_peak_rss() -> bool:
         return False
 
 
+_ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_isa() -> dict:
+    """The CPU's vector ISA as the kernels see it: ATen's dispatch level (honours
+    ``ATEN_CPU_CAPABILITY``), the relevant /proc/cpuinfo flags, the model name, and which matmul
+    anima's int8 weights get here (`anima.model.qmatmul`)."""
+    from anima.model import qmatmul
+
+    flags: set[str] = set()
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+            elif line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    cpu = torch.device("cpu")
+    kernel = qmatmul.choose_kernel("int8", "cpu", qmatmul.device_capability(cpu))
+    names = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+    limits = {k: os.environ[k] for k in names if k in os.environ}
+    return {"aten_capability": torch.backends.cpu.get_cpu_capability(), "model": model,
+            "flags": [f for f in _ISA_FLAGS if f in flags], "int8_matmul": qmatmul.KERNEL_NAMES[kernel],
+            "isa_limits": limits}  # fmt: skip
+
+
 def machine_load() -> dict:
     """Load average and a 0.3 s bf16 matmul rate: how busy the shared CPU was around a measurement."""
     a = torch.randn(512, 2048, dtype=torch.bfloat16)

@@ -59,21 +59,29 @@ def _result(timers: dict, case: Case, wall: float) -> dict:
 # -- anima -----------------------------------------------------------------------------------------
 
 
-def load_anima(files, tokenizers: Path, dtype: torch.dtype, hash_cache: Path | None = None, *, case: Case):
+def load_anima(
+    files, tokenizers: Path, dtype: torch.dtype, hash_cache: Path | None = None, *, case: Case, **options
+):
     """The pipeline as `anima generate` sets it up: default `RunOptions` (on a CPU: the text encoder
-    is released after encoding)."""
+    is released after encoding); `options`: more `RunOptions` fields (``weights="int8"``)."""
     from anima.pipeline import Pipeline, RunOptions
     from anima.runtime.precision import SHORT_NAMES
 
     options = RunOptions(
-        device="cpu", dtype=SHORT_NAMES[dtype], hash_cache=hash_cache, plan_size=(case.width, case.height, 1)
-    )
+        device="cpu", dtype=SHORT_NAMES[dtype], hash_cache=hash_cache, plan_size=(case.width, case.height, 1),
+        **options,
+    )  # fmt: skip
     return Pipeline.from_files(
         files.dit, files.text_encoder, files.vae, tokenizer_dir=tokenizers, options=options
     )
 
 
 def run_anima(pipe, case: Case, seed: int = 0) -> dict:
+    return run_anima_images(pipe, case, seed)[0]
+
+
+def run_anima_images(pipe, case: Case, seed: int = 0) -> tuple[dict, torch.Tensor]:
+    """`run_anima`'s numbers and the images (float [B, H, W, 3]), for quality comparisons."""
     from anima.recipe import Recipe
 
     recipe = Recipe(
@@ -83,13 +91,16 @@ def run_anima(pipe, case: Case, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     pipe.ensure_text_encoder()  # released after the previous size's run: reported as te_reload_s
     reload_s = time.perf_counter() - t0
+    te = pipe.text_encoder
     parts = {
-        "text": [pipe.text_encoder, pipe.adapter],
+        # The encoder's own forward and its parts: `encode_many` runs the layers directly (each
+        # layer's weights cast once for the prompt pair); nested calls are counted once.
+        "text": [te, te.embed_tokens, *te.layers, te.norm, pipe.adapter],
         "dit": [pipe.dit],
         "vae": [pipe.vae.conv2, pipe.vae.decoder],
     }
     with timed_modules(**parts) as timers:
-        del parts  # no reference to the text encoder: the pipeline releases it before sampling
+        del parts, te  # no reference to the text encoder: the pipeline releases it before sampling
         t0 = time.perf_counter()
         result = pipe.generate(recipe)
         wall = time.perf_counter() - t0
@@ -97,7 +108,7 @@ def run_anima(pipe, case: Case, seed: int = 0) -> dict:
     out["image_std"] = round(result.images.float().std().item(), 4)
     out["te_reload_s"] = round(reload_s, 3)
     out["te_released_after"] = pipe.text_encoder is None
-    return out
+    return out, result.images
 
 
 # -- diffusers -------------------------------------------------------------------------------------

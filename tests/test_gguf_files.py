@@ -21,6 +21,7 @@ from anima.errors import AnimaError
 from anima.model.ggml_modules import GGMLEmbedding, GGMLLinear
 from anima.pipeline import Pipeline
 from anima.recipe import Recipe
+from anima.runtime.quant import has_int8_kernel
 from anima.weights import loading
 from anima.weights.convert import convert
 from anima.weights.gguf_file import load_gguf, read_gguf
@@ -75,7 +76,13 @@ def test_sdcpp_file_loads_quantised_and_generates_the_dequantised_image(qtype, t
     reference = dequantized_reference(SDCPP[qtype], tmp_path / "ref.safetensors")
     got, want = _image(SDCPP[qtype]), _image(reference)
     assert got.shape == want.shape == (1, 64, 64, 3)
-    assert (got - want).abs().max().item() <= 1 / 255
+    if qtype == "q8_0" and has_int8_kernel(torch.device("cpu")):
+        # Q8_0 layers run the CPU's int8 matmul (issue 19): weights re-rounded per row, activations
+        # rounded to 8 bits. Close to the dequantised model's image, not equal.
+        diff = (got - want).abs()
+        assert diff.mean().item() < 2 / 255 and diff.max().item() <= 24 / 255
+    else:
+        assert (got - want).abs().max().item() <= 1 / 255
 
 
 def test_comfyui_gguf_layout_from_our_converter(tmp_path) -> None:

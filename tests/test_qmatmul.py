@@ -11,14 +11,21 @@ import pytest
 import torch
 
 from anima.model import qmatmul
+from anima.model.qmatmul import CpuCapability
 from anima.model.quant_linear import QuantLinear, hadamard, quantize_weight, rotate_groups
 
 
 @pytest.mark.parametrize(
     ("fmt", "device", "cap", "kernel"),
     [
-        ("int8", "cpu", None, "dequant"),  # CPU int8 is issue 19's; it would be a branch in choose_kernel
-        ("fp8", "cpu", None, "dequant"),
+        ("int8", "cpu", None, "dequant"),
+        ("int8", "cpu", CpuCapability("DEFAULT", True), "dequant"),  # no vector int8 code
+        ("int8", "cpu", CpuCapability("AVX512", True), "onednn"),  # VNNI / AMX: exact oneDNN
+        ("int8", "cpu", CpuCapability("AVX2", True), "onednn"),  # AVX-VNNI
+        ("int8", "cpu", CpuCapability("AVX512", True, ("fbgemm",)), "int_mm"),  # torch without the engine
+        ("int8", "cpu", CpuCapability("AVX2", False), "fbgemm"),  # plain AVX2: oneDNN saturates
+        ("int8", "cpu", CpuCapability("AVX2", False, ("onednn",)), "dequant"),
+        ("fp8", "cpu", CpuCapability("AVX512", True), "dequant"),
         ("int8", "cuda", (7, 0), "dequant"),  # Volta: no int8 tensor-core GEMM in cuBLASLt
         ("int8", "cuda", (7, 5), "int_mm"),
         ("int8", "cuda", (9, 0), "int_mm"),
@@ -36,8 +43,10 @@ def test_shape_limits_send_small_calls_to_the_fallback() -> None:
     assert qmatmul.shapes_fit("int_mm", 17, 64, 64) and not qmatmul.shapes_fit("int_mm", 16, 64, 64)
     assert not qmatmul.shapes_fit("int_mm", 64, 60, 64)
     assert qmatmul.shapes_fit("scaled_mm", 32, 64, 48) and not qmatmul.shapes_fit("scaled_mm", 33, 64, 48)
-    assert qmatmul.pick("int8", torch.device("cpu"), 64, 64, 64, forced="int_mm") == "int_mm"
-    assert qmatmul.pick("int8", torch.device("cpu"), 8, 64, 64, forced="int_mm") == "dequant"
+    assert qmatmul.pick("int8", torch.device("cuda"), 64, 64, 64, forced="int_mm") == "int_mm"
+    assert qmatmul.pick("int8", torch.device("cuda"), 8, 64, 64, forced="int_mm") == "dequant"
+    # oneDNN takes any shape: on a CPU a few rows or odd sizes keep the int8 kernel.
+    assert qmatmul.pick("int8", torch.device("cpu"), 3, 60, 20, forced="int_mm") == "int_mm"
 
 
 def _weight(out_f=96, in_f=256, seed=0):
@@ -45,6 +54,28 @@ def _weight(out_f=96, in_f=256, seed=0):
     return torch.randn(out_f, in_f, generator=g) * torch.linspace(0.2, 2.0, out_f)[:, None]
 
 
+def _cpu_scaled_mm() -> bool:
+    """Whether this CPU's oneDNN builds an fp8 matmul (not below AVX-512)."""
+    a = torch.zeros(16, 16).to(torch.float8_e4m3fn)
+    try:
+        torch._scaled_mm(a, a.t(), scale_a=torch.ones(()), scale_b=torch.ones(()), out_dtype=torch.float32)
+        return True
+    except RuntimeError:
+        return False
+
+
+CPU_CAP = qmatmul.device_capability(torch.device("cpu"))
+# On plain AVX2 oneDNN's int8 matmul saturates (anima then picks fbgemm) and it has no fp8 matmul:
+# those kernels' CPU stand-ins for the GPU paths cannot be checked there.
+needs_exact_int_mm = pytest.mark.skipif(not CPU_CAP.onednn_int8_exact, reason="oneDNN int8 saturates here")
+needs_onednn = pytest.mark.skipif(
+    not CPU_CAP.onednn_int8_exact or "onednn" not in CPU_CAP.engines, reason="no exact oneDNN int8 here"
+)
+needs_fbgemm = pytest.mark.skipif("fbgemm" not in CPU_CAP.engines, reason="no fbgemm")
+needs_scaled_mm = pytest.mark.skipif(not _cpu_scaled_mm(), reason="no CPU fp8 matmul here")
+
+
+@needs_exact_int_mm
 def test_int_mm_path_is_exact_integer_maths_and_close_to_float() -> None:
     w = _weight()
     q, scale = quantize_weight(w, "int8")
@@ -60,6 +91,7 @@ def test_int_mm_path_is_exact_integer_maths_and_close_to_float() -> None:
     assert 0 < rel < 0.02  # weights and activations both rounded to 8 bits
 
 
+@needs_scaled_mm
 @pytest.mark.parametrize("per_tensor", [True, False])
 def test_scaled_mm_path_matches_an_fp8_emulation(per_tensor) -> None:
     w = _weight(out_f=64, in_f=128)
@@ -78,15 +110,27 @@ def test_scaled_mm_path_matches_an_fp8_emulation(per_tensor) -> None:
 
 
 # ConvRot files are int8 only: the rotation is tested on the int8 kernel.
-@pytest.mark.parametrize(("kernel", "rotation"), [("int_mm", 0), ("int_mm", 64), ("scaled_mm", 0)])
+@pytest.mark.parametrize(
+    ("kernel", "rotation"),
+    [
+        pytest.param("int_mm", 0, marks=needs_exact_int_mm),
+        pytest.param("int_mm", 64, marks=needs_exact_int_mm),
+        pytest.param(
+            "fbgemm", 64, marks=pytest.mark.skipif("fbgemm" not in CPU_CAP.engines, reason="no fbgemm")
+        ),
+        pytest.param("onednn", 0, marks=needs_onednn),
+        pytest.param("scaled_mm", 0, marks=needs_scaled_mm),
+    ],
+)
 def test_quant_linear_kernels_agree_with_the_dequant_path(kernel, rotation) -> None:
     w = _weight(out_f=64, in_f=256)
-    fmt = "int8" if kernel == "int_mm" else "fp8"
+    fmt = "fp8" if kernel == "scaled_mm" else "int8"
     stored = rotate_groups(w, hadamard(rotation)) if rotation else w
     q, scale = quantize_weight(stored, fmt, per_channel=fmt == "int8")
     layer = QuantLinear(q, scale, fmt, torch.float32, rotation=rotation)
     x = torch.randn(2, 24, 256, generator=torch.Generator().manual_seed(3))
-    dense = layer(x)  # CPU: the dequant path
+    layer.kernel = "dequant"
+    dense = layer(x)
     layer.kernel = kernel
     fast = layer(x)
     assert fast.shape == dense.shape == (2, 24, 64)

@@ -11,11 +11,16 @@ from test_dit import CASES, build, tiny_dit_state
 from torch import nn
 
 from anima.errors import AnimaError
+from anima.model import qmatmul
 from anima.runtime.quant import BLOCK_LINEARS, QuantLinear, quantize_dit, quantize_weight
 
 # Max-abs velocity error relative to the velocity's max, measured on the tiny fixture: int8 1.3%,
 # fp8 4.4% (bf16 itself is ~0.9% from fp32). Bounds leave ~2x margin.
 BOUNDS = {"int8": 0.03, "fp8": 0.09}
+# CPUs run int8 on a real int8 matmul whose activations are quantised per tensor: measured 3.2% on
+# oneDNN (8-bit, VNNI/AMX), 4.9% on fbgemm (7-bit, plain AVX2).
+_KERNEL = qmatmul.choose_kernel("int8", "cpu", qmatmul.device_capability(torch.device("cpu")))
+BOUNDS["int8"] = {qmatmul.ONEDNN: 0.05, qmatmul.FBGEMM: 0.08}.get(_KERNEL, BOUNDS["int8"])
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +73,7 @@ def test_quant_linear_paths_agree_and_dequantize():
     lin = nn.Linear(96, 48, bias=False).to(torch.bfloat16)
     lin.weight.copy_(torch.randn(48, 96, generator=g))
     q = QuantLinear.from_linear(lin, "int8")
+    q.kernel = "dequant"  # the two dequantising paths (CPUs now default to oneDNN's int8 matmul)
     few = torch.randn(3, 96, generator=g).bfloat16()  # output-scaling path (rows < in_features)
     many = torch.randn(200, 96, generator=g).bfloat16()  # weight-dequantising path
     dense = q.dequantize()

@@ -46,8 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(ls)
     dl = msub.add_parser("download", help="download the official files with huggingface_hub")
     dl.add_argument(
-        "variant", nargs="?", default="base-v1.0",
-        help="base-v1.0, turbo-v1.1, ..., or an add-on: turbo-lora-v0.2, rl-v0.1, lllite (--list shows all)"
+        "variant",
+        nargs="?",
+        default="base-v1.0",
+        help="base-v1.0, turbo-v1.1, ..., or an add-on: turbo-lora-v0.2, rl-v0.1, lllite (--list shows all)",
     )
     dl.add_argument("--dest", type=Path, help="target models folder (default: the anima data folder)")
     dl.add_argument(
@@ -64,8 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("input", type=Path, help="a bf16 (or fp32) .safetensors DiT or text encoder")
     cv.add_argument("output", type=Path, help="the .gguf or .safetensors file to write")
     cv.add_argument(
-        "--to", required=True, help="gguf-q8_0, gguf-q5_0, gguf-q5_1, gguf-q4_0, gguf-q4_1, gguf-f16, "
-        "gguf-bf16 (GGUF, ComfyUI-GGUF layout) or int8, fp8 (ComfyUI comfy_quant 8-bit file)"
+        "--to",
+        required=True,
+        help="gguf-q8_0, gguf-q5_0, gguf-q5_1, gguf-q4_0, gguf-q4_1, gguf-f16, "
+        "gguf-bf16 (GGUF, ComfyUI-GGUF layout) or int8, fp8 (ComfyUI comfy_quant 8-bit file)",
     )
     cv.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     mr = msub.add_parser("make-random", help="write random-weight files in the official layout")

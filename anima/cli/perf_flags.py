@@ -16,6 +16,7 @@ def add_perf_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("speed and memory")
     g.add_argument("--weights", choices=WEIGHT_FORMATS, help="store the DiT's block weights in 8 bits")
     g.add_argument("--vram-budget", metavar="GB", help="device memory to plan for: a number of GB or 'auto'")
+    g.add_argument("--ram-budget", metavar="GB", help="host memory to plan a CPU run for: GB or 'auto'")
     g.add_argument("--profile", action="store_true", help="report time and peak memory of each part")
     g.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (slow first step)")
     g.add_argument("--attention", default="auto", help="attention kernel: auto, sdpa, math, sage, xformers")
@@ -47,6 +48,7 @@ def run_options(
     return RunOptions(
         device=device, dtype=dtype, weights=weights, fp16_accumulation=fp16_accumulation,
         vram_budget=parse_budget(getattr(args, "vram_budget", None)),
+        ram_budget=parse_budget(getattr(args, "ram_budget", None), setting="ram_budget"),
         attention=getattr(args, "attention", None) or "auto", compile=bool(getattr(args, "compile", False)),
         merge_loras=bool(getattr(args, "merge_loras", False)), lora_resolver=lora_resolver,
         upscaler_resolver=upscaler_resolver, control_resolver=control_resolver, hash_cache=hash_cache,

@@ -144,6 +144,7 @@ SETTING_LABELS: Mapping[str, tuple[str, Callable[[str], Any]]] = MappingProxyTyp
         "inpaint_area": ("Inpaint area", str.lower),
         "inpaint_padding": ("Inpaint padding", int),
         "weights": ("Weights", str.lower),
+        "weights_matmul": ("Weights matmul", str),
         "step_cache": ("Step cache", float),
         "fp16_accumulation": ("FP16 accumulation", _on),
         "wildcard_prompt": ("Wildcard prompt", str),

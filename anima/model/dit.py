@@ -38,9 +38,12 @@ from anima.model.rope import Rope3D
 _EPS = 1e-6
 
 
-def _lives_on(module: nn.Module, device: torch.device) -> bool:
-    """Are all of the module's tensors on `device`?"""
-    return all(t.device == device for t in (*module.parameters(), *module.buffers()))
+def _lives_on(module: nn.Module, device: torch.device, dtype: torch.dtype) -> bool:
+    """Are all of the module's tensors on `device`, its floating parameters in `dtype`? (Blocks kept
+    in their file's dtype under a CPU RAM budget are upcast only inside their own forward; buffers
+    such as 8-bit layers' float32 scales are theirs to cast.)"""
+    on = all(t.device == device for t in (*module.parameters(), *module.buffers()))
+    return on and all(p.dtype == dtype or not p.is_floating_point() for p in module.parameters())
 
 
 class TimeCond(NamedTuple):
@@ -287,13 +290,14 @@ class MiniTrainDIT(nn.Module):
         Pass the result as ``context_cache=`` with the same context on every sampling step. Build it
         after LoRAs/patches are applied (it runs the live k/v projections) and again whenever they
         change. Blocks whose `cross_attn` is wrapped get no entry and run the plain path; so do blocks
-        whose weights live on another device (streamed from host memory, `anima.runtime.streaming`): their
-        weights reach the context's device only inside their own forward, which then projects itself.
+        whose weights live on another device or dtype (streamed from host memory or upcast from bf16,
+        `anima.runtime.streaming`): their weights reach the context's device and dtype only inside
+        their own forward, which then projects itself.
         """
         context = context.to(self.compute_dtype)
         kv = tuple(
             b.cross_attn.project_kv(context)
-            if type(b.cross_attn) is Attention and _lives_on(b.cross_attn, context.device)
+            if type(b.cross_attn) is Attention and _lives_on(b.cross_attn, context.device, context.dtype)
             else None
             for b in self.blocks
         )

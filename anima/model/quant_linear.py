@@ -16,8 +16,8 @@ Dequantisation follows the producers exactly (comfy-kitchen, which ComfyUI calls
   Hadamard, so g is a power of 4); ``W = W_rot H`` is restored in float32, then cast
   (``dequantize_int8_convrot_weight``). The quantised kernels rotate the activations instead.
 
-The matmul itself is chosen per device by `anima.model.qmatmul` (int8 or fp8 tensor cores, else
-dequantise + matmul).
+The matmul itself is chosen per device by `anima.model.qmatmul` (int8 or fp8 tensor cores, oneDNN's
+int8 matmul on CPUs, else dequantise + matmul).
 """
 
 from __future__ import annotations
@@ -106,6 +106,11 @@ class QuantLinear(nn.Module):
                 )
         self.rotation = rotation
         self.kernel: str | None = None
+        # The packed weight of a CPU kernel (`qmatmul.PACKED`) and which kernel packed it. Once packed,
+        # ``weight`` is emptied (the packed copy is the only one) and `int8_weight` unpacks it.
+        self._packed: object | None = None
+        self._packed_kernel = ""
+        self._register_state_dict_hook(_state_with_weight)
         self.register_buffer("weight", weight)
         self.register_buffer(
             "scale", scale.float().reshape(-1, 1) if scale.numel() > 1 else scale.reshape(1, 1)
@@ -113,17 +118,41 @@ class QuantLinear(nn.Module):
         self.register_buffer("input_scale", None if input_scale is None else input_scale.float().reshape(()))
 
     @classmethod
-    def from_linear(cls, linear: nn.Module, fmt: str, per_channel: bool = True) -> QuantLinear:
+    def from_linear(
+        cls, linear: nn.Module, fmt: str, per_channel: bool = True, compute_dtype: torch.dtype | None = None
+    ) -> QuantLinear:
+        """`compute_dtype`: None computes in the layer's dtype (pass it when the layer still holds
+        the file's dtype, e.g. bf16 weights for an fp32 run)."""
         if getattr(linear, "bias", None) is not None:
             raise AnimaError("QuantLinear supports bias-free layers only (the Anima DiT has no biases)")
         q, scale = quantize_weight(linear.weight, fmt, per_channel)
-        return cls(q, scale.to(linear.weight.device), fmt, linear.weight.dtype)
+        return cls(q, scale.to(linear.weight.device), fmt, compute_dtype or linear.weight.dtype)
+
+    def _packed_for(self, kernel: str) -> object:
+        if self._packed is None or self._packed_kernel != kernel:
+            self._packed = qmatmul.pack(self.int8_weight(), self.scale, kernel)
+            self._packed_kernel = kernel
+            self.weight = self.weight.new_empty((0,))  # the packed copy is the one kept
+        return self._packed
+
+    def int8_weight(self) -> torch.Tensor:
+        """The 8-bit [out, in] values, unpacked when a CPU kernel holds them packed."""
+        if self._packed is not None and self.weight.numel() == 0:
+            return qmatmul.unpack(self._packed)
+        return self.weight
+
+    def _apply(self, fn, recurse: bool = True):
+        # Moving or casting the layer (``.to``, ``.cuda()``): the packed copy is a CPU object that
+        # neither follows; put the plain weight back first and pack again on the next CPU call.
+        if self._packed is not None:
+            self.weight, self._packed, self._packed_kernel = self.int8_weight(), None, ""
+        return super()._apply(fn, recurse)
 
     def dequantize(self) -> torch.Tensor:
         """The dense [out, in] weight in the compute dtype (rotated back for ConvRot)."""
         if self.fmt != "int8":
             return self.weight.to(self.compute_dtype) * self.scale.to(self.compute_dtype)
-        w = self.weight.float() * self.scale
+        w = self.int8_weight().float() * self.scale
         if self.rotation:
             w = rotate_groups(w, hadamard(self.rotation, w.device))
         return w.to(self.compute_dtype)
@@ -137,14 +166,20 @@ class QuantLinear(nn.Module):
             if self.rotation:  # x Wᵀ = (x H)(W_rot)ᵀ per group, H symmetric
                 x2 = rotate_groups(x2.float(), hadamard(self.rotation, x.device)).to(x.dtype)
             if kernel == qmatmul.INT_MM:
-                out = qmatmul.int_mm_linear(x2.contiguous(), self.weight, self.scale, self.compute_dtype)
+                out = qmatmul.int_mm_linear(
+                    x2.contiguous(), self.int8_weight(), self.scale, self.compute_dtype
+                )
+            elif kernel in qmatmul.PACKED:
+                packed = self._packed_for(kernel)
+                out = qmatmul.dynamic_linear(x2, packed, kernel, self.scale, self.compute_dtype)
             else:
                 out = qmatmul.scaled_mm_linear(x2.contiguous(), self.weight, self.scale, self.compute_dtype,
                                                self.input_scale)  # fmt: skip
             return out.reshape(*x.shape[:-1], self.out_features)
         if self.scale.shape[0] > 1 and rows < self.in_features and not self.rotation and self.fmt == "int8":
             # Few tokens: scaling the [rows, out] output is cheaper than scaling the [out, in] weight.
-            return F.linear(x, self.weight.to(self.compute_dtype)) * self.scale[:, 0].to(self.compute_dtype)
+            w = self.int8_weight().to(self.compute_dtype)
+            return F.linear(x, w) * self.scale[:, 0].to(self.compute_dtype)
         return F.linear(x, self.dequantize())
 
     def extra_repr(self) -> str:
@@ -152,3 +187,10 @@ class QuantLinear(nn.Module):
         rot = f", convrot={self.rotation}" if self.rotation else ""
         shape = f"{self.in_features}, {self.out_features}"
         return f"{shape}, fmt={self.fmt}, per={per}{rot}, compute={self.compute_dtype}"
+
+
+def _state_with_weight(module: QuantLinear, state: dict, prefix: str, _local_metadata) -> None:
+    """A state dict holds the int8 values even while a CPU kernel keeps them packed."""
+    key = prefix + "weight"
+    if key in state and state[key].numel() == 0 and module._packed is not None:
+        state[key] = qmatmul.unpack(module._packed)

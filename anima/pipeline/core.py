@@ -26,6 +26,7 @@ from anima.pipeline.result import Result
 from anima.recipe import SETTINGS, Recipe
 from anima.runtime.precision import SHORT_NAMES, parse_dtype, resolve_dtype
 from anima.runtime.profile import maybe_profiled
+from anima.runtime.quant import matmul_record
 from anima.text.conditioning import TextConditioner
 from anima.text.tokenize import AnimaTokenizer
 from anima.weights import loading
@@ -87,6 +88,7 @@ class Pipeline:
         self._patches: dict[tuple, nn.Module] = {}  # loaded control patches (`control_patch`)
         self.memory_plan, self._streamer = placement.prepare(self, self.notes)
         self._upscalers: dict[Path, UpscaleModel] = {}  # loaded once per pipeline, on its device
+        self.weights_matmul = matmul_record(self.dit, self.device)  # stamped into every recipe
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -102,16 +104,22 @@ class Pipeline:
         dtype = resolve_dtype(options.dtype, device)
         vae_dtype = resolve_dtype(options.vae_dtype or dtype, device)
         load_device = placement.load_device(options, device)
+        # 8-bit weights: the DiT stays in its file's dtype (memory-mapped) until `placement.prepare`
+        # quantises it layer by layer and casts the rest, so no full compute-dtype copy ever exists.
+        # So does a CPU run under a RAM budget: its plan decides which blocks are cast.
+        cpu_plan = options.ram_budget is not None and device.type == "cpu"
+        dit_dtype = None if options.weights or cpu_plan else dtype
         tok = AnimaTokenizer.from_dirs(*_tokenizer_dirs(models))
         if models.diffusers is not None:
             folder = Path(models.diffusers)
             dit, adapter = loading.load_dit_diffusers(
-                folder / "transformer", folder / "text_conditioner", device=load_device, dtype=dtype
+                folder / "transformer", folder / "text_conditioner", device=load_device, dtype=dit_dtype
             )
             hashed = folder / "transformer"
         else:
-            dit, adapter = loading.load_dit(models.dit, device=load_device, dtype=dtype)
+            dit, adapter = loading.load_dit(models.dit, device=load_device, dtype=dit_dtype)
             hashed = Path(models.dit)
+        adapter.to(dtype)
         te_path = Path(models.text_encoder)
         vae = loading.load_vae(models.vae, device=load_device, dtype=vae_dtype)
         return cls(
@@ -277,7 +285,9 @@ class Pipeline:
             "dtype": SHORT_NAMES[self.dtype],
         }
         perf = recipe.perf.with_(
-            weights=self.options.weights, fp16_accumulation=self.options.fp16_accumulation
+            weights=self.options.weights,
+            weights_matmul=self.weights_matmul,
+            fp16_accumulation=self.options.fp16_accumulation,
         )
         hires = recipe.hires
         if hires.on and hires.uses_model and not hires.upscaler_hash:  # the file that ran, by digest

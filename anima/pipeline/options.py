@@ -30,6 +30,9 @@ ControlResolver = Callable[[str], Path]  # control patch name -> file (anima.pip
 class RunOptions:
     """`device`: cpu, cuda, cuda:1, ...; `dtype`: fp32, bf16, fp16 or auto (`anima.runtime.precision`);
     `vram_budget`: GB of device memory to plan for, "auto" (free memory) or None (no plan);
+    `ram_budget`: the same for a CPU run, GB of host memory or "auto" (MemAvailable): the text
+    encoder is released after encoding, and DiT blocks that do not fit in the compute dtype stay in
+    the file's dtype (bf16) and are upcast one at a time (`anima.runtime.memory.plan_ram`);
     `release_text_encoder`: free it after encoding (None: on a CPU, or when the memory plan says so);
     `plan_size`: (width, height, batch) the memory plan and the compile warm-up are sized for."""
 
@@ -38,6 +41,7 @@ class RunOptions:
     vae_dtype: str | None = None
     weights: str | None = None
     vram_budget: float | str | None = None
+    ram_budget: float | str | None = None
     release_text_encoder: bool | None = None
     attention: str = "auto"
     compile: bool = False
@@ -61,6 +65,13 @@ class RunOptions:
         if isinstance(self.vram_budget, bool):
             raise AnimaError(f"memory budget takes a number of GB or 'auto', got {self.vram_budget!r}")
         object.__setattr__(self, "vram_budget", parse_budget(self.vram_budget))
+        if isinstance(self.ram_budget, bool):
+            raise AnimaError(f"RAM budget takes a number of GB or 'auto', got {self.ram_budget!r}")
+        object.__setattr__(self, "ram_budget", parse_budget(self.ram_budget, setting="ram_budget"))
+        if self.ram_budget is not None and not self.device.startswith("cpu"):
+            raise AnimaError(
+                "a RAM budget plans a CPU run; on a GPU give a VRAM budget", setting="ram_budget"
+            )
         resolve_backend(self.attention)
         w, h, b = self.plan_size
         if min(w, h, b) < 1:

@@ -13,11 +13,29 @@ import time
 
 import torch
 
+from anima.errors import AnimaError
 from anima.model.attention import set_backend
 from anima.model.dit import fuse_qkv
 from anima.pipeline.options import RunOptions
-from anima.runtime.memory import MemoryPlan, ModelSizes, budget_from_gb, dit_activation_bytes, plan_memory
-from anima.runtime.quant import kernel_note, loaded_note, quantize_dit
+from anima.runtime.memory import (
+    GB,
+    MemoryPlan,
+    ModelSizes,
+    available_ram,
+    budget_from_gb,
+    dit_activation_bytes,
+    module_bytes,
+    plan_memory,
+    plan_ram,
+)  # fmt: skip
+from anima.runtime.quant import (
+    cast_unquantized,
+    has_int8_kernel,
+    kernel_note,
+    loaded_note,
+    quantize_dit,
+    requantize_q8_0,
+)  # fmt: skip
 from anima.runtime.streaming import BlockStreamer
 
 
@@ -35,16 +53,20 @@ def prepare(pipe, notes: list[str]) -> tuple[MemoryPlan, BlockStreamer | None]:
     loaded = loaded_note(pipe.dit, device)
     if loaded:
         notes.append(loaded)
+    if has_int8_kernel(device) and (n := requantize_q8_0(pipe.dit, pipe.dtype)):
+        notes.append(f"weights: {n} GGUF Q8_0 layers as per-channel int8, {kernel_note('int8', device)}")
     if opts.weights:
-        report = quantize_dit(pipe.dit, opts.weights)
+        report = quantize_dit(pipe.dit, opts.weights, compute_dtype=pipe.dtype)
         notes.append(
             f"weights: {report.layers} DiT layers in {opts.weights}, {report.saved_gb:.2f} GB saved, "
             f"{kernel_note(opts.weights, device)}"
         )
     budget = budget_from_gb(opts.vram_budget, device)
-    if budget is not None:
-        width, height, batch = opts.plan_size
-        tokens = math.ceil(height / 16) * math.ceil(width / 16)
+    if opts.ram_budget is not None:
+        plan = _ram_plan(pipe, opts)
+        notes.append(plan.describe())
+    elif budget is not None:
+        tokens, batch = _tokens(opts)
         act = dit_activation_bytes(pipe.dit.cfg, tokens, 2 * batch, pipe.dtype)
         plan = plan_memory(budget, ModelSizes.of(pipe), act, quantized=bool(opts.weights))
         notes.append(plan.describe())
@@ -71,16 +93,43 @@ def prepare(pipe, notes: list[str]) -> tuple[MemoryPlan, BlockStreamer | None]:
     return plan, streamer
 
 
+def _tokens(opts: RunOptions) -> tuple[int, int]:
+    width, height, batch = opts.plan_size
+    return math.ceil(height / 16) * math.ceil(width / 16), batch
+
+
+def _ram_plan(pipe, opts: RunOptions) -> MemoryPlan:
+    """``--ram-budget`` on a CPU: plan from the compute-dtype sizes and the blocks as loaded (the
+    DiT came in its file's dtype, `Pipeline.load`), then cast what the plan keeps in the compute
+    dtype; the other blocks stay as loaded and are upcast per block by the streamer (`place`)."""
+    budget = int(opts.ram_budget * GB) if opts.ram_budget != "auto" else available_ram()
+    if budget is None:
+        raise AnimaError("RAM budget 'auto' needs /proc/meminfo; give a number of GB", setting="ram_budget")
+    tokens, batch = _tokens(opts)
+    act = dit_activation_bytes(pipe.dit.cfg, tokens, 2 * batch, pipe.dtype)
+    stored = tuple(module_bytes(b) for b in pipe.dit.blocks)
+    sizes = ModelSizes.of(pipe, dit_dtype=pipe.dtype)
+    plan = plan_ram(budget, sizes, stored, act, quantized=bool(opts.weights))
+    for name, child in pipe.dit.named_children():
+        if name != "blocks":
+            cast_unquantized(child, pipe.dtype)
+    for block in pipe.dit.blocks[: plan.resident_blocks]:
+        cast_unquantized(block, pipe.dtype)
+    return plan
+
+
 def place(pipe, plan: MemoryPlan, device: torch.device) -> BlockStreamer | None:
     """Put every part where `plan` says: streamed blocks stay on the host behind a `BlockStreamer`
-    (returned), the text encoder runs on the CPU when the plan says so."""
+    (returned), the text encoder runs on the CPU when the plan says so. A RAM plan's streamed blocks
+    stay on the CPU in their file's dtype and are upcast to the compute dtype around their forward."""
     te_device = torch.device("cpu") if plan.text_encoder_on_host else device
     pipe.place(device, text_encoder_device=te_device, keep_blocks_on_host=plan.stream_blocks)
     if not plan.stream_blocks:
         return None
     return BlockStreamer(
-        pipe.dit.blocks, device, resident=plan.resident_blocks, prefetch=plan.prefetch
-    ).attach()
+        pipe.dit.blocks, device, resident=plan.resident_blocks, prefetch=plan.prefetch,
+        dtype=pipe.dtype if plan.ram else None,
+    ).attach()  # fmt: skip
 
 
 def compile_dit(pipe, width: int, height: int, batch: int, options: dict | None = None) -> str:

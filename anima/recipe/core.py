@@ -84,6 +84,7 @@ SETTINGS: Mapping[str, tuple[str, str]] = {
     "inpaint_area": ("inpaint", "area"),
     "inpaint_padding": ("inpaint", "padding"),
     "weights": ("perf", "weights"),
+    "weights_matmul": ("perf", "weights_matmul"),
     "step_cache": ("perf", "step_cache"),
     "fp16_accumulation": ("perf", "fp16_accumulation"),
     "tiled_vae": ("perf", "tiled_vae"),

@@ -257,11 +257,14 @@ class Inpaint(_Group):
 class Perf(_Group):
     """Speed options that change the image, so the recipe records them and a re-run repeats them.
 
-    `weights`: 8-bit DiT weights (None: the compute dtype); `step_cache`: threshold of the
+    `weights`: 8-bit DiT weights (None: the compute dtype); `weights_matmul`: which matmul the
+    8-bit layers ran and on what ("int8 matmul (torch._int_mm) on AVX512"; "" when none; a record
+    only: the kernel is the machine's, a re-run does not ask for it); `step_cache`: threshold of the
     first-block step cache (None: off); `fp16_accumulation`: fp16 accumulation in CUDA matmuls;
     `tiled_vae`: tile the VAE (auto decides by free memory)."""
 
     weights: str | None = None
+    weights_matmul: str = ""
     step_cache: float | None = None
     fp16_accumulation: bool = False
     tiled_vae: str = "auto"
@@ -270,6 +273,7 @@ class Perf(_Group):
     def __post_init__(self) -> None:
         if self.weights is not None:
             checks.choice("weights format", self.weights, WEIGHT_FORMATS, setting="weights")
+        checks.one_line("weights matmul", checks.text("weights matmul", self.weights_matmul))
         if self.step_cache is not None:
             self._float("step_cache")
             if not (checks.is_number(self.step_cache) and 0 < self.step_cache < 1):

@@ -28,11 +28,14 @@ GB = 2**30
 MARGIN = 256 * 2**20  # allocator fragmentation, cuBLAS/cuDNN workspaces, small buffers
 
 
-def module_bytes(module: nn.Module | None) -> int:
+def module_bytes(module: nn.Module | None, dtype: torch.dtype | None = None) -> int:
+    """Bytes of a module's tensors; with `dtype`, floating tensors counted as if cast to it."""
     if module is None:
         return 0
     tensors = list(module.parameters()) + list(module.buffers())
-    return sum(t.numel() * t.element_size() for t in tensors)
+    size = torch.empty((), dtype=dtype).element_size() if dtype is not None else 0
+    return sum(t.numel() * (size if dtype is not None and t.is_floating_point() else t.element_size())
+               for t in tensors)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -45,9 +48,11 @@ class ModelSizes:
     vae: int
 
     @classmethod
-    def of(cls, pipe) -> ModelSizes:
-        blocks = tuple(module_bytes(b) for b in pipe.dit.blocks)
-        other = module_bytes(pipe.dit) - sum(blocks) + module_bytes(pipe.adapter)
+    def of(cls, pipe, dit_dtype: torch.dtype | None = None) -> ModelSizes:
+        """`dit_dtype`: count the DiT's floating tensors as if cast to it (a DiT still in its file's
+        dtype, for a plan in the compute dtype)."""
+        blocks = tuple(module_bytes(b, dit_dtype) for b in pipe.dit.blocks)
+        other = module_bytes(pipe.dit, dit_dtype) - sum(blocks) + module_bytes(pipe.adapter)
         return cls(other, blocks, module_bytes(pipe.text_encoder), module_bytes(pipe.vae))
 
     @property
@@ -79,8 +84,18 @@ class MemoryPlan:
     vae_budget: int | None = None  # bytes left for the VAE decode (None: ask the device)
     estimate: dict = field(default_factory=dict)  # bytes per part, for logs and --profile
     text_encoder_on_host: bool = False  # run it on the CPU: it never takes device memory
+    # A RAM plan (`plan_ram`): streamed blocks stay in the file's dtype and are upcast per block.
+    ram: bool = False
 
     def describe(self) -> str:
+        if self.ram:
+            dit = "DiT in the compute dtype"
+            if self.stream_blocks:
+                dit = (f"{self.resident_blocks} DiT blocks in the compute dtype, the rest kept in the "
+                       "file's dtype and upcast one at a time as they run")  # fmt: skip
+            return (
+                f"memory: RAM budget {self.budget / GB:.1f} GB, {dit}, text encoder released after encoding"
+            )
         if self.budget is None:
             te = "; the text encoder is released after encoding" if self.release_text_encoder else ""
             return f"memory: no budget; every part stays on the device{te}"
@@ -141,6 +156,60 @@ def plan_memory(
     return MemoryPlan(stream_blocks=True, resident_blocks=int(resident), vae_budget=left, **common)
 
 
+TEXT_ACTIVATIONS = 64 * 2**20  # a few hundred tokens through the 0.6 B encoder, one layer at a time
+
+
+def plan_ram(
+    budget: int, sizes: ModelSizes, stored_blocks: tuple[int, ...], activations: int, *, quantized: bool
+) -> MemoryPlan:
+    """`plan_memory`'s counterpart for a CPU (``--ram-budget GB``): the device *is* host memory.
+
+    `sizes` are in the compute dtype, `stored_blocks` each DiT block as loaded (its file's dtype, e.g.
+    bf16 for an fp32 run). The text encoder is always released after encoding, so the text phase
+    (DiT + encoder) and the sampling phase (DiT + VAE + activations) are budgeted apart. When the
+    compute-dtype DiT does not fit, the last blocks stay in the file's dtype and are upcast one at a
+    time around their forward (`anima.runtime.streaming.BlockStreamer` with a dtype, no prefetch:
+    a CPU copy cannot overlap the compute), as many as needed and no more.
+    """
+    n = len(sizes.blocks)
+    full, stored = sizes.blocks, tuple(stored_blocks)
+    estimate = {
+        "text_encoder": sizes.text_encoder, "dit": sizes.dit, "dit_stored": sizes.dit_other + sum(stored),
+        "dit_activations": activations, "vae": sizes.vae, "margin": MARGIN,
+    }  # fmt: skip
+    phase = max(sizes.text_encoder + TEXT_ACTIVATIONS, sizes.vae + activations)
+    room = budget - sizes.dit_other - phase - MARGIN
+    common = {"budget": budget, "release_text_encoder": True, "text_encoder_on_host": True,
+              "prefetch": 0, "estimate": estimate, "ram": True}  # fmt: skip
+    if room >= sum(full):
+        return MemoryPlan(resident_blocks=n, vae_budget=budget - sizes.dit - MARGIN, **common)
+    block, saved = max(full, default=0), max(f - s for f, s in zip(full, stored, strict=True)) if n else 0
+    if saved <= 0 or room < sum(stored) + block:
+        need = (sizes.dit_other + phase + MARGIN + (sum(stored) + block if saved > 0 else sum(full))) / GB
+        tries = "a smaller image or a larger budget" if quantized else "int8 weights, or a larger budget"
+        raise AnimaError(
+            f"RAM budget {budget / GB:.2f} GB is too small for this model and size (it needs "
+            f"{need:.2f} GB); try {tries}",
+            setting="ram_budget",
+        )
+    # Blocks 0..resident-1 in the compute dtype, the rest stored + one upcast copy in flight.
+    resident = next(r for r in range(n, -1, -1) if sum(full[:r]) + sum(stored[r:]) + block <= room)
+    used = sizes.dit_other + sum(full[:resident]) + sum(stored[resident:]) + block
+    return MemoryPlan(stream_blocks=True, resident_blocks=resident, vae_budget=budget - used - MARGIN,
+                      **common)  # fmt: skip
+
+
+def available_ram() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (the automatic RAM budget); None where unknown."""
+    try:
+        for line in open("/proc/meminfo", encoding="ascii"):  # noqa: SIM115 (a few lines, read once)
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def auto_budget(device: torch.device) -> int | None:
     """Free memory of a CUDA device (the automatic budget); None elsewhere (no planning on CPU)."""
     if device.type != "cuda":
@@ -149,7 +218,7 @@ def auto_budget(device: torch.device) -> int | None:
     return int(free)
 
 
-def parse_budget(value: float | str | None) -> float | str | None:
+def parse_budget(value: float | str | None, setting: str = "vram_budget") -> float | str | None:
     """A memory budget as users give it: a number of GB (or its text), 'auto', or None/'none'.
 
     The one reader of budget values (CLI flags, server options, recorded settings)."""
@@ -161,10 +230,10 @@ def parse_budget(value: float | str | None) -> float | str | None:
         gb = float(value)
     except (TypeError, ValueError):
         raise AnimaError(
-            f"memory budget takes a number of GB or 'auto', got '{value}'", setting="vram_budget"
+            f"memory budget takes a number of GB or 'auto', got '{value}'", setting=setting
         ) from None
     if not gb > 0 or gb != gb or gb == float("inf"):
-        raise AnimaError(f"memory budget must be > 0 GB, got {value}", setting="vram_budget")
+        raise AnimaError(f"memory budget must be > 0 GB, got {value}", setting=setting)
     return gb
 
 

@@ -35,7 +35,11 @@ def parse_dtype(name: str | torch.dtype, *, what: str = "dtype") -> torch.dtype:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """avx512_bf16 / AMX make bf16 matmuls about 2x fp32 here; without them bf16 is emulated."""
+    """avx512_bf16 / AMX make bf16 matmuls about 2x fp32 here; without them bf16 is emulated.
+    Also needs ATen to dispatch AVX-512: ``ATEN_CPU_CAPABILITY=avx2`` (with oneDNN held to AVX2)
+    runs such a machine as an AVX2 one, where bf16 is emulated again."""
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -2,10 +2,10 @@
 
 For GPUs where memory, not compute, is the limit (``--weights int8|fp8``): the 1.76 B parameters of
 the blocks' attention and MLP projections take 1 byte each instead of 2, the rest of the model stays in
-the compute dtype. On GPUs with int8 (compute capability 7.5+) or fp8 (8.9+) tensor cores the
-matmul runs in 8 bits with dynamically quantised activations; elsewhere each forward dequantises the
-weight and runs a normal matmul, so the numbers are those of a bf16 model whose weights were rounded
-to 8 bits:
+the compute dtype. On GPUs with int8 (compute capability 7.5+) or fp8 (8.9+) tensor cores, and
+for int8 on CPUs with oneDNN at AVX2 or above, the matmul runs in 8 bits with dynamically quantised
+activations; elsewhere each forward dequantises the weight and runs a normal matmul, so the numbers
+are those of a bf16 model whose weights were rounded to 8 bits:
 
 - int8: symmetric, round-to-nearest, scale = amax / 127 per output channel (or per tensor).
 - fp8: ``float8_e4m3fn`` (3 mantissa bits), scale = amax / 448 per output channel (or per tensor).
@@ -14,9 +14,15 @@ The module itself (`QuantLinear`) and the matmul it runs (int8 or fp8 tensor cor
 them, else dequantise + matmul) live in `anima.model.quant_linear` and `anima.model.qmatmul`; this
 module decides what to quantise. Measured against bf16 on the tiny fixture (tests/test_quant.py): int8
 per-channel changes the velocity by 1.3% of its max (bf16 itself is 0.9% away from fp32), fp8 by
-4.4%. Quantise after the model has its final device and dtype (``.to(float16)`` would also convert
-the fp8 buffers). On CPUs the dequantisation costs time (the matmul itself is bf16); there it is a
-memory option, not a speed option.
+4.4%. Quantise after the model has its final device (``.to(float16)`` would also convert the fp8
+buffers). `quantize_dit` can take a DiT still in its file's dtype (memory-mapped): it quantises
+layer by layer, gives the mapped pages back, then casts the rest to `compute_dtype`, so the peak is
+the 8-bit model, never a full fp32 copy (issue 19: a 2B DiT in fp32 is 8 GB). On CPUs int8 is both
+a memory and a speed option (oneDNN's int8 matmul); fp8 there is dequantised per call.
+
+GGUF Q8_0 layers (one fp16 scale per 32 weights) have no int8 kernel of their own: where the
+device's int8 kernel exists, `requantize_q8_0` turns them into per-channel int8 `QuantLinear`s
+(dequantise exactly, round once more to a per-row scale: the weights stay 8-bit).
 
 The AdaLN modulations, embedders and final layer are left alone: they are 9% of the weights and the
 most sensitive to rounding. Quantisation is applied after loading (`quantize_dit`) and replaces the
@@ -35,6 +41,7 @@ from anima.errors import AnimaError
 from anima.model import qmatmul
 from anima.model.ggml_modules import GGMLLinear
 from anima.model.quant_linear import QuantLinear, quantize_weight
+from anima.weights.mapped_pages import file_mappings, release
 
 FORMATS = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}  # what `quantize_dit` writes
 # The projections inside each block that are quantised (checkpoint names, relative to the block).
@@ -43,14 +50,31 @@ BLOCK_LINEARS = (
     "cross_attn.q_proj", "cross_attn.k_proj", "cross_attn.v_proj", "cross_attn.output_proj",
     "mlp.layer1", "mlp.layer2",
 )  # fmt: skip
-__all__ = ["BLOCK_LINEARS", "FORMATS", "QuantLinear", "QuantReport", "kernel_note", "loaded_note",
-           "quantize_dit", "quantize_weight"]  # fmt: skip
+__all__ = ["BLOCK_LINEARS", "FORMATS", "QuantLinear", "QuantReport", "cast_unquantized", "has_int8_kernel",
+           "kernel_note",
+           "loaded_note", "matmul_record", "quantize_dit", "quantize_weight", "requantize_q8_0"]  # fmt: skip
 
 
 def kernel_note(fmt: str, device: torch.device) -> str:
     """Which matmul 8-bit weights of `fmt` get on `device` (`anima.model.qmatmul`), for the notes."""
     kernel = qmatmul.choose_kernel(fmt, device.type, qmatmul.device_capability(device))
     return qmatmul.KERNEL_NAMES[kernel]
+
+
+def has_int8_kernel(device: torch.device) -> bool:
+    """Whether int8 weights get a real int8 matmul on `device` (not dequantise + matmul)."""
+    return qmatmul.choose_kernel("int8", device.type, qmatmul.device_capability(device)) != qmatmul.DEQUANT
+
+
+def matmul_record(dit: nn.Module, device: torch.device) -> str:
+    """What the recipe records about the 8-bit layers' matmul: kernel and the device's ISA or compute
+    capability, e.g. "int8: int8 matmul (torch._int_mm) on AVX512"; "" when the DiT has none."""
+    fmts = sorted({m.fmt for m in dit.modules() if isinstance(m, QuantLinear)})
+    if not fmts:
+        return ""
+    cap = qmatmul.device_capability(device)
+    where = f"sm_{cap[0]}{cap[1]}" if isinstance(cap, tuple) else (cap or qmatmul.cpu_isa())
+    return "; ".join(f"{f}: {kernel_note(f, device)} on {where}" for f in fmts)
 
 
 def loaded_note(dit: nn.Module, device: torch.device) -> str | None:
@@ -82,15 +106,20 @@ class QuantReport:
         return (self.bytes_before - self.bytes_after) / 2**30
 
 
-def quantize_dit(dit: nn.Module, fmt: str, *, per_channel: bool = True) -> QuantReport:
+def quantize_dit(
+    dit: nn.Module, fmt: str, *, per_channel: bool = True, compute_dtype: torch.dtype | None = None
+) -> QuantReport:
     """Replace the blocks' plain attention/MLP ``nn.Linear`` layers by `QuantLinear` (in place).
 
-    Layers already wrapped (a LoRA applied before quantisation) are left in the compute dtype; apply
-    quantisation first, LoRAs second.
+    `compute_dtype`: what the quantised layers and the rest of the DiT compute in (None: each
+    layer's own dtype, the rest untouched); the rest is cast block by block after its layers are
+    quantised (`cast_unquantized`). Layers already wrapped (a LoRA applied before quantisation) are
+    left in the compute dtype; apply quantisation first, LoRAs second.
     """
     if fmt not in FORMATS:
         raise AnimaError(f"unknown weight format '{fmt}'; choose int8 or fp8")
     layers = before = after = 0
+    mappings = file_mappings()
     for block in dit.blocks:
         for path in BLOCK_LINEARS:
             parent_path, _, name = path.rpartition(".")
@@ -98,9 +127,48 @@ def quantize_dit(dit: nn.Module, fmt: str, *, per_channel: bool = True) -> Quant
             layer = getattr(parent, name)
             if type(layer) is not nn.Linear:
                 continue
-            q = QuantLinear.from_linear(layer, fmt, per_channel)
-            before += layer.weight.numel() * layer.weight.element_size()
+            q = QuantLinear.from_linear(layer, fmt, per_channel, compute_dtype=compute_dtype)
+            dense = torch.empty((), dtype=compute_dtype or layer.weight.dtype).element_size()
+            before += layer.weight.numel() * dense
             after += q.weight.numel() * q.weight.element_size() + q.scale.numel() * 4
+            release(layer.weight, mappings)  # a memory-mapped source: its pages are not needed again
             setattr(parent, name, q)
             layers += 1
+        if compute_dtype is not None:
+            cast_unquantized(block, compute_dtype, mappings)
+    if compute_dtype is not None:
+        cast_unquantized(dit, compute_dtype, mappings)
     return QuantReport(fmt=fmt, layers=layers, bytes_before=before, bytes_after=after)
+
+
+def cast_unquantized(module: nn.Module, dtype: torch.dtype, mappings: list | None = None) -> None:
+    """Cast the floating parameters and buffers of every layer that is not quantised to `dtype`, in
+    place, giving back memory-mapped source pages as it goes. (``module.to(dtype)`` would also cast
+    the float32 scales and fp8 values of the 8-bit layers.)"""
+    mappings = file_mappings() if mappings is None else mappings
+    for m in module.modules():
+        if isinstance(m, (QuantLinear, GGMLLinear)):
+            continue
+        for name, t in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
+            if t is None or not t.is_floating_point() or t.dtype == dtype:
+                continue
+            cast = t.detach().to(dtype)
+            release(t, mappings)
+            if isinstance(t, nn.Parameter):
+                setattr(m, name, nn.Parameter(cast, requires_grad=False))
+            else:
+                m._buffers[name] = cast
+
+
+def requantize_q8_0(dit: nn.Module, compute_dtype: torch.dtype) -> int:
+    """GGUF Q8_0 layers -> per-channel int8 `QuantLinear` (in place), so they get the device's int8
+    matmul; returns how many were converted. Bias-carrying layers stay GGML."""
+    n = 0
+    for name, m in list(dit.named_modules()):
+        if not isinstance(m, GGMLLinear) or m.qtype != "Q8_0" or m.bias is not None:
+            continue
+        q, scale = quantize_weight(m.dequantize(torch.float32), "int8")
+        parent_path, _, child = name.rpartition(".")
+        setattr(dit.get_submodule(parent_path), child, QuantLinear(q, scale, "int8", compute_dtype))
+        n += 1
+    return n

@@ -9,7 +9,8 @@ blocks occupy the device at any time. The module tree, names and state dict do n
 Correctness on CUDA: copies are issued on a side stream from pinned memory; the compute stream waits
 on the copy's event before the block runs, and each device copy is marked with ``record_stream`` so
 the caching allocator does not reuse it while the compute stream may still read it. On a CPU the
-"device" copies are plain copies (``copy=True``), which is how the tests exercise the mechanism.
+"device" copies are plain copies (``copy=True``), which is how the tests exercise the mechanism; with
+a `dtype` (a CPU under ``--ram-budget``) they are the upcast copies of blocks kept in bf16.
 
 Parameters added to a block after `attach` (e.g. a LoRA wrapper's) are streamed too: each load moves
 whatever the block holds at that moment.
@@ -48,9 +49,18 @@ class BlockStreamer:
     """Keep ``blocks[resident:]`` on the host and stream them to `device` around their forward."""
 
     def __init__(
-        self, blocks: nn.ModuleList, device: torch.device | str, *, resident: int = 0, prefetch: int = 1
+        self,
+        blocks: nn.ModuleList,
+        device: torch.device | str,
+        *,
+        resident: int = 0,
+        prefetch: int = 1,
+        dtype: torch.dtype | None = None,
     ):
+        """`dtype`: the copies' floating dtype (None: unchanged). On a CPU under a RAM budget the
+        streamed blocks stay in their file's dtype (bf16) and are upcast for their forward only."""
         self.blocks = blocks
+        self.dtype = dtype
         self.device = torch.device(device)
         self.resident = max(0, min(resident, len(blocks)))
         self.prefetch = max(0, prefetch)
@@ -130,13 +140,18 @@ class BlockStreamer:
                 loaded.event = torch.cuda.Event()
                 loaded.event.record(self._stream)
         else:
-            loaded.copies = [t.data.to(self.device, copy=True) for t in holders]
+            loaded.copies = [self._copy(t.data) for t in holders]
         loaded.bytes = sum(c.numel() * c.element_size() for c in loaded.copies)
         self._loaded[j] = loaded
         self.stats.loads += 1
         self.stats.prefetched += int(prefetch)
         self.stats.bytes_copied += loaded.bytes
         self.stats.add(loaded.bytes)
+
+    def _copy(self, t: torch.Tensor) -> torch.Tensor:
+        if self.dtype is not None and t.is_floating_point() and t.dtype != self.dtype:
+            return t.to(self.device, dtype=self.dtype)  # a new tensor: the upcast copy
+        return t.to(self.device, copy=True)
 
     def _activate(self, j: int) -> None:
         if j not in self._loaded:
