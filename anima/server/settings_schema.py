@@ -5,7 +5,7 @@ flat names the CLI flags, grid axes and the Python API use (`anima.recipe.SETTIN
 the setting groups' own field types, so the OpenAPI contract cannot drift from the recipe. Range
 checks stay the recipe's (one 400 line naming the setting). Settings a client must not choose are
 left out: source image paths and file digests (the server stores uploads and hashes files itself),
-the 8-bit weight format and fp16 accumulation (how the server runs its model), the record-only
+the 8-bit weight format, its matmul and fp16 accumulation (how the server runs its model), the record-only
 origin fields, and what only a ComfyUI graph sets (its picture preparation and text-encoder LoRAs).
 """
 
@@ -21,7 +21,7 @@ from anima.recipe.settings import GROUPS
 
 SERVER_ONLY = (
     "init_image", "init_image_hash", "mask", "mask_hash", "reference_image", "reference_image_hash",
-    "hires_upscaler_hash", "weights", "fp16_accumulation",
+    "hires_upscaler_hash", "weights", "weights_matmul", "fp16_accumulation",
 )  # fmt: skip
 RECORD_ONLY = ("wildcard_prompt", "wildcard_negative_prompt", "prompt_matrix", "training_step")
 # How a ComfyUI graph prepared its pictures and its text-encoder LoRAs: a job gets them from its
