@@ -19,6 +19,7 @@ from conftest import REPO, TINY, TOKENIZERS
 
 from anima.errors import AnimaError
 from anima.model.ggml_modules import GGMLEmbedding, GGMLLinear
+from anima.model.qmatmul import FBGEMM, choose_kernel, device_capability
 from anima.pipeline import Pipeline
 from anima.recipe import Recipe
 from anima.runtime.quant import has_int8_kernel
@@ -79,8 +80,11 @@ def test_sdcpp_file_loads_quantised_and_generates_the_dequantised_image(qtype, t
     if qtype == "q8_0" and has_int8_kernel(torch.device("cpu")):
         # Q8_0 layers run the CPU's int8 matmul (issue 19): weights re-rounded per row, activations
         # rounded to 8 bits. Close to the dequantised model's image, not equal.
+        # fbgemm (plain AVX2, AVX-512F) rounds activations to 7 bits (reduce_range), half of
+        # oneDNN's precision on VNNI/AMX CPUs: its mean bar is wider.
+        kernel = choose_kernel("int8", "cpu", device_capability(torch.device("cpu")))
         diff = (got - want).abs()
-        assert diff.mean().item() < 2 / 255 and diff.max().item() <= 24 / 255
+        assert diff.mean().item() < (3 if kernel == FBGEMM else 2) / 255 and diff.max().item() <= 24 / 255
     else:
         assert (got - want).abs().max().item() <= 1 / 255
 
