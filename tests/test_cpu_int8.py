@@ -142,3 +142,27 @@ def test_the_matmul_choice_is_recorded() -> None:
     model.proj = QuantLinear(q, scale, "int8", torch.float32)
     note = matmul_record(model, CPU)
     assert note == f"int8: {qmatmul.KERNEL_NAMES[KERNEL]} on {qmatmul.cpu_isa()}"
+
+
+def test_a_forced_dequant_kernel_runs_and_is_recorded() -> None:
+    """`weights_kernel="dequant"`: how CPUs ran 8-bit weights before the int8 kernels (old PNGs
+    re-run that way): exactly the dequantised weight's matmul, and recorded as such."""
+    from anima.errors import AnimaError
+    from anima.pipeline.options import RunOptions
+
+    g = torch.Generator().manual_seed(3)
+    linear = nn.Linear(64, 32, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(32, 64, generator=g))
+    model = nn.Module()
+    model.proj = QuantLinear.from_linear(
+        linear, "int8", compute_dtype=torch.float32, kernel=qmatmul.DEQUANT
+    )
+    x = torch.randn(5, 64, generator=g)
+    torch.testing.assert_close(model.proj(x), x @ model.proj.dequantize().t(), rtol=1e-5, atol=1e-5)
+    assert model.proj._packed is None  # no CPU int8 kernel packed the weight
+    name = qmatmul.KERNEL_NAMES[qmatmul.DEQUANT]
+    assert matmul_record(model, CPU) == f"int8: {name} on {qmatmul.cpu_isa()}"
+    assert RunOptions(weights="int8", weights_kernel="dequant").weights_kernel == "dequant"
+    with pytest.raises(AnimaError, match="weights kernel"):
+        RunOptions(weights="int8", weights_kernel="onednn")

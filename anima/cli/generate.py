@@ -186,6 +186,15 @@ def _input_key(recipe) -> tuple:
     return (recipe.sources, recipe.width, recipe.height, recipe.inpaint.area)
 
 
+def _recorded_kernel(args: argparse.Namespace, recipe) -> str | None:
+    """A PNG's 8-bit run re-made with the matmul it ran: one that records none was made before the
+    CPU int8 kernels, when every CPU dequantised 8-bit weights per call."""
+    p = recipe.perf
+    if args.from_png and p.weights and not p.weights_matmul and args.device in (None, "cpu"):
+        return "dequant"
+    return None
+
+
 def run_generate(args: argparse.Namespace) -> int:
     from anima.cli.comfy import comfyui_names, export_workflow, graph_source, run_graph
     from anima.cli.model_selection import check_job_loras, model_notice, resolve_files
@@ -222,6 +231,7 @@ def run_generate(args: argparse.Namespace) -> int:
     big = max(req.plan.recipes, key=lambda r: r.width * r.height * r.batch_size)
     options = run_options(
         args, device=req.device, dtype=req.dtype, weights=req.recipe.perf.weights,
+        weights_kernel=_recorded_kernel(args, req.recipe),
         fp16_accumulation=req.recipe.perf.fp16_accumulation, lora_resolver=resolver, hash_cache=hash_cache,
         upscaler_resolver=upscaler_resolver(args), control_resolver=req.control_resolver,
         plan_size=(big.width, big.height, big.batch_size),

@@ -34,6 +34,7 @@ def run_options(
     dtype: str,
     weights: str | None,
     fp16_accumulation: bool,
+    weights_kernel: str | None = None,
     lora_resolver: Callable[[str], Path] | None = None,
     upscaler_resolver: Callable[[str], Path] | None = None,
     control_resolver: Callable[[str], Path] | None = None,
@@ -46,8 +47,8 @@ def run_options(
     from anima.runtime.memory import parse_budget
 
     return RunOptions(
-        device=device, dtype=dtype, weights=weights, fp16_accumulation=fp16_accumulation,
-        vram_budget=parse_budget(getattr(args, "vram_budget", None)),
+        device=device, dtype=dtype, weights=weights, weights_kernel=weights_kernel,
+        fp16_accumulation=fp16_accumulation, vram_budget=parse_budget(getattr(args, "vram_budget", None)),
         ram_budget=parse_budget(getattr(args, "ram_budget", None), setting="ram_budget"),
         attention=getattr(args, "attention", None) or "auto", compile=bool(getattr(args, "compile", False)),
         merge_loras=bool(getattr(args, "merge_loras", False)), lora_resolver=lora_resolver,

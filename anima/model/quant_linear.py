@@ -91,6 +91,7 @@ class QuantLinear(nn.Module):
         *,
         input_scale: torch.Tensor | None = None,
         rotation: int = 0,
+        kernel: str | None = None,
     ) -> None:
         super().__init__()
         if fmt not in FORMATS or weight.dtype != FORMATS[fmt]:
@@ -105,7 +106,9 @@ class QuantLinear(nn.Module):
                     f"ConvRot group {rotation} does not divide {self.in_features} input features"
                 )
         self.rotation = rotation
-        self.kernel: str | None = None
+        # None: the device's kernel at each call (`qmatmul.pick`); a name forces it (dequant: how
+        # every CPU ran 8-bit weights before the int8 kernels, for re-running such recipes).
+        self.kernel = kernel
         # The packed weight of a CPU kernel (`qmatmul.PACKED`) and which kernel packed it. Once packed,
         # ``weight`` is emptied (the packed copy is the only one) and `int8_weight` unpacks it.
         self._packed: object | None = None
@@ -119,14 +122,16 @@ class QuantLinear(nn.Module):
 
     @classmethod
     def from_linear(
-        cls, linear: nn.Module, fmt: str, per_channel: bool = True, compute_dtype: torch.dtype | None = None
+        cls, linear: nn.Module, fmt: str, per_channel: bool = True, compute_dtype: torch.dtype | None = None,
+        kernel: str | None = None,
     ) -> QuantLinear:
         """`compute_dtype`: None computes in the layer's dtype (pass it when the layer still holds
         the file's dtype, e.g. bf16 weights for an fp32 run)."""
         if getattr(linear, "bias", None) is not None:
             raise AnimaError("QuantLinear supports bias-free layers only (the Anima DiT has no biases)")
         q, scale = quantize_weight(linear.weight, fmt, per_channel)
-        return cls(q, scale.to(linear.weight.device), fmt, compute_dtype or linear.weight.dtype)
+        dtype = compute_dtype or linear.weight.dtype
+        return cls(q, scale.to(linear.weight.device), fmt, dtype, kernel=kernel)
 
     def _packed_for(self, kernel: str) -> object:
         if self._packed is None or self._packed_kernel != kernel:

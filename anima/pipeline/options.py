@@ -18,6 +18,7 @@ from pathlib import Path
 
 from anima.errors import AnimaError
 from anima.model.attention import resolve_backend
+from anima.model.qmatmul import DEQUANT
 from anima.recipe import WEIGHT_FORMATS
 from anima.runtime.memory import parse_budget
 from anima.runtime.precision import parse_dtype
@@ -33,6 +34,8 @@ class RunOptions:
     `ram_budget`: the same for a CPU run, GB of host memory or "auto" (MemAvailable): the text
     encoder is released after encoding, and DiT blocks that do not fit in the compute dtype stay in
     the file's dtype (bf16) and are upcast one at a time (`anima.runtime.memory.plan_ram`);
+    `weights_kernel`: "dequant" runs the 8-bit layers as dequantise + matmul whatever the device has
+    (how CPUs ran them before anima's int8 kernels: a recipe recorded then re-runs as it ran);
     `release_text_encoder`: free it after encoding (None: on a CPU, or when the memory plan says so);
     `plan_size`: (width, height, batch) the memory plan and the compile warm-up are sized for."""
 
@@ -40,6 +43,7 @@ class RunOptions:
     dtype: str = "auto"
     vae_dtype: str | None = None
     weights: str | None = None
+    weights_kernel: str | None = None
     vram_budget: float | str | None = None
     ram_budget: float | str | None = None
     release_text_encoder: bool | None = None
@@ -62,6 +66,8 @@ class RunOptions:
                 parse_dtype(name, what=what)
         if self.weights is not None and self.weights not in WEIGHT_FORMATS:
             raise AnimaError(f"weights format must be {' or '.join(WEIGHT_FORMATS)}, got {self.weights!r}")
+        if self.weights_kernel not in (None, DEQUANT):
+            raise AnimaError(f"weights kernel must be {DEQUANT!r} (or unset), got {self.weights_kernel!r}")
         if isinstance(self.vram_budget, bool):
             raise AnimaError(f"memory budget takes a number of GB or 'auto', got {self.vram_budget!r}")
         object.__setattr__(self, "vram_budget", parse_budget(self.vram_budget))

@@ -56,10 +56,10 @@ def prepare(pipe, notes: list[str]) -> tuple[MemoryPlan, BlockStreamer | None]:
     if has_int8_kernel(device) and (n := requantize_q8_0(pipe.dit, pipe.dtype)):
         notes.append(f"weights: {n} GGUF Q8_0 layers as per-channel int8, {kernel_note('int8', device)}")
     if opts.weights:
-        report = quantize_dit(pipe.dit, opts.weights, compute_dtype=pipe.dtype)
+        report = quantize_dit(pipe.dit, opts.weights, compute_dtype=pipe.dtype, kernel=opts.weights_kernel)
         notes.append(
             f"weights: {report.layers} DiT layers in {opts.weights}, {report.saved_gb:.2f} GB saved, "
-            f"{kernel_note(opts.weights, device)}"
+            f"{kernel_note(opts.weights, device, opts.weights_kernel)}"
         )
     budget = budget_from_gb(opts.vram_budget, device)
     if opts.ram_budget is not None:

@@ -55,9 +55,10 @@ __all__ = ["BLOCK_LINEARS", "FORMATS", "QuantLinear", "QuantReport", "cast_unqua
            "loaded_note", "matmul_record", "quantize_dit", "quantize_weight", "requantize_q8_0"]  # fmt: skip
 
 
-def kernel_note(fmt: str, device: torch.device) -> str:
-    """Which matmul 8-bit weights of `fmt` get on `device` (`anima.model.qmatmul`), for the notes."""
-    kernel = qmatmul.choose_kernel(fmt, device.type, qmatmul.device_capability(device))
+def kernel_note(fmt: str, device: torch.device, forced: str | None = None) -> str:
+    """Which matmul 8-bit weights of `fmt` get on `device` (`anima.model.qmatmul`), for the notes;
+    `forced`: the kernel the layers were given instead."""
+    kernel = forced or qmatmul.choose_kernel(fmt, device.type, qmatmul.device_capability(device))
     return qmatmul.KERNEL_NAMES[kernel]
 
 
@@ -74,7 +75,8 @@ def matmul_record(dit: nn.Module, device: torch.device) -> str:
         return ""
     cap = qmatmul.device_capability(device)
     where = f"sm_{cap[0]}{cap[1]}" if isinstance(cap, tuple) else (cap or qmatmul.cpu_isa())
-    return "; ".join(f"{f}: {kernel_note(f, device)} on {where}" for f in fmts)
+    forced = {m.fmt: m.kernel for m in dit.modules() if isinstance(m, QuantLinear) and m.kernel}
+    return "; ".join(f"{f}: {kernel_note(f, device, forced.get(f))} on {where}" for f in fmts)
 
 
 def loaded_note(dit: nn.Module, device: torch.device) -> str | None:
@@ -107,14 +109,16 @@ class QuantReport:
 
 
 def quantize_dit(
-    dit: nn.Module, fmt: str, *, per_channel: bool = True, compute_dtype: torch.dtype | None = None
+    dit: nn.Module, fmt: str, *, per_channel: bool = True, compute_dtype: torch.dtype | None = None,
+    kernel: str | None = None,
 ) -> QuantReport:
     """Replace the blocks' plain attention/MLP ``nn.Linear`` layers by `QuantLinear` (in place).
 
     `compute_dtype`: what the quantised layers and the rest of the DiT compute in (None: each
     layer's own dtype, the rest untouched); the rest is cast block by block after its layers are
-    quantised (`cast_unquantized`). Layers already wrapped (a LoRA applied before quantisation) are
-    left in the compute dtype; apply quantisation first, LoRAs second.
+    quantised (`cast_unquantized`); `kernel` is forced on every layer (`QuantLinear`). Layers already
+    wrapped (a LoRA applied before quantisation) are left in the compute dtype; apply quantisation
+    first, LoRAs second.
     """
     if fmt not in FORMATS:
         raise AnimaError(f"unknown weight format '{fmt}'; choose int8 or fp8")
@@ -127,7 +131,7 @@ def quantize_dit(
             layer = getattr(parent, name)
             if type(layer) is not nn.Linear:
                 continue
-            q = QuantLinear.from_linear(layer, fmt, per_channel, compute_dtype=compute_dtype)
+            q = QuantLinear.from_linear(layer, fmt, per_channel, compute_dtype=compute_dtype, kernel=kernel)
             dense = torch.empty((), dtype=compute_dtype or layer.weight.dtype).element_size()
             before += layer.weight.numel() * dense
             after += q.weight.numel() * q.weight.element_size() + q.scale.numel() * 4
