@@ -24,6 +24,7 @@ from torch import nn
 from anima.errors import AnimaError
 from anima.model.lllite import DEFAULT_ASPP_DILATIONS, TARGETS, LLLite, LLLiteConfig, ModuleSpec
 from anima.train.data import IMAGE_EXTENSIONS, Item, load_image
+from anima.train.models import NamedState
 from anima.weights.lllite import save_lllite
 from anima.workflows.control import ControlPatch, ControlRun
 from anima.workflows.control_inputs import control_input
@@ -59,7 +60,7 @@ def control_path(item: Item, data_dir: str | Path, control_dir: str | Path) -> P
     raise AnimaError(f"no control image for {rel} in {control_dir} (same name, any image extension)")
 
 
-class LLLiteTrainable:
+class LLLiteTrainable(NamedState):
     """The trainable patch of an lllite run: the same interface as `anima.train.models.Trainable`."""
 
     network = None
@@ -96,16 +97,6 @@ class LLLiteTrainable:
 
     def param_groups(self) -> list[dict]:
         return [{"params": list(self.named.values()), "lr": self.cfg.lr}]
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in self.named.items()}
-
-    @torch.no_grad()
-    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
-        if sd.keys() != self.named.keys():
-            raise AnimaError("checkpoint does not match this run's trainable weights (different settings?)")
-        for n, p in self.named.items():
-            p.copy_(sd[n])
 
     def save_result(self, path: Path, metadata: dict[str, str]) -> Path:
         from anima.runtime.precision import parse_dtype

@@ -49,7 +49,24 @@ def load_models(cfg, device: torch.device) -> Models:
     return Models(dit, adapter, te, vae, tokenizer, model_hash(Path(cfg.dit)))
 
 
-class Trainable:
+class NamedState:
+    """The trainer's checkpoint of a trainable thing: its `named` parameters (name -> tensor),
+    copied out and copied back in place (resume checks the names match)."""
+
+    named: dict[str, nn.Parameter]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.named.items()}
+
+    @torch.no_grad()
+    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        if sd.keys() != self.named.keys():
+            raise AnimaError("checkpoint does not match this run's trainable weights (different settings?)")
+        for n, p in self.named.items():
+            p.copy_(sd[n])
+
+
+class Trainable(NamedState):
     """The trainable parameters of a run, their names for checkpoints, and the result writer."""
 
     def __init__(self, cfg, models: Models, generator: torch.Generator) -> None:
@@ -101,16 +118,6 @@ class Trainable:
         if adapter:
             groups.append({"params": adapter, "lr": adapter_lr})
         return groups
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in self.named.items()}
-
-    @torch.no_grad()
-    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
-        if sd.keys() != self.named.keys():
-            raise AnimaError("checkpoint does not match this run's trainable weights (different settings?)")
-        for n, p in self.named.items():
-            p.copy_(sd[n])
 
     # ------------------------------------------------------------------ result
     def save_result(self, path: Path, metadata: dict[str, str]) -> Path:
