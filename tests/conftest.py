@@ -20,6 +20,17 @@ TINY_MODEL_ARGS = [
 ]  # fmt: skip
 
 
+def tiny_pipeline():
+    """The tiny fixture model as a CPU fp32 `Pipeline` (the library-level tests' model)."""
+    from anima.pipeline import Pipeline
+
+    w = TINY / "weights"
+    return Pipeline.from_files(
+        w / "anima_tiny_dit.safetensors", w / "qwen3_tiny_te.safetensors", w / "wan21_tiny_vae.safetensors",
+        tokenizer_dir=TOKENIZERS, device="cpu", dtype="fp32",
+    )  # fmt: skip
+
+
 @pytest.fixture(autouse=True)
 def _no_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     # Tests must never reach a model hub.

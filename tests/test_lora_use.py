@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, TINY_MODEL_ARGS, TOKENIZERS, isolate_home
+from conftest import TINY, TINY_MODEL_ARGS, TOKENIZERS, isolate_home, tiny_pipeline
 
 from anima.cli import main
 from anima.errors import AnimaError
@@ -63,10 +63,7 @@ def _lora(seed: int) -> dict[Target, LoRA]:
 
 @pytest.fixture(scope="module")
 def pipe() -> Pipeline:
-    return Pipeline.from_files(
-        W / "anima_tiny_dit.safetensors", W / "qwen3_tiny_te.safetensors", W / "wan21_tiny_vae.safetensors",
-        tokenizer_dir=TOKENIZERS, device="cpu", dtype="fp32",
-    )  # fmt: skip
+    return tiny_pipeline()
 
 
 @pytest.fixture(scope="module")

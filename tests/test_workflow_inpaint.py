@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, TOKENIZERS
+from conftest import TINY, TOKENIZERS, tiny_pipeline
 from PIL import Image
 
 from anima.cli import main
@@ -21,10 +21,7 @@ W = TINY / "weights"
 
 @pytest.fixture(scope="module")
 def pipe() -> Pipeline:
-    return Pipeline.from_files(
-        W / "anima_tiny_dit.safetensors", W / "qwen3_tiny_te.safetensors", W / "wan21_tiny_vae.safetensors",
-        tokenizer_dir=TOKENIZERS, device="cpu", dtype="fp32",
-    )  # fmt: skip
+    return tiny_pipeline()
 
 
 def _mask(h: int = 128, w: int = 128, box=(40, 30, 90, 80)) -> torch.Tensor:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, TINY_MODEL_ARGS, TOKENIZERS
+from conftest import TINY, TINY_MODEL_ARGS, tiny_pipeline
 from PIL import Image
 
 from anima.cli import main
@@ -27,10 +27,7 @@ HALVES = (Region("red hair", rect=(0, 0, 0.5, 1)), Region("blue hair", rect=(0.5
 
 @pytest.fixture(scope="module")
 def pipe() -> Pipeline:
-    return Pipeline.from_files(
-        W / "anima_tiny_dit.safetensors", W / "qwen3_tiny_te.safetensors", W / "wan21_tiny_vae.safetensors",
-        tokenizer_dir=TOKENIZERS, device="cpu", dtype="fp32",
-    )  # fmt: skip
+    return tiny_pipeline()
 
 
 def _recipe(**kw) -> Recipe:
