@@ -81,7 +81,7 @@ def applied_controls(
         return
     if images is not None and len(images) != len(units):
         raise AnimaError(f"{len(units)} control units, {len(images)} control images", setting="control_image")
-    resolve = getattr(pipe.options, "control_resolver", None) or path_resolver
+    resolve = pipe.options.control_resolver or path_resolver
     patches, notes = [], []
     for i, unit in enumerate(units):
         lllite = pipe.control_patch(resolve(unit.model))
