@@ -399,3 +399,16 @@ def test_chains_are_compared_by_what_they_compute() -> None:
     data["103"] = copy.deepcopy(data["72"])
     data["73"]["inputs"]["vae"] = ["103", 0]
     assert _plan(data).jobs[0].recipe.hires.scale == 1.5
+
+
+def test_control_masks_from_different_channels_are_one_line() -> None:
+    from anima.interop.comfyui import values as V
+    from anima.interop.comfyui.plan import _mask_channel
+
+    def unit(channel: str) -> V.Control:
+        mask = V.Mask("m.png", channel, "node 9 (LoadImageMask)")
+        return V.Control(V.Patch("p", "n"), V.Picture("c.png", "n", (64, 64)), mask, 1.0, 0.0, 1.0, 3.0, "n")
+
+    assert _mask_channel((unit("alpha"),), None) == {"mask_channel": "alpha"}
+    with pytest.raises(AnimaError, match=r"^the graph's masks come from different channels \(alpha, red\)"):
+        _mask_channel((unit("alpha"), unit("red")), None)
