@@ -101,6 +101,36 @@ def test_batch_rows_are_independent(te: Qwen3TextEncoder, fx: dict) -> None:
     torch.testing.assert_close(both[:1], te.encode(ids), atol=1e-5, rtol=1e-5)
 
 
+def test_packed_prompts_are_encoded_as_if_alone(te: Qwen3TextEncoder, fx: dict) -> None:
+    # One pass over several prompts (what a prompt pair costs on a CPU) gives each prompt the states
+    # of its own pass: positions restart per prompt and no token sees another prompt's tokens.
+    ids = [fx[f"{p}.qwen_ids"][0].tolist() for p in PROMPTS]
+    packed = te.encode_packed(ids)
+    assert [h.shape[0] for h in packed] == [len(i) for i in ids]
+    for p, h in zip(PROMPTS, packed, strict=True):
+        assert (h - fx[f"{p}.hidden"][0]).abs().max().item() <= ATOL, p
+    # The same prompt with another partner: the same states, up to the matmul's summation order.
+    alone = te.encode_packed(ids[1:2])[0]
+    torch.testing.assert_close(te.encode_packed([ids[1], ids[0]])[0], alone, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError):
+        te.encode_packed([ids[0], []])
+
+
+def test_cast_buffers_are_reused_and_grad_keeps_its_own_copy(te: Qwen3TextEncoder, fx: dict) -> None:
+    # Without grad the projections cast into one buffer per shape (no fresh 12 MB tensor per call);
+    # with grad (text-encoder LoRA training) autograd keeps the cast weight, so each gets its own.
+    ids = fx["p0.qwen_ids"]
+    first = te.encode(ids)
+    scratch = te.layers[0].mlp.up_proj._scratch
+    assert all(m._scratch is scratch for m in te.modules() if hasattr(m, "_scratch"))
+    buffers = {id(b) for b in scratch._buffers.values()}
+    torch.testing.assert_close(te.encode(ids), first, atol=0, rtol=0)
+    assert {id(b) for b in scratch._buffers.values()} == buffers
+    x = te.embed_tokens(ids).float().requires_grad_()
+    te(inputs_embeds=x, use_cache=False).last_hidden_state.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
 def test_loader_builds_this_module(fx: dict) -> None:
     """The checkpoint loader's meta build + strict assign ends in the same precision policy."""
     from anima.weights.loading import load_text_encoder

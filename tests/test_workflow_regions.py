@@ -145,7 +145,10 @@ def test_regions_compose_with_nag_lora_and_prompt_editing(pipe, tmp_path) -> Non
     kw = {"cfg": 1.0, "nag_scale": 3.0, "loras": ((str(lora), 1.0),)}
     plain = pipe.generate(_recipe(prompt="1girl, [red:blue:0.5] hair", **kw)).images
     regional = pipe.generate(_recipe(prompt="x", regions=whole, regions_base_weight=0.0, **kw)).images
-    assert torch.equal(plain, regional)  # NAG inside regions, the LoRA'd layers, per-step prompts
+    # NAG inside regions, the LoRA'd layers, per-step prompts. Not bit for bit: the region run encodes
+    # its prompts in one text-encoder pass with other texts (the same states up to summation order).
+    print(f"plain vs one whole-image region: max {(plain - regional).abs().max().item():.2e}")
+    torch.testing.assert_close(plain, regional, atol=1e-4, rtol=0)
     two = pipe.generate(_recipe(regions=HALVES, cfg=4.0, nag_scale=3.0)).images  # CFG + NAG + regions
     assert torch.isfinite(two).all() and (two - plain).abs().max() > 1e-3
     assert all(type(b.cross_attn).__name__ == "Attention" for b in pipe.dit.blocks)  # restored

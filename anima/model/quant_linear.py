@@ -140,6 +140,19 @@ class QuantLinear(nn.Module):
             self.weight = self.weight.new_empty((0,))  # the packed copy is the one kept
         return self._packed
 
+    def prepack(self) -> bool:
+        """Pack the weight now for the CPU kernel this layer will run (a no-op elsewhere), rather
+        than on its first call; True when it packed. The loader packs every layer this way and gives
+        the freed plain weights back block by block (`anima.runtime.quant.prepack`)."""
+        if self.weight.device.type != "cpu" or self.weight.numel() == 0:
+            return False
+        dev = self.weight.device
+        kernel = qmatmul.pick(self.fmt, dev, 1, self.in_features, self.out_features, self.kernel)
+        if kernel not in qmatmul.PACKED:
+            return False
+        self._packed_for(kernel)
+        return True
+
     def int8_weight(self) -> torch.Tensor:
         """The 8-bit [out, in] values, unpacked when a CPU kernel holds them packed."""
         if self._packed is not None and self.weight.numel() == 0:

@@ -33,6 +33,7 @@ from anima.weights import loading
 from anima.weights.discovery import ModelSet
 from anima.weights.hashes import model_hash
 from anima.weights.lllite import load_lllite
+from anima.weights.mapped_pages import released_after_use, trim_heap
 from anima.workflows import comfy_image, inpaint
 from anima.workflows.control_sources import ControlImage
 from anima.workflows.init_image import check_image_tensor, file_digest
@@ -199,6 +200,7 @@ class Pipeline:
             return False
         self.text_encoder = None
         self.conditioner.detach_text_encoder()
+        trim_heap()  # the encoding's activations and cast buffers go back to the system too
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return True
@@ -382,13 +384,23 @@ class Pipeline:
         """One DiT context per prompt (on the device, compute dtype); each distinct text encoded once
         per run (`cache` maps texts already encoded in this run to their contexts). `zeroed`: with
         the Qwen3 states zeroed (ComfyUI's ConditioningZeroOut), cached apart from the plain ones."""
-        key = (lambda p: ("zeroed", p)) if zeroed else (lambda p: p)
-        new = [p for p in dict.fromkeys(prompts) if key(p) not in cache]
-        if new:
-            self.ensure_text_encoder()
-        for p, c in zip(new, self.conditioner.encode_many(new, zero_states=zeroed), strict=True):
-            cache[key(p)] = c.context.to(self.device, self.dtype)
-        return [cache[key(p)] for p in prompts]
+        self.encode_contexts([(p, zeroed) for p in prompts], cache)
+        return [cache[_context_key(p, zeroed)] for p in prompts]
+
+    def encode_contexts(self, requests: Sequence[tuple[str, bool]], cache: dict) -> None:
+        """Put the context of every (prompt, zeroed) request that `cache` lacks into it, encoding
+        them all in one text-encoder pass: the positive, negative and region prompts of a run
+        together cost one pass instead of one each (on a CPU the pass reads every weight)."""
+        new = [r for r in dict.fromkeys(requests) if _context_key(*r) not in cache]
+        if not new:
+            return
+        self.ensure_text_encoder()
+        # An encoder freed after encoding need not stay resident while it runs either.
+        freed = self.memory_plan.release_text_encoder and self._text_encoder_loader is not None
+        with released_after_use(self.text_encoder.layers if freed else ()):
+            encoded = self.conditioner.encode_requests(new)
+        for r, c in zip(new, encoded, strict=True):
+            cache[_context_key(*r)] = c.context.to(self.device, self.dtype)
 
     def after_text_encoding(self) -> None:
         """Under a plan that says so, free the text encoder before the DiT runs."""
@@ -454,3 +466,8 @@ def _tokenizer_dirs(models: ModelSet) -> tuple[Path, Path]:
             "or run `anima models download --tokenizers-only`"
         )
     return Path(models.qwen_tokenizer), Path(models.t5_tokenizer)
+
+
+def _context_key(prompt: str, zeroed: bool) -> str | tuple[str, str]:
+    """The key of a context in a run's cache: zeroed states are cached apart from the plain ones."""
+    return ("zeroed", prompt) if zeroed else prompt

@@ -185,12 +185,19 @@ def sample(
     model_sampling = schedules.FlowModelSampling(shift=recipe.shift)
     sigmas = spec.sigmas(recipe.shift)
     n = len(sigmas) - 1
-    pos = pipe.contexts(prompts_per_step(recipe.prompt, n), contexts)
-    neg = pipe.contexts(
-        prompts_per_step(recipe.negative_prompt, n), contexts, zeroed=recipe.comfy.zero_negative
+    zero_neg = recipe.comfy.zero_negative
+    regions_on = extra.region_masks is not None and (first or recipe.regional.end_step == 0)
+    # Every prompt of the pass through the text encoder at once (one pass over its weights).
+    pipe.encode_contexts(
+        [(p, False) for p in prompts_per_step(recipe.prompt, n)]
+        + [(p, zero_neg) for p in prompts_per_step(recipe.negative_prompt, n)]
+        + [(p, False) for r in (recipe.regions if regions_on else ()) for p in prompts_per_step(r.prompt, n)],
+        contexts,
     )
+    pos = pipe.contexts(prompts_per_step(recipe.prompt, n), contexts)
+    neg = pipe.contexts(prompts_per_step(recipe.negative_prompt, n), contexts, zeroed=zero_neg)
     regional = None
-    if extra.region_masks is not None and (first or recipe.regional.end_step == 0):
+    if regions_on:
         g = recipe.regional  # each region prompt encoded once (per distinct per-step text)
         per_region = [pipe.contexts(prompts_per_step(r.prompt, n), contexts) for r in recipe.regions]
         regional = RegionalControl(extra.region_masks, per_region, base_weight=g.base_weight,

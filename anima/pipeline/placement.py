@@ -33,6 +33,7 @@ from anima.runtime.quant import (
     has_int8_kernel,
     kernel_note,
     loaded_note,
+    prepack,
     quantize_dit,
     requantize_q8_0,
 )  # fmt: skip
@@ -78,6 +79,8 @@ def prepare(pipe, notes: list[str]) -> tuple[MemoryPlan, BlockStreamer | None]:
     if opts.release_text_encoder is not None:
         plan = dataclasses.replace(plan, release_text_encoder=opts.release_text_encoder)
     streamer = place(pipe, plan, device)
+    if streamer is None and device.type == "cpu":
+        prepack(pipe.dit)
     set_backend(pipe.dit.modules(), opts.attention)
     if device.type == "cuda" and not opts.weights and streamer is None:
         # One [3D, D] matmul instead of three: fewer kernel launches on a GPU. On CPUs it measured

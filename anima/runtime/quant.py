@@ -41,7 +41,7 @@ from anima.errors import AnimaError
 from anima.model import qmatmul
 from anima.model.ggml_modules import GGMLLinear
 from anima.model.quant_linear import QuantLinear, quantize_weight
-from anima.weights.mapped_pages import file_mappings, release
+from anima.weights.mapped_pages import file_mappings, release, trim_heap
 
 FORMATS = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}  # what `quantize_dit` writes
 # The projections inside each block that are quantised (checkpoint names, relative to the block).
@@ -51,8 +51,8 @@ BLOCK_LINEARS = (
     "mlp.layer1", "mlp.layer2",
 )  # fmt: skip
 __all__ = ["BLOCK_LINEARS", "FORMATS", "QuantLinear", "QuantReport", "cast_unquantized", "has_int8_kernel",
-           "kernel_note",
-           "loaded_note", "matmul_record", "quantize_dit", "quantize_weight", "requantize_q8_0"]  # fmt: skip
+           "kernel_note", "loaded_note", "matmul_record", "prepack", "quantize_dit", "quantize_weight",
+           "requantize_q8_0"]  # fmt: skip
 
 
 def kernel_note(fmt: str, device: torch.device, forced: str | None = None) -> str:
@@ -140,6 +140,7 @@ def quantize_dit(
             layers += 1
         if compute_dtype is not None:
             cast_unquantized(block, compute_dtype, mappings)
+        trim_heap()  # the block's fp32 temporaries lie between the int8 weights that stay
     if compute_dtype is not None:
         cast_unquantized(dit, compute_dtype, mappings)
     return QuantReport(fmt=fmt, layers=layers, bytes_before=before, bytes_after=after)
@@ -164,6 +165,17 @@ def cast_unquantized(module: nn.Module, dtype: torch.dtype, mappings: list | Non
                 m._buffers[name] = cast
 
 
+def prepack(dit: nn.Module) -> int:
+    """Pack every 8-bit layer of a CPU DiT for its kernel now (`QuantLinear.prepack`), returning the
+    heap block by block; -> how many were packed. Packed on first use instead, the plain int8 copies
+    freed during the first step stayed in glibc's arenas: +1.2 GB of RSS at 256x256 (2B DiT)."""
+    n = 0
+    for block in dit.blocks:
+        n += sum(m.prepack() for m in block.modules() if isinstance(m, QuantLinear))
+        trim_heap()
+    return n + sum(m.prepack() for m in dit.modules() if isinstance(m, QuantLinear))
+
+
 def requantize_q8_0(dit: nn.Module, compute_dtype: torch.dtype) -> int:
     """GGUF Q8_0 layers -> per-channel int8 `QuantLinear` (in place), so they get the device's int8
     matmul; returns how many were converted. Bias-carrying layers stay GGML."""
@@ -175,4 +187,5 @@ def requantize_q8_0(dit: nn.Module, compute_dtype: torch.dtype) -> int:
         parent_path, _, child = name.rpartition(".")
         setattr(dit.get_submodule(parent_path), child, QuantLinear(q, scale, "int8", compute_dtype))
         n += 1
+        trim_heap()  # as in `quantize_dit`: the fp32 dequantisation is freed between kept weights
     return n

@@ -11,7 +11,7 @@ the softmax, and leaving them out changes the image. Prompts longer than 512 T5 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -94,9 +94,32 @@ class TextConditioner:
         ConditioningZeroOut does for Anima (it zeroes the cross-attention tensor, which for Anima is
         the Qwen3 output; the T5 ids and weights stay, so the adapter still runs and the context is
         not zero)."""
+        return self.encode_many([prompt], zero_states=zero_states)[0]
+
+    @torch.no_grad()
+    def encode_many(self, prompts: Iterable[str], *, zero_states: bool = False) -> list[Conditioning]:
+        """Encode each prompt; the distinct ones go through the text encoder together (`encode_requests`)."""
+        return self.encode_requests([(p, zero_states) for p in prompts])
+
+    @torch.no_grad()
+    def encode_requests(self, requests: Sequence[tuple[str, bool]]) -> list[Conditioning]:
+        """(prompt, zero_states) pairs -> their conditionings. Every distinct text goes through the
+        text encoder once, all of them in one pass (`Qwen3TextEncoder.encode_packed`: on a CPU the
+        pass costs about the same for one prompt as for a few, since it is bound by reading the
+        weights); a text asked for plain and zeroed is encoded once."""
+        if not requests:
+            return []
         if self.text_encoder is None:
             raise RuntimeError("the text encoder was released; attach it again before encoding")
-        tokens = self.tokenizer.tokenize(prompt)
+        texts = list(dict.fromkeys(p for p, _ in requests))
+        tokens = dict(zip(texts, (self.tokenizer.tokenize(p) for p in texts), strict=True))
+        states = self.text_encoder.encode_packed([tokens[p].qwen_ids for p in texts])
+        hidden = dict(zip(texts, states, strict=True))
+        done = {r: self._condition(r[0], tokens[r[0]], hidden[r[0]], r[1]) for r in dict.fromkeys(requests)}
+        return [done[r] for r in requests]
+
+    def _condition(self, prompt: str, tokens, hidden: torch.Tensor, zero_states: bool) -> Conditioning:
+        """One prompt's Qwen3 states [Lq, D] -> its DiT context, through the adapter."""
         n = len(tokens.t5_ids)
         if n > MIN_CONTEXT_ROWS:
             log.warning(
@@ -105,9 +128,7 @@ class TextConditioner:
                 MIN_CONTEXT_ROWS,
                 n,
             )
-        te_device = self.text_encoder.embed_tokens.weight.device
-        qwen_ids = torch.tensor([tokens.qwen_ids], dtype=torch.long, device=te_device)
-        hidden = self.text_encoder.encode(qwen_ids).to(device=self.device, dtype=self.dtype)
+        hidden = hidden[None].to(device=self.device, dtype=self.dtype)
         if zero_states:
             hidden = torch.zeros_like(hidden)
         t5_ids = torch.tensor([tokens.t5_ids], dtype=torch.long, device=self.device)
@@ -122,13 +143,3 @@ class TextConditioner:
             t5_ids=tokens.t5_ids,
             t5_weights=tokens.t5_weights,
         )
-
-    def encode_many(self, prompts: Iterable[str], *, zero_states: bool = False) -> list[Conditioning]:
-        """Encode each prompt, running the models once per distinct prompt."""
-        done: dict[str, Conditioning] = {}
-        out = []
-        for p in prompts:
-            if p not in done:
-                done[p] = self.encode(p, zero_states=True) if zero_states else self.encode(p)
-            out.append(done[p])
-        return out

@@ -13,6 +13,12 @@ the page cache, and touching the tensor again reads the same bytes back from the
 are never written in place, so there are no private copies to lose.) Anonymous memory, which
 MADV_DONTNEED would zero, is never touched. On systems without ``/proc`` or ``madvise`` this is a
 no-op.
+
+The same goes for the heap (`trim_heap`): converting weights layer by layer (8-bit quantisation)
+frees a few GB of temporaries between long-lived results, and glibc keeps the freed chunks in its
+arenas instead of returning them; how much stays depends on thread timing. Measured on the 2B DiT
+quantised to int8 in fresh processes: peak RSS 2.9-6.2 GB without trimming (RssAnon up to 7.4 GB
+once the text encoder and VAE joined), 2.83 GB every time with ``malloc_trim`` after each block.
 """
 
 from __future__ import annotations
@@ -21,9 +27,12 @@ import ctypes
 import ctypes.util
 import mmap
 import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from functools import cache
 
 import torch
+from torch import nn
 
 _MADV_DONTNEED = 4  # the same on every Linux architecture
 
@@ -55,6 +64,17 @@ def file_mappings() -> list[tuple[int, int]]:
     return out
 
 
+def trim_heap() -> None:
+    """Return the heap's free pages to the system (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Call it after freeing many large temporaries that lay between allocations that stay (it costs
+    about 10 ms per GB of free heap); torch's CPU allocator takes its memory from this heap."""
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
+    if trim is not None:
+        trim(0)
+
+
 def release(t: torch.Tensor, mappings: list[tuple[int, int]]) -> int:
     """Drop the resident pages that lie wholly inside CPU tensor `t`, if `t` lies inside one of the
     file-backed `mappings` (see `file_mappings`); returns the bytes released (0 when not applicable)."""
@@ -72,3 +92,24 @@ def release(t: torch.Tensor, mappings: list[tuple[int, int]]) -> int:
     if libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_DONTNEED) != 0:
         return 0
     return hi - lo
+
+
+@contextmanager
+def released_after_use(layers: Iterable[nn.Module]) -> Iterator[None]:
+    """While open, each of `layers` gives back its memory-mapped weight pages once its forward ends.
+
+    For a model run once and then freed (the CPU text encoder: one packed pass over the prompts,
+    then released) this holds one layer's pages at a time instead of the whole file (1.2 GB for
+    Qwen3-0.6B in bf16): the pages stay in the page cache, so a second pass only faults them back."""
+    mappings = file_mappings()
+
+    def give_back(module: nn.Module, _args, _out) -> None:
+        for t in module.parameters():
+            release(t, mappings)
+
+    hooks = [layer.register_forward_hook(give_back) for layer in layers]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()

@@ -1,0 +1,126 @@
+"""The CPU run's memory and text-encoding passes (issue 19): one text-encoder pass per sampling pass,
+mapped pages given back as the encoder runs, 8-bit layers packed at load with the heap trimmed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY, TOKENIZERS, tiny_pipeline
+
+from anima.model import qmatmul
+from anima.model.quant_linear import QuantLinear
+from anima.model.text_encoder import Qwen3TextEncoder
+from anima.pipeline import Pipeline, RunOptions
+from anima.recipe import Recipe
+from anima.recipe.regions import Region
+from anima.runtime import quant
+from anima.weights import mapped_pages
+from anima.weights.safetensors import load_mmap, save
+
+
+@pytest.fixture(scope="module")
+def pipe() -> Pipeline:
+    return tiny_pipeline()
+
+
+def test_every_prompt_of_a_pass_goes_through_the_encoder_at_once(pipe, monkeypatch) -> None:
+    # Positive (with prompt editing: two texts), negative and two region prompts: one forward of the
+    # text encoder, and each context equals the one its prompt gets when encoded alone.
+    passes: list[int] = []
+    real = Qwen3TextEncoder.forward
+
+    def counting(self, *args, **kwargs):
+        passes.append(kwargs["inputs_embeds"].shape[1])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Qwen3TextEncoder, "forward", counting)
+    regions = (Region("red hair", rect=(0, 0, 0.5, 1)), Region("blue hair", rect=(0.5, 0, 1, 1)))
+    recipe = Recipe.make(
+        prompt="[cat:dog:2]", negative_prompt="blurry", width=64, height=64, steps=3, sampler="euler",
+        seed=1, regions=regions,
+    )  # fmt: skip
+    pipe.generate(recipe)
+    assert len(passes) == 1, passes
+    texts = ["cat", "dog", "blurry", "red hair", "blue hair"]
+    cache: dict = {}
+    pipe.encode_contexts([(t, False) for t in texts], cache)
+    assert len(passes) == 2
+    for t in texts:
+        alone = pipe.contexts([t], {})[0]
+        torch.testing.assert_close(cache[t], alone, atol=1e-5, rtol=1e-5)
+    assert len(passes) == 2 + len(texts)
+
+
+def test_zeroed_and_plain_requests_share_one_encoding(pipe, monkeypatch) -> None:
+    passes: list[int] = []
+    real = Qwen3TextEncoder.forward
+    monkeypatch.setattr(
+        Qwen3TextEncoder, "forward", lambda self, *a, **k: passes.append(1) or real(self, *a, **k)
+    )
+    cache: dict = {}
+    pipe.encode_contexts([("a cat", False), ("a cat", True), ("a dog", False)], cache)
+    assert passes == [1] and set(cache) == {"a cat", ("zeroed", "a cat"), "a dog"}
+    assert not torch.equal(cache["a cat"], cache[("zeroed", "a cat")])
+
+
+def test_mapped_pages_are_given_back_after_each_layer(tmp_path, monkeypatch) -> None:
+    # A layer whose weight is a view into a mapped file gives its pages back once its forward ends,
+    # only while the context is open; its output does not change (the pages are read back).
+    path = tmp_path / "w.safetensors"
+    save({"w": torch.randn(512, 1024)}, path)
+    layer = torch.nn.Linear(1024, 512, bias=False)
+    layer.weight = torch.nn.Parameter(load_mmap(path)["w"], requires_grad=False)
+    released: list[int] = []
+    real = mapped_pages.release
+    monkeypatch.setattr(mapped_pages, "release", lambda t, m: released.append(real(t, m)) or released[-1])
+    x = torch.randn(3, 1024)
+    before = layer(x)
+    assert released == []
+    with mapped_pages.released_after_use([layer]):
+        inside = layer(x)
+    assert len(released) == 1 and released[0] >= 1024 * 512 * 4 - 2 * 4096
+    torch.testing.assert_close(layer(x), before, atol=0, rtol=0)
+    torch.testing.assert_close(inside, before, atol=0, rtol=0)
+    assert len(released) == 1  # the hook went with the context
+
+
+def test_cpu_8bit_layers_are_packed_at_load_and_the_heap_trimmed(monkeypatch) -> None:
+    # The heap is trimmed after each block (quantisation, then packing); where the CPU has a packed
+    # int8 kernel every layer holds only its packed copy before the first step, and the image is
+    # the one the same layers give when packed on first use.
+    trims: list[int] = []
+    monkeypatch.setattr(quant, "trim_heap", lambda: trims.append(1))
+    w = TINY / "weights"
+    opts = RunOptions(device="cpu", dtype="fp32", weights="int8")
+    pipe = Pipeline.from_files(
+        w / "anima_tiny_dit.safetensors", w / "qwen3_tiny_te.safetensors", w / "wan21_tiny_vae.safetensors",
+        tokenizer_dir=TOKENIZERS, options=opts,
+    )  # fmt: skip
+    blocks = len(pipe.dit.blocks)
+    assert len(trims) == 2 * blocks
+    layers = [m for m in pipe.dit.modules() if isinstance(m, QuantLinear)]
+    kernel = qmatmul.pick("int8", torch.device("cpu"), 1, 8, 8)
+    packed = kernel in qmatmul.PACKED
+    assert layers and all((m.weight.numel() == 0) == packed for m in layers)
+    recipe = Recipe.make(prompt="a cat", width=64, height=64, steps=2, sampler="euler", seed=3)
+    image = pipe.generate(recipe).images
+    for m in layers:  # back to the plain int8 weight: packed again on first use
+        m._apply(lambda t: t)
+    assert all(m.weight.numel() > 0 for m in layers)
+    torch.testing.assert_close(pipe.generate(recipe).images, image, atol=0, rtol=0)
+
+
+def test_trim_heap_calls_malloc_trim_where_there_is_one(monkeypatch) -> None:
+    calls: list[int] = []
+
+    class Libc:
+        def malloc_trim(self, pad: int) -> int:
+            calls.append(pad)
+            return 1
+
+    monkeypatch.setattr(mapped_pages, "_libc", lambda: Libc())
+    mapped_pages.trim_heap()
+    assert calls == [0]
+    monkeypatch.setattr(mapped_pages, "_libc", lambda: None)
+    mapped_pages.trim_heap()  # no libc (not Linux): nothing to do, no error
+    assert calls == [0]
