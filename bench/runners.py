@@ -93,8 +93,8 @@ def run_anima_images(pipe, case: Case, seed: int = 0) -> tuple[dict, torch.Tenso
     reload_s = time.perf_counter() - t0
     te = pipe.text_encoder
     parts = {
-        # The encoder's own forward and its parts: `encode_many` runs the layers directly (each
-        # layer's weights cast once for the prompt pair); nested calls are counted once.
+        # The encoder's own forward and its parts (`encode_packed` runs the prompt pair as one
+        # forward, each weight cast once); nested calls are counted once.
         "text": [te, te.embed_tokens, *te.layers, te.norm, pipe.adapter],
         "dit": [pipe.dit],
         "vae": [pipe.vae.conv2, pipe.vae.decoder],

@@ -187,19 +187,21 @@ def sample(
     n = len(sigmas) - 1
     zero_neg = recipe.comfy.zero_negative
     regions_on = extra.region_masks is not None and (first or recipe.regional.end_step == 0)
+    pos_texts = prompts_per_step(recipe.prompt, n)
+    neg_texts = prompts_per_step(recipe.negative_prompt, n)
+    region_texts = [prompts_per_step(r.prompt, n) for r in recipe.regions] if regions_on else []
     # Every prompt of the pass through the text encoder at once (one pass over its weights).
     pipe.encode_contexts(
-        [(p, False) for p in prompts_per_step(recipe.prompt, n)]
-        + [(p, zero_neg) for p in prompts_per_step(recipe.negative_prompt, n)]
-        + [(p, False) for r in (recipe.regions if regions_on else ()) for p in prompts_per_step(r.prompt, n)],
+        [(p, False) for p in pos_texts] + [(p, zero_neg) for p in neg_texts]
+        + [(p, False) for texts in region_texts for p in texts],
         contexts,
-    )
-    pos = pipe.contexts(prompts_per_step(recipe.prompt, n), contexts)
-    neg = pipe.contexts(prompts_per_step(recipe.negative_prompt, n), contexts, zeroed=zero_neg)
+    )  # fmt: skip
+    pos = pipe.contexts(pos_texts, contexts)
+    neg = pipe.contexts(neg_texts, contexts, zeroed=zero_neg)
     regional = None
     if regions_on:
         g = recipe.regional  # each region prompt encoded once (per distinct per-step text)
-        per_region = [pipe.contexts(prompts_per_step(r.prompt, n), contexts) for r in recipe.regions]
+        per_region = [pipe.contexts(texts, contexts) for texts in region_texts]
         regional = RegionalControl(extra.region_masks, per_region, base_weight=g.base_weight,
                                    overlap=g.overlap, active_steps=g.end_step or None)  # fmt: skip
     pipe.after_text_encoding()
