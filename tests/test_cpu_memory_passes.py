@@ -13,7 +13,7 @@ from anima.model.text_encoder import Qwen3TextEncoder
 from anima.pipeline import Pipeline, RunOptions
 from anima.recipe import Recipe
 from anima.recipe.regions import Region
-from anima.runtime import quant
+from anima.runtime import quant, streaming
 from anima.weights import mapped_pages
 from anima.weights.safetensors import load_mmap, save
 
@@ -124,3 +124,49 @@ def test_trim_heap_calls_malloc_trim_where_there_is_one(monkeypatch) -> None:
     monkeypatch.setattr(mapped_pages, "_libc", lambda: None)
     mapped_pages.trim_heap()  # no libc (not Linux): nothing to do, no error
     assert calls == [0]
+
+
+def _int8_pipeline(**options) -> Pipeline:
+    w = TINY / "weights"  # bf16 files, as the released checkpoints
+    return Pipeline.from_files(
+        w / "anima_tiny_dit.safetensors", w / "qwen3_tiny_te.safetensors", w / "wan21_tiny_vae.safetensors",
+        tokenizer_dir=TOKENIZERS, options=RunOptions(device="cpu", dtype="fp32", weights="int8", **options),
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def test_fp32_8bit_blocks_keep_their_modulations_as_loaded_and_upcast_per_block(monkeypatch) -> None:
+    # What `auto` gives on a CPU without fast bf16: the AdaLN modulations (most of a block's
+    # unquantised weights) stay bf16 and are upcast block by block into one reused set of buffers;
+    # the attention norms are cast, so the cross-attention K/V are still cached per prompt. The image
+    # equals the one with every block cast at load (a roomy RAM budget's plan) bit for bit.
+    pipe = _int8_pipeline()
+    block = pipe.dit.blocks[0]
+    assert block.adaln_modulation_mlp[1].weight.dtype == torch.bfloat16
+    assert block.cross_attn.k_norm.weight.dtype == torch.float32
+    assert pipe.dit.t_embedding_norm.weight.dtype == torch.float32
+    streamer = pipe.block_streamer
+    assert streamer is not None and streamer.dtype == torch.float32 and streamer.resident == 0
+    assert any("upcast one block at a time" in n for n in pipe.notes)
+    context = torch.randn(1, 512, pipe.dit.cfg.crossattn_emb_channels)
+    context[:, 7:] = 0
+    assert all(kv is not None for kv in pipe.dit.prepare_context(context).kv)
+
+    released: list[int] = []
+    real_release = streaming.release
+    monkeypatch.setattr(streaming, "release", lambda t, maps: released.append(real_release(t, maps)))
+    recipe = Recipe.make(prompt="a cat", width=64, height=64, steps=2, cfg=4.0, sampler="euler", seed=3)
+    image = pipe.generate(recipe).images
+    # Still views of the mapped file: each upcast gives the source pages back (the page cache keeps them).
+    assert len(released) == 6 * streamer.stats.loads and sum(released) > 0
+    stored = [p for p in block.parameters() if p.dtype == torch.bfloat16]
+    assert len(streamer._scratch) == len(stored) == 6  # 3 modulations x 2 linears, shared by the blocks
+    bf16 = [p for b in pipe.dit.blocks for p in b.parameters() if p.dtype == torch.bfloat16]
+    per_call = sum(4 * p.numel() for p in bf16)
+    assert streamer.stats.bytes_copied == per_call * streamer.stats.loads // len(pipe.dit.blocks)
+    assert block.adaln_modulation_mlp[1].weight.dtype == torch.bfloat16  # given back after the forward
+
+    cast = _int8_pipeline(ram_budget=64)  # everything fits: every block cast at load, no streamer
+    assert cast.block_streamer is None
+    assert cast.dit.blocks[0].adaln_modulation_mlp[1].weight.dtype == torch.float32
+    assert torch.equal(cast.generate(recipe).images, image)

@@ -63,16 +63,22 @@ class Passthrough(nn.Module):
 # -- cached cross-attention K/V ------------------------------------------------------------------
 
 
+def assert_same_maths(a: torch.Tensor, b: torch.Tensor) -> None:
+    """The cached path shares the zero padding's key (`ContextKV`): the same maths as the plain path's
+    512 keys, summed in another order (1.8e-6 of outputs up to 4.6 here)."""
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 @torch.no_grad()
 def test_context_cache_equals_plain_path(model, inputs):
     x, sigma, context = inputs
     plain = model(x, sigma, context)
     cache = model.prepare_context(context)
     assert len(cache.kv) == len(model.blocks) and all(kv is not None for kv in cache.kv)
-    assert torch.equal(model(x, sigma, context, context_cache=cache), plain)
+    assert_same_maths(model(x, sigma, context, context_cache=cache), plain)
     # Reused on a later step (another sigma and latent), still equal to the plain path.
     x2, s2 = x.flip(-1), sigma * 0.5
-    assert torch.equal(model(x2, s2, context, context_cache=cache), model(x2, s2, context))
+    assert_same_maths(model(x2, s2, context, context_cache=cache), model(x2, s2, context))
 
 
 @torch.no_grad()
@@ -86,7 +92,7 @@ def test_context_cache_leaves_blocks_stored_elsewhere_to_their_forward(model, in
     cache = m.prepare_context(context)
     assert cache.kv[0] is not None and cache.kv[1] is None
     m.blocks[1].load_state_dict(model.blocks[1].state_dict(), assign=True)  # "streamed in"
-    assert torch.equal(m(x, sigma, context, context_cache=cache), model(x, sigma, context))
+    assert_same_maths(m(x, sigma, context, context_cache=cache), model(x, sigma, context))
 
 
 def test_run_caches_find_a_context_again_without_reading_it(model, inputs, monkeypatch):
@@ -121,8 +127,8 @@ def test_context_cache_uses_wrapped_kv_projections(model, inputs):
     m = copy.deepcopy(model)
     m.blocks[1].cross_attn.k_proj = AddDelta(m.blocks[1].cross_attn.k_proj)
     plain = m(x, sigma, context)
-    assert not torch.equal(plain, model(x, sigma, context))  # the wrapper matters
-    assert torch.equal(m(x, sigma, context, context_cache=m.prepare_context(context)), plain)
+    assert (plain - model(x, sigma, context)).abs().max() > 1e-2  # the wrapper matters
+    assert_same_maths(m(x, sigma, context, context_cache=m.prepare_context(context)), plain)
 
 
 @torch.no_grad()
@@ -135,7 +141,7 @@ def test_wrapped_cross_attn_gets_plain_call(model, inputs):
     assert cache.kv[0] is None and cache.kv[1] is not None
     out = m(x, sigma, context, context_cache=cache)
     assert wrapper.seen == [()]  # called once, with (x, context) only
-    assert torch.equal(out, model(x, sigma, context))
+    assert_same_maths(out, model(x, sigma, context))
 
 
 # -- fused q/k/v -----------------------------------------------------------------------------------

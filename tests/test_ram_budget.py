@@ -106,7 +106,10 @@ def test_a_tight_ram_budget_upcasts_blocks_and_gives_the_same_image(deep_file) -
     assert dit.blocks[5].mlp.layer1.weight.dtype == torch.bfloat16  # kept as loaded
     assert dit.t_embedding_norm.weight.dtype == torch.float32
     got = budgeted.generate(RECIPE).images
-    assert torch.equal(got, want)  # the upcast is exact
+    # The upcast is exact; the streamed blocks project their cross-attention K/V in their forward
+    # over all 512 context rows, where the cached blocks share the padding's key (`ContextKV`): the
+    # same maths, another summation order.
+    assert (got - want).abs().max() <= 1e-5
     assert budgeted.block_streamer.stats.loads >= RECIPE.steps * 5
     assert budgeted.block_streamer.stats.peak_streamed_bytes <= block  # one upcast block at a time
     assert dit.blocks[1].mlp.layer1.weight.dtype == torch.bfloat16  # the copies were dropped again

@@ -1,7 +1,9 @@
 """Scaled dot-product attention used by every Anima model, with a choice of kernel.
 
 One plain function, so a different kernel is swapped in at a single place. No masks: neither the DiT
-nor the adapter uses one (anima-spec §2.6, §3.3).
+nor the adapter uses one (anima-spec §2.6, §3.3). The one additive bias is the DiT's shared key of a
+context's zero padding (`anima.model.dit_attention.ContextKV`): the same maths as the unmasked
+attention over every padding row.
 
 Backends (`BACKENDS`):
 
@@ -18,6 +20,7 @@ choice made for the GPU never breaks a CPU run.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from collections.abc import Iterable
 
@@ -60,11 +63,21 @@ def set_backend(modules: Iterable[torch.nn.Module], name: str | None) -> str:
     return backend
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa", *,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
     """Softmax attention with scale 1/sqrt(head_dim) and no mask.
 
     q: [B, heads, Lq, head_dim]; k, v: [B, heads, Lk, head_dim]. Returns [B, heads, Lq, head_dim].
+    bias: float32 [.., Lk] added to the scores, the log of how many keys each key stands for
+    (`ContextKV`). It runs in float32 whatever q's dtype: log(n) rounded to bf16 would misweigh the
+    shared key by up to 1%. With a bias the keys are few (the prompt's tokens), so this costs little.
     """
+    if bias is not None:
+        with _kernel(backend):
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=bias)
+        return out.to(q.dtype)
     if backend == "math":
         return _math(q, k, v)
     if q.device.type == "cuda":
@@ -81,7 +94,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = 
 
 
 def _math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    with _kernel("math"):
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+def _kernel(backend: str) -> contextlib.AbstractContextManager:
+    """The reference math kernel when asked for (debugging numerics), else torch's own choice."""
+    if backend != "math":
+        return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    with sdpa_kernel(SDPBackend.MATH):
-        return F.scaled_dot_product_attention(q, k, v)
+    return sdpa_kernel(SDPBackend.MATH)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anima.model.config import DiTConfig
-from anima.model.dit_attention import KV, Attention, fuse_qkv, rope_tables  # noqa: F401 (re-exported)
+from anima.model.dit_attention import KV, Attention, ContextKV, fuse_qkv, rope_tables  # noqa: F401 (re-exported)
 from anima.model.dit_cache import ContextCache, FirstBlockCache
 from anima.model.rope import Rope3D
 
@@ -177,7 +177,7 @@ class Block(nn.Module):
         cond: TimeCond,
         context: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
-        kv: KV | None = None,
+        kv: KV | ContextKV | None = None,
     ) -> torch.Tensor:
         """x: [B, L, D] residual stream; context: [B, Lc, C] in the compute dtype.
 
@@ -296,7 +296,7 @@ class MiniTrainDIT(nn.Module):
         """
         context = context.to(self.compute_dtype)
         kv = tuple(
-            b.cross_attn.project_kv(context)
+            b.cross_attn.context_kv(context)
             if type(b.cross_attn) is Attention and _lives_on(b.cross_attn, context.device, context.dtype)
             else None
             for b in self.blocks
@@ -314,7 +314,8 @@ class MiniTrainDIT(nn.Module):
     ) -> torch.Tensor:
         """x: [B, C, T, H, W] normalised latent; sigma: [B] raw sigma; context: [B, L, C_ctx].
 
-        context_cache: `prepare_context(context)`, reused across steps (same numbers, less work).
+        context_cache: `prepare_context(context)`, reused across steps (the same maths, less work:
+            equal to the plain path up to float rounding, `ContextKV`).
         step_cache: opt-in first-block cache that may skip blocks 1..N-1 (changes the result).
         Returns the velocity v = noise - x0, [B, C_out, T, H, W] in x.dtype.
         """
@@ -324,7 +325,7 @@ class MiniTrainDIT(nn.Module):
         cond = self.time_embedding(sigma.to(x.device).reshape(-1))
         rope = rope_tables(*self.rope(grid, x.device))
         context = context.to(self.compute_dtype)
-        kv: tuple[KV | None, ...] = (None,) * len(self.blocks)
+        kv: tuple[ContextKV | None, ...] = (None,) * len(self.blocks)
         if context_cache is not None:
             context_cache.check(context, len(self.blocks))
             kv = context_cache.kv

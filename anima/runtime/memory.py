@@ -84,10 +84,16 @@ class MemoryPlan:
     vae_budget: int | None = None  # bytes left for the VAE decode (None: ask the device)
     estimate: dict = field(default_factory=dict)  # bytes per part, for logs and --profile
     text_encoder_on_host: bool = False  # run it on the CPU: it never takes device memory
-    # A RAM plan (`plan_ram`): streamed blocks stay in the file's dtype and are upcast per block.
+    # A RAM plan (`plan_ram`; or, with no budget, 8-bit blocks computing in fp32:
+    # `placement.upcasts_blocks`): streamed blocks stay in the file's dtype, upcast per block.
     ram: bool = False
 
     def describe(self) -> str:
+        if self.ram and self.budget is None:
+            return (
+                "memory: no budget; the 8-bit DiT blocks' other weights kept in the file's dtype and "
+                "upcast one block at a time as they run, text encoder released after encoding"
+            )
         if self.ram:
             dit = "DiT in the compute dtype"
             if self.stream_blocks:

@@ -10,7 +10,8 @@ Correctness on CUDA: copies are issued on a side stream from pinned memory; the 
 on the copy's event before the block runs, and each device copy is marked with ``record_stream`` so
 the caching allocator does not reuse it while the compute stream may still read it. On a CPU the
 "device" copies are plain copies (``copy=True``), which is how the tests exercise the mechanism; with
-a `dtype` (a CPU under ``--ram-budget``) they are the upcast copies of blocks kept in bf16.
+a `dtype` (a CPU under ``--ram-budget``, or 8-bit blocks computing in fp32) they are the upcast
+copies of blocks kept in bf16, and tensors already in that dtype are used where they lie.
 
 Parameters added to a block after `attach` (e.g. a LoRA wrapper's) are streamed too: each load moves
 whatever the block holds at that moment.
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from anima.weights.mapped_pages import file_mappings, release
 
 
 @dataclass
@@ -66,6 +69,8 @@ class BlockStreamer:
         self.prefetch = max(0, prefetch)
         self.stats = StreamStats()
         self._loaded: dict[int, _Loaded] = {}
+        self._scratch: dict[int, torch.Tensor] = {}  # reused upcast buffers, by tensor slot (`_upcast`)
+        self._mappings: list[tuple[int, int]] = []  # file-backed ranges (`_upcast` gives their pages back)
         self._handles: list = []
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._pin = self.device.type == "cuda" and torch.cuda.is_available()
@@ -78,6 +83,8 @@ class BlockStreamer:
 
     def attach(self) -> BlockStreamer:
         """Move resident blocks to the device and streamed blocks to (pinned) host memory; add hooks."""
+        if self.dtype is not None and self.device.type == "cpu":
+            self._mappings = file_mappings()
         for j, block in enumerate(self.blocks):
             if j < self.resident:
                 block.to(self.device)
@@ -96,6 +103,7 @@ class BlockStreamer:
         self._handles.clear()
         for j in list(self._loaded):
             self._evict(j)
+        self._scratch.clear()
 
     def __enter__(self) -> BlockStreamer:
         return self.attach() if not self._handles else self
@@ -140,18 +148,43 @@ class BlockStreamer:
                 loaded.event = torch.cuda.Event()
                 loaded.event.record(self._stream)
         else:
-            loaded.copies = [self._copy(t.data) for t in holders]
-        loaded.bytes = sum(c.numel() * c.element_size() for c in loaded.copies)
+            loaded.copies = [self._copy(host, slot) for slot, (_t, host) in enumerate(loaded.swaps)]
+        loaded.bytes = sum(
+            c.numel() * c.element_size() for (_h, host), c in zip(loaded.swaps, loaded.copies, strict=True)
+            if c is not host
+        )  # fmt: skip
         self._loaded[j] = loaded
         self.stats.loads += 1
         self.stats.prefetched += int(prefetch)
         self.stats.bytes_copied += loaded.bytes
         self.stats.add(loaded.bytes)
 
-    def _copy(self, t: torch.Tensor) -> torch.Tensor:
-        if self.dtype is not None and t.is_floating_point() and t.dtype != self.dtype:
-            return t.to(self.device, dtype=self.dtype)  # a new tensor: the upcast copy
-        return t.to(self.device, copy=True)
+    def _copy(self, t: torch.Tensor, slot: int) -> torch.Tensor:
+        if self.dtype is None:
+            return t.to(self.device, copy=True)
+        if t.device != self.device or (t.is_floating_point() and t.dtype != self.dtype):
+            return self._upcast(t, slot)
+        return t  # an upcasting CPU streamer: 8-bit weights and norms already in the dtype stay put
+
+    def _upcast(self, t: torch.Tensor, slot: int) -> torch.Tensor:
+        """The upcast copy, written into the same buffer for every block when only one block is
+        loaded at a time on a CPU and nothing records gradients: the blocks share their shapes, and a
+        fresh 25 MB tensor per block and step cost page faults (glibc maps such sizes anew)."""
+        dtype = self.dtype if t.is_floating_point() else t.dtype
+        if self.prefetch or self.device.type != "cpu" or torch.is_grad_enabled():
+            out = t.to(self.device, dtype=dtype)
+        else:
+            out = self._scratch.get(slot)
+            if (out is None or out.shape != t.shape or out.dtype != dtype
+                    or out.is_inference() != torch.is_inference_mode_enabled()):  # fmt: skip
+                out = self._scratch[slot] = torch.empty(t.shape, dtype=dtype, device=self.device)
+            out.copy_(t)
+        if self._mappings:
+            # A block kept as loaded is still a view of its memory-mapped file: its pages leave this
+            # process once copied (they stay in the page cache and come back on the next step's
+            # read). The 2B DiT's stored modulations: 0.33 GB less resident in every phase.
+            release(t, self._mappings)
+        return out
 
     def _activate(self, j: int) -> None:
         if j not in self._loaded:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anima.errors import AnimaError
-from anima.model.dit_attention import Attention
+from anima.model.dit_attention import Attention, ContextKV
 from anima.recipe import Recipe, Region
 from anima.workflows.init_image import file_digest
 
@@ -186,19 +186,19 @@ class RegionalCrossAttention(nn.Module):
         super().__init__()
         self.inner = inner
         self.control = control
-        self._kv: dict[tuple, tuple[torch.Tensor, torch.Tensor, tuple]] = {}
+        self._kv: dict[tuple, tuple[ContextKV, tuple]] = {}
 
     def _attend(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         if type(self.inner) is not Attention:
             return self.inner(x, context)
         # Plain layer: keys/values of a context projected once per run (the same numbers as the
-        # DiT's own per-context cache, `MiniTrainDIT.prepare_context`).
+        # DiT's own per-context cache, `MiniTrainDIT.prepare_context`, padding shared the same way).
         key = (context.data_ptr(), tuple(context.shape), str(context.dtype))
         hit = self._kv.get(key)
-        if hit is None or hit[2] != key:
-            hit = (*self.inner.project_kv(context), key)
+        if hit is None or hit[1] != key:
+            hit = (self.inner.context_kv(context), key)
             self._kv[key] = hit
-        return self.inner(x, context, kv=hit[:2])
+        return self.inner(x, context, kv=hit[0])
 
     def forward(
         self,
