@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         with_theirs = folder if folder is not None and _fits_two_dits(dtype) else None
         if folder is not None and with_theirs is None:
             print("  (not enough free RAM for both DiTs: diffusers' step is taken from the end-to-end run)")
-        ph["paired_steps"] = paired.paired_dit(files, with_theirs, dtype, sizes, args.rounds)
+        ph["paired_steps"] = paired.paired_dit(
+            files, with_theirs, dtype, sizes, args.rounds, runners.context_rows(args.tokenizers)
+        )
         release_memory()
         if folder is not None:
             ph["paired_vae"] = paired.paired_vae(files, folder, dtype, sizes, args.rounds)

@@ -3,8 +3,9 @@ bare torch calls, with nothing else (no norms, RoPE, activations, residual adds,
 
 One step = one DiT forward over the CFG batch of 2 (cond + uncond). Two floors are reported:
 ``full`` is every product of an uncached forward (what the issue's 4.8 s bf16 figure is); ``cached``
-leaves out the cross-attention K/V projections of the 512-token context, which a run computes once
-per prompt, not once per step.
+leaves out the cross-attention K/V projections of the context, which a run computes once per prompt,
+not once per step. `context_len`: the context rows the cross-attention sees (512 for the padded
+context; the paired bench passes the rows anima's shared-padding keys leave, `ContextKV`).
 
 One block's weights are reused for all blocks: a block is ~138 MB in bf16, far beyond the caches, so
 reuse does not flatter the timing.

@@ -6,7 +6,10 @@ of each is kept, so all three see the same conditions. The same is done for the 
 
 anima's step is one batched cond+uncond forward with the cross-attention K/V prepared once (as its
 pipeline runs it; the preparation is timed apart as `kv_prepare_s`); diffusers' step is its two
-batch-1 forwards (as ClassifierFreeGuidance runs them). Weights are touched once before timing so
+batch-1 forwards (as ClassifierFreeGuidance runs them). Both get the contexts a run of the bench's
+prompt pair gives them: as many random rows as the prompts have T5 tokens, zero padding to 512
+(anima-spec §3.3); anima keeps that padding as one shared key (`ContextKV`), diffusers attends to
+all 512 rows, and both compute the same attention. Weights are touched once before timing so
 that page faults of the memory-mapped files are not counted.
 """
 
@@ -37,8 +40,12 @@ def _best(fns: dict, rounds: int) -> dict[str, float]:
 
 
 @torch.inference_mode()
-def paired_dit(files, folder: Path | None, dtype: torch.dtype, sizes: list[int], rounds: int) -> list[dict]:
-    """folder None: anima and the floor only (e.g. when two fp32 DiTs do not fit in RAM)."""
+def paired_dit(
+    files, folder: Path | None, dtype: torch.dtype, sizes: list[int], rounds: int,
+    context_rows: tuple[int, int],
+) -> list[dict]:  # fmt: skip
+    """folder None: anima and the floor only (e.g. when two fp32 DiTs do not fit in RAM).
+    context_rows: the T5 token counts of the prompt and the negative prompt (`runners.context_rows`)."""
     from diffusers import CosmosTransformer3DModel
 
     from anima.weights.loading import load_dit
@@ -50,13 +57,14 @@ def paired_dit(files, folder: Path | None, dtype: torch.dtype, sizes: list[int],
         theirs = CosmosTransformer3DModel.from_pretrained(str(folder / "transformer"), torch_dtype=dtype)
         _touch(theirs.eval())
     g = torch.Generator().manual_seed(0)
-    return [_dit_case(dit, theirs, size, dtype, rounds, g) for size in sizes]
+    return [_dit_case(dit, theirs, size, dtype, rounds, g, context_rows) for size in sizes]
 
 
-def _dit_case(dit, theirs, size: int, dtype: torch.dtype, rounds: int, g: torch.Generator) -> dict:
+def _dit_case(
+    dit, theirs, size: int, dtype: torch.dtype, rounds: int, g: torch.Generator, context_rows: tuple[int, int]
+) -> dict:
     x = torch.randn(1, 16, 1, size // 8, size // 8, generator=g)
-    pos = torch.randn(1, 512, dit.cfg.crossattn_emb_channels, generator=g).to(dtype)
-    neg = torch.randn(1, 512, dit.cfg.crossattn_emb_channels, generator=g).to(dtype)
+    pos, neg = (_context(n, dit.cfg.crossattn_emb_channels, g).to(dtype) for n in context_rows)
     both, x2, sigma2 = torch.cat([pos, neg]), torch.cat([x, x]).to(dtype), torch.full((2,), 0.8)
     t0 = time.perf_counter()
     cache = dit.prepare_context(both)
@@ -71,17 +79,21 @@ def _dit_case(dit, theirs, size: int, dtype: torch.dtype, rounds: int, g: torch.
             )
 
     tokens = (size // 16) ** 2
+    keys = max(context_rows) + 1  # the cross-attention keys anima's step has: the rows + the shared one
     fns = {
         "anima": lambda: dit(x2, sigma2, both, context_cache=cache),
-        "floor": lambda: floor_step(dit.cfg, tokens, dtype, repeats=1),
-        "floor_cached": lambda: floor_step(dit.cfg, tokens, dtype, repeats=1, include_context_kv=False),
+        "floor": lambda: floor_step(dit.cfg, tokens, dtype, repeats=1, context_len=keys),
+        "floor_cached": lambda: floor_step(
+            dit.cfg, tokens, dtype, repeats=1, context_len=keys, include_context_kv=False
+        ),
     }
     if theirs is not None:
         fns["diffusers"] = diffusers_step
     with _cosmos_without_torchvision():
         best = _best(fns, rounds)
     row = {
-        "size": f"{size}x{size}", "rounds": rounds, "kv_prepare_s": round(kv_s, 3),
+        "size": f"{size}x{size}", "rounds": rounds, "context_rows": list(context_rows),
+        "kv_prepare_s": round(kv_s, 3),
         **{f"{k}_step_s": round(v, 3) for k, v in best.items()},
         "anima_vs_floor": round(best["anima"] / best["floor"], 3),
         "anima_vs_floor_cached": round(best["anima"] / best["floor_cached"], 3),
@@ -93,6 +105,13 @@ def _dit_case(dit, theirs, size: int, dtype: torch.dtype, rounds: int, g: torch.
     print(f"  paired {size}x{size}: anima {best['anima']:.2f} s, {theirs_s}floor {best['floor']:.2f} s "
           f"({best['floor_cached']:.2f} s w/o context K/V) per step", flush=True)  # fmt: skip
     return row
+
+
+def _context(rows: int, channels: int, g: torch.Generator) -> torch.Tensor:
+    """[1, 512, channels]: `rows` random rows, then the zero padding the LLM adapter's output gets."""
+    ctx = torch.zeros(1, 512, channels)
+    ctx[:, :rows] = torch.randn(1, rows, channels, generator=g)
+    return ctx
 
 
 @torch.inference_mode()

@@ -24,6 +24,15 @@ NEGATIVE = "worst quality, low quality, blurry, jpeg artifacts"
 CFG = 4.0
 
 
+def context_rows(tokenizers: Path) -> tuple[int, int]:
+    """The DiT context rows of `PROMPT` and `NEGATIVE` before the zero padding: their T5 token counts."""
+    from anima.text.tokenize import AnimaTokenizer
+
+    tok = AnimaTokenizer.from_dirs(tokenizers / "qwen", tokenizers / "t5")
+    pos, neg = (len(tok.tokenize(p).t5_ids) for p in (PROMPT, NEGATIVE))
+    return pos, neg
+
+
 @dataclass(frozen=True)
 class Case:
     width: int
