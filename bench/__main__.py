@@ -174,6 +174,8 @@ def _row(dname: str, ph: dict, i: int) -> dict:
     if "diffusers_step_s" in st:
         row["diffusers_per_step_s"] = st["diffusers_step_s"]
         row["step_speedup_vs_diffusers"] = st["anima_vs_diffusers"]
+        row["diffusers_reused_heap_per_step_s"] = st["diffusers_reused_heap_step_s"]
+        row["step_speedup_vs_diffusers_reused_heap"] = st["anima_vs_diffusers_reused_heap"]
     if "paired_vae" in ph:
         v = ph["paired_vae"][i]
         row.update(
@@ -204,6 +206,7 @@ def _print_summary(results: dict) -> None:
         if "diffusers_per_step_s" in r:
             line += (
                 f"; diffusers {r['diffusers_per_step_s']:.2f} s/step -> {r['step_speedup_vs_diffusers']:.2f}x"
+                f" ({r['step_speedup_vs_diffusers_reused_heap']:.2f}x in anima's heap)"
             )
         if "vae_speedup" in r:
             line += f"; VAE {r['vae_speedup']:.2f}x"

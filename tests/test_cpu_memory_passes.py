@@ -3,6 +3,9 @@ mapped pages given back as the encoder runs, 8-bit layers packed at load with th
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+
 import pytest
 import torch
 from conftest import TINY, TOKENIZERS, tiny_pipeline
@@ -170,3 +173,57 @@ def test_fp32_8bit_blocks_keep_their_modulations_as_loaded_and_upcast_per_block(
     assert cast.block_streamer is None
     assert cast.dit.blocks[0].adaln_modulation_mlp[1].weight.dtype == torch.float32
     assert torch.equal(cast.generate(recipe).images, image)
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+        "keepcost",
+    )]  # fmt: skip
+
+
+def _mmapped_bytes() -> int:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    return libc.mallinfo2().hblkhd
+
+
+@pytest.mark.skipif(not hasattr(mapped_pages._libc(), "mallinfo2"), reason="needs glibc 2.33+ (mallinfo2)")
+def test_reused_heap_serves_run_sized_tensors_from_the_heap_and_restores_after() -> None:
+    # 48 MB: above the most glibc's adaptive threshold ever reaches (32 MB), so always mmapped by
+    # default; under the run threshold (64 MB), so from the heap inside.
+    n = (48 << 20) // 4
+    with mapped_pages.reused_heap():
+        with mapped_pages.reused_heap():  # nested (another thread's run): the outer one still holds
+            pass
+        base = _mmapped_bytes()
+        t = torch.empty(n)
+        assert _mmapped_bytes() - base < n * 4
+        del t
+    base = _mmapped_bytes()
+    t = torch.empty(n)  # after the last exit: above the idle threshold, mmapped again
+    assert _mmapped_bytes() - base >= n * 4
+    del t
+
+
+def test_reused_heap_sets_and_restores_the_thresholds(monkeypatch) -> None:
+    calls: list[tuple[int, int]] = []
+
+    class Libc:
+        def mallopt(self, param: int, value: int) -> int:
+            calls.append((param, value))
+            return 1
+
+        def malloc_trim(self, pad: int) -> int:
+            calls.append(("trim", pad))
+            return 1
+
+    monkeypatch.setattr(mapped_pages, "_libc", lambda: Libc())
+    with mapped_pages.reused_heap():
+        assert calls == [(-3, mapped_pages.RUN_MMAP_THRESHOLD), (-1, mapped_pages.RUN_TRIM_THRESHOLD)]
+    assert calls[2:] == [
+        (-3, mapped_pages.IDLE_MMAP_THRESHOLD), (-1, mapped_pages.IDLE_TRIM_THRESHOLD), ("trim", 0)
+    ]  # fmt: skip
+    monkeypatch.setattr(mapped_pages, "_libc", lambda: None)
+    with mapped_pages.reused_heap():  # no libc: nothing to set, no error
+        pass

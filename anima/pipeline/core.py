@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ from anima.weights import loading
 from anima.weights.discovery import ModelSet
 from anima.weights.hashes import model_hash
 from anima.weights.lllite import load_lllite
-from anima.weights.mapped_pages import released_after_use, trim_heap
+from anima.weights.mapped_pages import released_after_use, reused_heap, trim_heap
 from anima.workflows import comfy_image, inpaint
 from anima.workflows.control_sources import ControlImage
 from anima.workflows.init_image import check_image_tensor, file_digest
@@ -269,9 +270,11 @@ class Pipeline:
         ):  # fmt: skip
             if reference is None and recipe.reference.on:
                 reference = load_reference(recipe.reference)
-            result = self._generate(
-                recipe, init_image, mask, passes.StepHooks(progress, preview), reference, control
-            )
+            # On a CPU the ops' fresh outputs come from kept heap instead of new pages (mapped_pages).
+            with reused_heap() if self.device.type == "cpu" else nullcontext():
+                result = self._generate(
+                    recipe, init_image, mask, passes.StepHooks(progress, preview), reference, control
+                )
         result.notes[:0] = notes
         if loras is not None:
             result.notes.extend(loras.notes)
