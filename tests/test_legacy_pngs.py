@@ -2,10 +2,12 @@
 re-run with ``--from-png`` to the same image (issue 12). The files and the commands that made them
 are in ``tests/data/legacy_pngs/`` (see its provenance.json).
 
-Pixels are compared byte for byte on the CPU family that wrote them, with the same number of
-threads (float32 kernels and sums round the same there), and to within 1/255 elsewhere: AVX2,
-AVX-512 and arm64 kernels, and other thread counts, round float32 sums differently in the last
-ulp, which can move a pixel across an 8-bit boundary.
+Pixels are compared to within 1/255 (the project's bar against ComfyUI), and on the CPU family
+that wrote them, with the same number of threads, most must be equal byte for byte. Not all: since
+the prompts of a pass are encoded as one packed sequence (commit 93869fe, issue 19), the text
+encoder's matmuls have other row counts than when these PNGs were made, so their float32 sums round
+differently in the last ulp, which moves a few pixels across an 8-bit boundary even there. AVX2,
+AVX-512 and arm64 kernels, and other thread counts, differ in the last ulp as well.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from anima.imageio import read_recipe
 DATA = REPO / "tests" / "data" / "legacy_pngs"
 PROVENANCE = json.loads((DATA / "provenance.json").read_text())
 CASES = PROVENANCE["cases"]
+MOVED_PIXELS = 0.001  # share allowed one level off on the family that wrote them (measured: 0.01-0.02%)
 _CPU_FLAGS = ("avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
 
 
@@ -52,10 +55,10 @@ def _assert_same_image(got: Path, want: Path) -> None:
     assert a.shape == b.shape
     # The int8 PNG was made when CPUs dequantised 8-bit weights per call: it records no matmul, and
     # `--from-png` re-runs it that way (`weights_kernel="dequant"`), not on today's int8 kernels.
-    if _same_cpu_family():
-        assert np.array_equal(a, b), f"{want.name}: {np.abs(a - b).max()} levels apart"
-    else:
-        assert np.abs(a - b).max() <= 1, f"{want.name}: {np.abs(a - b).max()} levels apart"
+    assert np.abs(a - b).max() <= 1, f"{want.name}: {np.abs(a - b).max()} levels apart"
+    if _same_cpu_family():  # the ulps of the packed text pass: a few pixels, never a visible change
+        moved = (a != b).any(axis=-1).mean()
+        assert moved <= MOVED_PIXELS, f"{want.name}: {moved:.2%} of the pixels moved by one level"
 
 
 def _inputs(args: list[str]) -> list[str]:
