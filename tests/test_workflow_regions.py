@@ -124,11 +124,13 @@ def test_each_regions_tokens_attend_only_to_their_prompt(pipe, base_weight) -> N
 
 
 def test_one_region_over_the_whole_image_is_the_plain_prompt(pipe) -> None:
-    """Done-when 2b. At CFG 1 the two runs make the same DiT calls: bit for bit. At CFG 4 regions run
-    the cond forward apart from the uncond one (plain CFG batches them), which moves float rounding
-    only: within 1e-5 of the plain image."""
+    """Done-when 2b. At CFG 1 the two runs make the same DiT calls on the same prompt's states, up to
+    float rounding: the region run packs its prompts into one text-encoder pass with other texts, and
+    on some kernels (MKL's AVX2 sgemm) a row's sums round differently with the matrix's row count
+    (9.5e-7 there; bit for bit on AVX-512). At CFG 4 regions also run the cond forward apart from the
+    uncond one (plain CFG batches them): within 1e-5 of the plain image."""
     whole = (Region("1girl, red hair", rect=(0, 0, 1, 1)),)
-    for cfg, tol in ((1.0, 0.0), (4.0, 1e-5)):
+    for cfg, tol in ((1.0, 1e-5), (4.0, 1e-5)):
         plain = pipe.generate(_recipe(prompt="1girl, red hair", cfg=cfg)).images
         regional = pipe.generate(_recipe(prompt="landscape", cfg=cfg, regions=whole, regions_base_weight=0.0))
         assert (regional.images - plain).abs().max() <= tol, cfg
