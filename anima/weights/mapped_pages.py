@@ -1,4 +1,5 @@
-"""Give back the resident pages of memory-mapped weights once they have been copied elsewhere.
+"""Resident pages: give back those of memory-mapped weights once copied elsewhere, and those of the
+heap after loading; keep the heap's while a model runs (`reused_heap`).
 
 `anima.weights.safetensors.load_mmap` maps a file privately; every tensor is a view into that mapping. A
 view that is converted (bf16 -> fp32, or moved to a GPU) is read once and never again, yet its
