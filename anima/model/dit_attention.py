@@ -88,26 +88,39 @@ def _norm_rope_inference(
     in place, 3.9 ms in chunks.
     """
     hd, length = t.shape[-1], t.shape[1]
+    tables = None
     if rope is not None:
-        cos, sin = rope if rope[0].shape[-1] == hd else rope_tables(*rope)
-    weight, h = norm.weight.float(), hd // 2
+        tables = rope if rope[0].shape[-1] == hd else rope_tables(*rope)
+    weight = norm.weight.float()
     rows = CPU_NORM_ROPE_ROWS if t.device.type == "cpu" else length  # one pass per kernel on a GPU
+    if rows >= length:  # one chunk: no output buffer to copy through
+        return _norm_rope_tokens(t, weight, tables).to(t.dtype).transpose(1, 2)
     out = torch.empty(t.shape, dtype=t.dtype, device=t.device)
     for i in range(0, length, rows):
-        tf = t[:, i : i + rows].float()
-        tf = tf * torch.rsqrt(tf.square().mean(-1, keepdim=True) + _EPS)  # a fresh tensor: ours to change
-        tf.mul_(weight)
-        if rope is not None:
-            c, s = cos[i : i + rows], sin[i : i + rows]
-            lo, hi = tf.chunk(2, dim=-1)
-            rotated = torch.empty_like(tf)
-            out_lo, out_hi = rotated.chunk(2, dim=-1)
-            # The tables are (cat(cos, cos), cat(-sin, sin)): each half is x * cos + its partner * sin.
-            torch.mul(lo, c[..., :h], out=out_lo).addcmul_(hi, s[..., :h])
-            torch.mul(hi, c[..., h:], out=out_hi).addcmul_(lo, s[..., h:])
-            tf = rotated
-        out[:, i : i + rows] = tf
+        part = None if tables is None else (tables[0][i : i + rows], tables[1][i : i + rows])
+        out[:, i : i + rows] = _norm_rope_tokens(t[:, i : i + rows], weight, part)
     return out.transpose(1, 2)
+
+
+def _norm_rope_tokens(
+    t: torch.Tensor, weight: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor] | None
+) -> torch.Tensor:
+    """[B, l, H, hd] tokens -> normalised and rotated, fp32 (`_norm_rope_inference`); `tables` are
+    `rope_tables` rows for these tokens, or None for no RoPE."""
+    tf = t.float()
+    tf = tf * torch.rsqrt(tf.square().mean(-1, keepdim=True) + _EPS)  # a fresh tensor: ours to change
+    tf.mul_(weight)
+    if tables is None:
+        return tf
+    cos, sin = tables
+    h = tf.shape[-1] // 2
+    lo, hi = tf.chunk(2, dim=-1)
+    rotated = torch.empty_like(tf)
+    out_lo, out_hi = rotated.chunk(2, dim=-1)
+    # The tables are (cat(cos, cos), cat(-sin, sin)): each half is x * cos + its partner * sin.
+    torch.mul(lo, cos[..., :h], out=out_lo).addcmul_(hi, sin[..., :h])
+    torch.mul(hi, cos[..., h:], out=out_hi).addcmul_(lo, sin[..., h:])
+    return rotated
 
 
 class Attention(nn.Module):

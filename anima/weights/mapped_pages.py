@@ -95,10 +95,11 @@ _heap_lock = threading.Lock()
 _heap_users = 0
 
 
-def _mallopt(param: int, value: int) -> bool:
+def _mallopt(param: int, value: int) -> None:
     libc = _libc()
     fn = getattr(libc, "mallopt", None) if libc is not None else None
-    return fn is not None and fn(param, value) == 1
+    if fn is not None:
+        fn(param, value)
 
 
 @contextmanager
