@@ -91,12 +91,7 @@ def run_anima(pipe, case: Case, seed: int = 0) -> dict:
 
 def run_anima_images(pipe, case: Case, seed: int = 0) -> tuple[dict, torch.Tensor]:
     """`run_anima`'s numbers and the images (float [B, H, W, 3]), for quality comparisons."""
-    from anima.recipe import Recipe
-
-    recipe = Recipe(
-        prompt=PROMPT, negative_prompt=NEGATIVE, width=case.width, height=case.height, steps=case.steps,
-        cfg=CFG, sampler="euler", scheduler="simple", seed=seed,
-    )  # fmt: skip
+    recipe = _recipe(case, seed)
     t0 = time.perf_counter()
     pipe.ensure_text_encoder()  # released after the previous size's run: reported as te_reload_s
     reload_s = time.perf_counter() - t0
@@ -118,6 +113,30 @@ def run_anima_images(pipe, case: Case, seed: int = 0) -> tuple[dict, torch.Tenso
     out["te_reload_s"] = round(reload_s, 3)
     out["te_released_after"] = pipe.text_encoder is None
     return out, result.images
+
+
+def _recipe(case: Case, seed: int):
+    from anima.recipe import Recipe
+
+    return Recipe(
+        prompt=PROMPT, negative_prompt=NEGATIVE, width=case.width, height=case.height, steps=case.steps,
+        cfg=CFG, sampler="euler", scheduler="simple", seed=seed,
+    )  # fmt: skip
+
+
+def rerun_anima(pipe, case: Case, seed: int = 1) -> dict:
+    """The same prompts again with another seed (a batch count, a seed sweep): the text-encoder
+    pass of the first run is kept (`anima.text.recent_contexts`), so neither the encoder's reload
+    nor its pass should be paid. `to_first_step_s`: from the call to the first DiT forward."""
+    first: list[float] = []
+    hook = pipe.dit.register_forward_pre_hook(lambda *_: None if first else first.append(time.perf_counter()))
+    try:
+        t0 = time.perf_counter()
+        pipe.generate(_recipe(case, seed))
+        wall = time.perf_counter() - t0
+    finally:
+        hook.remove()
+    return {"to_first_step_s": round(first[0] - t0, 3), "end_to_end_s": round(wall, 3)}
 
 
 # -- diffusers -------------------------------------------------------------------------------------

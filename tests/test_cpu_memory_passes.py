@@ -47,6 +47,9 @@ def test_every_prompt_of_a_pass_goes_through_the_encoder_at_once(pipe, monkeypat
     texts = ["cat", "dog", "blurry", "red hair", "blue hair"]
     cache: dict = {}
     pipe.encode_contexts([(t, False) for t in texts], cache)
+    assert len(passes) == 1  # the run's pass, kept (anima.text.recent_contexts)
+    texts.reverse()  # another pass
+    pipe.encode_contexts([(t, False) for t in texts], cache := {})
     assert len(passes) == 2
     for t in texts:
         alone = pipe.contexts([t], {})[0]

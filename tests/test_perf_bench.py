@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_pipeline
 from PIL import Image
 
 from anima.model.config import DiTConfig
@@ -11,6 +12,7 @@ from anima.weights.random import TINY
 from bench.chart import draw_chart
 from bench.floor import floor_step, forward_tflop
 from bench.measure import PartTimer, timed_modules
+from bench.runners import Case, rerun_anima, run_anima
 
 
 def test_forward_flops_match_the_published_figure():
@@ -69,3 +71,13 @@ def test_gpu_benchmark_dry_run_on_the_tiny_model(tmp_path):
     assert not [name for name, r in res.items() if "error" in r], res
     assert res["e2e"]["end_to_end"]["finite"] and res["weights_int8"]["psnr_db"] > 30
     assert next((tmp_path / "out").glob("gpu-*.png")).stat().st_size > 0
+
+
+def test_the_rerun_of_the_end_to_end_phase_pays_no_text_pass():
+    pipe, case = tiny_pipeline(), Case(64, 64, 1)
+    calls: list[int] = []
+    pipe.adapter.register_forward_hook(lambda *_: calls.append(1))
+    first = run_anima(pipe, case)
+    assert len(calls) == 2 and first["text_encode_s"] > 0
+    again = rerun_anima(pipe, case)
+    assert len(calls) == 2 and 0 < again["to_first_step_s"] < again["end_to_end_s"]

@@ -101,11 +101,13 @@ def _close(x: torch.Tensor, y: torch.Tensor) -> bool:
 def test_each_model_call_gets_its_steps_conditioning(pipe: Pipeline, cfg: float) -> None:
     a, b = pipe.conditioner.encode("a cat").context, pipe.conditioner.encode("a dog").context
     encoded: list[str] = []
+    neg = f"ugly, cfg {cfg:g}"
     real_encode, real_dit = pipe.conditioner.encode_requests, pipe.dit
     pipe.conditioner.encode_requests = lambda rs: (encoded.extend(p for p, _ in rs), real_encode(rs))[1]
     pipe.dit = rec = Recorder(real_dit)
     try:
-        recipe = Recipe("[a cat:a dog:0.5]", "ugly", width=64, height=64, steps=10, cfg=cfg, sampler="euler")
+        # A negative of its own per case: the pipeline keeps recent passes, and this one must run.
+        recipe = Recipe("[a cat:a dog:0.5]", neg, width=64, height=64, steps=10, cfg=cfg, sampler="euler")
         pipe.generate(recipe)
     finally:
         pipe.conditioner.encode_requests, pipe.dit = real_encode, real_dit
@@ -117,4 +119,4 @@ def test_each_model_call_gets_its_steps_conditioning(pipe: Pipeline, cfg: float)
         which.append("a" if _close(pos, a) else "b" if _close(pos, b) else "?")
     print(f"cfg {cfg}: model calls saw {''.join(which)}")
     assert which == ["a"] * 5 + ["b"] * 5
-    assert sorted(encoded) == ["a cat", "a dog", "ugly"]  # each distinct text encoded once
+    assert sorted(encoded) == ["a cat", "a dog", neg]  # each distinct text encoded once

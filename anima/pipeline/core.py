@@ -29,6 +29,7 @@ from anima.runtime.precision import SHORT_NAMES, parse_dtype, resolve_dtype
 from anima.runtime.profile import maybe_profiled
 from anima.runtime.quant import cast_unquantized, matmul_record
 from anima.text.conditioning import TextConditioner
+from anima.text.recent_contexts import RecentContexts, weights_state
 from anima.text.tokenize import AnimaTokenizer
 from anima.weights import loading
 from anima.weights.discovery import ModelSet
@@ -88,9 +89,11 @@ class Pipeline:
         # What the options decided (memory plan, 8-bit savings, compile warm-up), for the front ends.
         self.notes: list[str] = []
         self._patches: dict[tuple, nn.Module] = {}  # loaded control patches (`control_patch`)
+        self._recent = RecentContexts()  # the last text-encoder passes (`encode_contexts`)
         self.memory_plan, self._streamer = placement.prepare(self, self.notes)
         self._upscalers: dict[Path, UpscaleModel] = {}  # loaded once per pipeline, on its device
         self.weights_matmul = matmul_record(self.dit, self.device)  # stamped into every recipe
+        self._remember_text_weights()  # as placed and cast
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -193,6 +196,13 @@ class Pipeline:
         for name, child in self.dit.named_children():
             if name != "blocks" or not keep_blocks_on_host:
                 child.to(self.device)
+        self._remember_text_weights()  # the same weights, elsewhere
+
+    def _remember_text_weights(self) -> None:
+        """Note the adapter and text encoder as they are now, the state kept passes need (`_text_state`)."""
+        self._recent.clear()
+        self._adapter_state = weights_state(self.adapter)
+        self._te_state = None if self.text_encoder is None else weights_state(self.text_encoder)
 
     def release_text_encoder(self) -> bool:
         """Free the text encoder (it is reloaded when a prompt needs encoding again). False when this
@@ -213,6 +223,7 @@ class Pipeline:
         if self._text_encoder_loader is None:
             raise AnimaError("the text encoder was released and this pipeline cannot reload it")
         self.text_encoder = self._text_encoder_loader(self._te_device)
+        self._te_state = weights_state(self.text_encoder)
         self.conditioner.attach_text_encoder(self.text_encoder)
 
     # ---------------------------------------------------------------- running
@@ -258,8 +269,9 @@ class Pipeline:
         if not isinstance(recipe, Recipe):
             raise AnimaError(f"generate takes a Recipe, got {type(recipe).__name__}")
         recipe.validate()  # samplers and schedulers anima runs (every other value was checked when made)
-        self.ensure_text_encoder()  # a memory plan may have released it; LoRAs may target it
         recipe = self.record(split_prompt_loras(recipe))  # <lora:name:w> prompt tags -> recipe.loras
+        if recipe.loras or recipe.comfy.clip_loras:
+            self.ensure_text_encoder()  # a memory plan may have released it; LoRAs may target it
         opts = self.options
         with (
             applied_loras(
@@ -397,13 +409,31 @@ class Pipeline:
         new = [r for r in dict.fromkeys(requests) if _context_key(*r) not in cache]
         if not new:
             return
-        self.ensure_text_encoder()
-        # An encoder freed after encoding need not stay resident while it runs either.
-        freed = self.memory_plan.release_text_encoder and self._text_encoder_loader is not None
-        with released_after_use(self.text_encoder.layers if freed else ()):
-            encoded = self.conditioner.encode_requests(new)
-        for r, c in zip(new, encoded, strict=True):
-            cache[_context_key(*r)] = c.context.to(self.device, self.dtype)
+        state = self._text_state()  # the same pass under the same weights: kept from a recent run
+        contexts = None if state is None else self._recent.get(state, new)
+        if contexts is None:
+            self.ensure_text_encoder()
+            # An encoder freed after encoding need not stay resident while it runs either.
+            freed = self.memory_plan.release_text_encoder and self._text_encoder_loader is not None
+            with released_after_use(self.text_encoder.layers if freed else ()):
+                encoded = self.conditioner.encode_requests(new)
+            contexts = [c.context.to(self.device, self.dtype) for c in encoded]
+            if state is not None:
+                self._recent.put(state, new, contexts)
+        for r, c in zip(new, contexts, strict=True):
+            cache[_context_key(*r)] = c
+
+    def _text_state(self) -> tuple | None:
+        """What a text-encoder pass's contexts depend on besides its prompts (`RecentContexts`), or
+        None while the adapter or the encoder is not as it was loaded (a LoRA wrapped or merged into
+        it, training): such passes are neither reused nor kept. A released encoder is reloaded from
+        its file, so it counts as unchanged."""
+        te = self.text_encoder
+        if te is not None and weights_state(te) != self._te_state:
+            return None
+        if weights_state(self.adapter) != self._adapter_state:
+            return None
+        return (self.device, self.dtype)
 
     def after_text_encoding(self) -> None:
         """Under a plan that says so, free the text encoder before the DiT runs."""
