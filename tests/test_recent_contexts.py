@@ -65,14 +65,22 @@ def test_weights_state_sees_wrapping_merging_and_updates_but_not_reads() -> None
 
 
 # ------------------------------------------------------------------ in the pipeline
-@pytest.fixture()
-def counted() -> tuple[Pipeline, list[int]]:
-    """A CPU pipeline (the encoder is released after each run) and a count of adapter calls (one per
-    prompt that goes through the text side)."""
-    pipe = tiny_pipeline()
+def _counted(**options) -> tuple[Pipeline, list[int]]:
+    """The tiny CPU pipeline under `options` and a count of adapter calls (one per prompt that goes
+    through the text side)."""
+    pipe = Pipeline.from_files(
+        W / "anima_tiny_dit.safetensors", W / "qwen3_tiny_te.safetensors", W / "wan21_tiny_vae.safetensors",
+        tokenizer_dir=TOKENIZERS, options=RunOptions(device="cpu", dtype="fp32", **options),
+    )  # fmt: skip
     calls: list[int] = []
     pipe.adapter.register_forward_hook(lambda *_: calls.append(1))
     return pipe, calls
+
+
+@pytest.fixture()
+def counted() -> tuple[Pipeline, list[int]]:
+    """The default CPU pipeline: the encoder is released after each run."""
+    return _counted()
 
 
 def test_a_rerun_skips_the_encoder_and_gives_the_same_image(counted) -> None:
@@ -93,12 +101,7 @@ def test_a_rerun_skips_the_encoder_and_gives_the_same_image(counted) -> None:
 
 
 def test_a_kept_encoder_is_reused_too() -> None:
-    pipe = Pipeline.from_files(
-        W / "anima_tiny_dit.safetensors", W / "qwen3_tiny_te.safetensors", W / "wan21_tiny_vae.safetensors",
-        tokenizer_dir=TOKENIZERS, options=RunOptions(device="cpu", dtype="fp32", release_text_encoder=False),
-    )  # fmt: skip
-    calls: list[int] = []
-    pipe.adapter.register_forward_hook(lambda *_: calls.append(1))
+    pipe, calls = _counted(release_text_encoder=False)
     first = pipe.generate(RECIPE).images
     assert torch.equal(pipe.generate(RECIPE).images, first) and len(calls) == 2
     with torch.no_grad():  # the encoder changed in place (training): its passes no longer hold
@@ -123,12 +126,7 @@ def text_lora(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("merge", [False, True])
 def test_runs_with_text_loras_always_encode(text_lora: Path, merge: bool) -> None:
-    pipe = Pipeline.from_files(
-        W / "anima_tiny_dit.safetensors", W / "qwen3_tiny_te.safetensors", W / "wan21_tiny_vae.safetensors",
-        tokenizer_dir=TOKENIZERS, options=RunOptions(device="cpu", dtype="fp32", merge_loras=merge),
-    )  # fmt: skip
-    calls: list[int] = []
-    pipe.adapter.register_forward_hook(lambda *_: calls.append(1))
+    pipe, calls = _counted(merge_loras=merge)
     base = pipe.generate(RECIPE).images
     with_lora = RECIPE.with_(loras=((str(text_lora), 0.8),))
     styled = pipe.generate(with_lora).images
