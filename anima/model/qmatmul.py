@@ -10,7 +10,7 @@ per-tensor or per-output-channel float32 scale):
   tensor cores: compute capability 7.5 (Turing) or newer. On CPUs ``torch._int_mm`` is oneDNN's
   int8 matmul, exact (int32 accumulation) where the CPU has VNNI or AMX-INT8. Measured on 2 cores of
   a Sapphire Rapids (AMX): 5-10x fp32 and 1-1.7x bf16 on the DiT's shapes.
-- ``onednn`` (CPUs where oneDNN's int8 is exact: VNNI or AMX-INT8, probed once, see
+- ``onednn`` (CPUs where oneDNN's int8 is exact: VNNI or AMX-INT8, each kernel probed once, see
   `CpuCapability`): the activations quantised per tensor (symmetric, 8 bits), then oneDNN's
   ``qlinear_pointwise`` on a weight reordered once by ``qlinear_prepack``, with the dequantisation
   and the output dtype fused in (``int_mm`` spends more time in torch's elementwise passes and its
@@ -94,15 +94,24 @@ def cpu_isa() -> str:
 
 @cache
 def _onednn_int8_exact() -> bool:
-    """One tiny ``_int_mm`` at the int8 extremes, checked against int64: saturating int16 pairs
-    (oneDNN without VNNI/AMX, or held to AVX2 by ``ONEDNN_MAX_CPU_ISA``) get it wrong."""
+    """Both oneDNN int8 kernels anima runs, at the int8 extremes, checked against exact products:
+    saturating int16 pairs (oneDNN without VNNI/AMX, or held to AVX2 by ``ONEDNN_MAX_CPU_ISA``) get
+    them wrong. Each kernel is probed itself: on a Zen 2 EPYC (plain AVX2, 2026-12-07) ``_int_mm``
+    (s8 x s8) was exact while ``qlinear_pointwise`` (u8 x s8) saturated, 10-36% relative error on
+    random activations, so one kernel's answer says nothing about the other's."""
     if not torch.backends.mkldnn.is_available():
         return False
     a = torch.full((32, 64), 127, dtype=torch.int8)  # as u8 (+128, oneDNN's shift): 255 * 127 * 2
     b = torch.full((64, 32), 127, dtype=torch.int8)  # per pair overflows int16 where it saturates
     a[1::2] = -127  # the negative extreme too
     try:
-        return torch.equal(torch._int_mm(a, b).long(), a.long() @ b.long())
+        if not torch.equal(torch._int_mm(a, b).long(), a.long() @ b.long()):
+            return False
+        if "onednn" not in torch.backends.quantized.supported_engines:
+            return True
+        x, scale = a.float(), torch.ones(32, 1)  # per-tensor scale 1/127: u8 255 and 1 after the shift
+        got = dynamic_linear(x, pack(b.t(), scale, ONEDNN), ONEDNN, scale, torch.float32)
+        return bool(torch.allclose(got, x @ b.float(), rtol=1e-4))
     except RuntimeError:
         return False
 
