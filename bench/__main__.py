@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     isa = cpu_isa()
     print(f"CPU: {isa['model']}; ATen {isa['aten_capability']}, flags {' '.join(isa['flags'])}; "
-          f"int8 weights: {isa['int8_matmul']}", flush=True)  # fmt: skip
+          f"int8 weights: {isa['int8_matmul']}; fp32 linears: {isa['fp32_matmul']}", flush=True)  # fmt: skip
     print("preparing weights (cached in", args.cache, ")", flush=True)
     files = assets.random_files(args.cache)
     folder = None
@@ -174,13 +174,15 @@ def _row(dname: str, ph: dict, i: int) -> dict:
         "dtype": dname, "size": st["size"],
         "anima_per_step_s": st["anima_step_s"], "floor_full_s": st["floor_step_s"],
         "floor_cached_s": st["floor_cached_step_s"], "anima_vs_floor_full": st["anima_vs_floor"],
-        "anima_vs_floor_cached": st["anima_vs_floor_cached"],
+        "anima_vs_floor_cached": st["anima_vs_floor_cached"], "cpu_gemm": st["cpu_gemm"],
     }  # fmt: skip
+    if "floor_mkl_step_s" in st:
+        row["floor_full_mkl_s"] = st["floor_mkl_step_s"]
     if "diffusers_step_s" in st:
         row["diffusers_per_step_s"] = st["diffusers_step_s"]
         row["step_speedup_vs_diffusers"] = st["anima_vs_diffusers"]
-        row["diffusers_reused_heap_per_step_s"] = st["diffusers_reused_heap_step_s"]
-        row["step_speedup_vs_diffusers_reused_heap"] = st["anima_vs_diffusers_reused_heap"]
+        row["diffusers_in_anima_policy_per_step_s"] = st["diffusers_in_anima_policy_step_s"]
+        row["step_speedup_vs_diffusers_in_anima_policy"] = st["anima_vs_diffusers_in_anima_policy"]
     if "paired_vae" in ph:
         v = ph["paired_vae"][i]
         row.update(
@@ -212,7 +214,7 @@ def _print_summary(results: dict) -> None:
         if "diffusers_per_step_s" in r:
             line += (
                 f"; diffusers {r['diffusers_per_step_s']:.2f} s/step -> {r['step_speedup_vs_diffusers']:.2f}x"
-                f" ({r['step_speedup_vs_diffusers_reused_heap']:.2f}x in anima's heap)"
+                f" ({r['step_speedup_vs_diffusers_in_anima_policy']:.2f}x in anima's policy)"
             )
         if "vae_speedup" in r:
             line += f"; VAE {r['vae_speedup']:.2f}x"

@@ -12,11 +12,13 @@ prompt pair gives them: as many random rows as the prompts have T5 tokens, zero 
 all 512 rows, and both compute the same attention. Weights are touched once before timing so
 that page faults of the memory-mapped files are not counted.
 
-anima's CPU pipeline runs each recipe inside `reused_heap` (freed activations stay in the heap
-instead of being mapped afresh per op), so its step is timed as a run's second step (inside the
-policy, after one step in it) and its VAE decode inside it; diffusers runs as shipped, and once more
-in the same way as anima (`diffusers_reused_heap_step_s`), to show how much of the difference is the
-allocator and how much the code.
+anima's CPU pipeline runs each recipe inside `cpu_run_policy` (freed activations stay in the heap
+instead of being mapped afresh per op; fp32 linears go to oneDNN on plain AVX2 CPUs, where it beats
+MKL), so its step is timed as a run's second step (inside the policy, after one step in it) and its
+VAE decode inside it; diffusers runs as shipped, and once more in the same way as anima
+(`diffusers_in_anima_policy_step_s`), to show how much of the difference is the policy and how much
+the code. The floors run their bare products in anima's library; where that is oneDNN, `floor_mkl`
+is the same floor in torch's default library (what diffusers gets as shipped).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from anima.weights.mapped_pages import reused_heap
+from anima.pipeline.core import cpu_run_policy
+from anima.runtime.cpu_gemm import ONEDNN, cpu_linears, resolve_cpu_gemm
 from bench.floor import floor_step
 from bench.runners import _cosmos_without_torchvision
 
@@ -36,24 +39,24 @@ def _touch(module: torch.nn.Module) -> None:
         p.detach().sum()
 
 
-def _in_reused_heap(fn):
-    """One call inside the pipeline's heap policy (a VAE decode: once per run)."""
+def _in_policy(fn):
+    """One call inside the pipeline's CPU run policy (a VAE decode: once per run)."""
 
     def run() -> None:
-        with reused_heap():
+        with cpu_run_policy():
             fn()
 
     return run
 
 
 def _steady_step(fn):
-    """A sampling step as the pipeline runs its second and later ones: inside the heap policy, after a
+    """A sampling step as the pipeline runs its second and later ones: inside its CPU policy, after a
     step in the same policy has touched the memory the next one reuses (the policy is entered once
     per recipe, and it gives the heap back when it ends, so a lone call would pay first touches that
     a run pays once). Returns the seconds of the second call."""
 
     def run() -> float:
-        with reused_heap():
+        with cpu_run_policy():
             fn()
             t0 = time.perf_counter()
             fn()
@@ -114,21 +117,29 @@ def _dit_case(
 
     tokens = (size // 16) ** 2
     keys = max(context_rows) + 1  # the cross-attention keys anima's step has: the rows + the shared one
+    def floor(gemm: str, **kw):
+        def run() -> float:
+            with cpu_linears(gemm):
+                return floor_step(dit.cfg, tokens, dtype, repeats=1, context_len=keys, **kw)
+
+        return run
+
     fns = {
         "anima": _steady_step(lambda: dit(x2, sigma2, both, context_cache=cache)),
-        "floor": lambda: floor_step(dit.cfg, tokens, dtype, repeats=1, context_len=keys),
-        "floor_cached": lambda: floor_step(
-            dit.cfg, tokens, dtype, repeats=1, context_len=keys, include_context_kv=False
-        ),
+        "floor": floor("auto"),
+        "floor_cached": floor("auto", include_context_kv=False),
     }
+    gemm = resolve_cpu_gemm("auto")
+    if gemm == ONEDNN:
+        fns["floor_mkl"] = floor("mkl")
     if theirs is not None:
         fns["diffusers"] = diffusers_step
-        fns["diffusers_reused_heap"] = _steady_step(diffusers_step)
+        fns["diffusers_in_anima_policy"] = _steady_step(diffusers_step)
     with _cosmos_without_torchvision():
         best = _best(fns, rounds)
     row = {
         "size": f"{size}x{size}", "rounds": rounds, "context_rows": list(context_rows),
-        "kv_prepare_s": round(kv_s, 3),
+        "cpu_gemm": gemm, "kv_prepare_s": round(kv_s, 3),
         **{f"{k}_step_s": round(v, 3) for k, v in best.items()},
         "anima_vs_floor": round(best["anima"] / best["floor"], 3),
         "anima_vs_floor_cached": round(best["anima"] / best["floor_cached"], 3),
@@ -136,11 +147,13 @@ def _dit_case(
     theirs_s = ""
     if theirs is not None:
         row["anima_vs_diffusers"] = round(best["diffusers"] / best["anima"], 3)
-        row["anima_vs_diffusers_reused_heap"] = round(best["diffusers_reused_heap"] / best["anima"], 3)
-        heap_s = best["diffusers_reused_heap"]
-        theirs_s = f"diffusers {best['diffusers']:.2f} s ({heap_s:.2f} s in anima's heap), "
-    print(f"  paired {size}x{size}: anima {best['anima']:.2f} s, {theirs_s}floor {best['floor']:.2f} s "
-          f"({best['floor_cached']:.2f} s w/o context K/V) per step", flush=True)  # fmt: skip
+        policy_s = best["diffusers_in_anima_policy"]
+        row["anima_vs_diffusers_in_anima_policy"] = round(policy_s / best["anima"], 3)
+        theirs_s = f"diffusers {best['diffusers']:.2f} s ({policy_s:.2f} s in anima's policy), "
+    mkl_s = f", {best['floor_mkl']:.2f} s with MKL" if "floor_mkl" in best else ""
+    print(f"  paired {size}x{size} ({gemm}): anima {best['anima']:.2f} s, {theirs_s}"
+          f"floor {best['floor']:.2f} s "
+          f"({best['floor_cached']:.2f} s w/o context K/V{mkl_s}) per step", flush=True)  # fmt: skip
     return row
 
 
@@ -165,7 +178,7 @@ def paired_vae(files, folder: Path, dtype: torch.dtype, sizes: list[int], rounds
 def _vae_case(ours, theirs, size: int, dtype: torch.dtype, rounds: int) -> dict:
     z = torch.randn(1, 16, 1, size // 8, size // 8, generator=torch.Generator().manual_seed(1))
     fns = {
-        "anima": _in_reused_heap(lambda: ours.decode(z)),
+        "anima": _in_policy(lambda: ours.decode(z)),
         "diffusers": lambda: theirs.decode(z.to(dtype)).sample,
     }
     for fn in fns.values():  # first calls: oneDNN primitive creation

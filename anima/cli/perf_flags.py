@@ -1,6 +1,7 @@
 """Speed and memory flags: the ones that change the image are recipe settings (``--weights``,
 ``--step-cache``, ``--fp16-accumulation``, see `anima.recipe.Perf`), the rest become the
-pipeline's `RunOptions` (``--vram-budget``, ``--attention``, ``--compile``, ``--merge-loras``).
+pipeline's `RunOptions` (``--vram-budget``, ``--attention``, ``--cpu-gemm``, ``--compile``,
+``--merge-loras``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ def add_perf_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--profile", action="store_true", help="report time and peak memory of each part")
     g.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (slow first step)")
     g.add_argument("--attention", default="auto", help="attention kernel: auto, sdpa, math, sage, xformers")
+    g.add_argument("--cpu-gemm", default="auto", help="fp32 matmuls on a CPU: auto, mkl or onednn")
     g.add_argument(
         "--step-cache", type=float, metavar="T",
         help="skip DiT blocks on steps where block 0 barely changed (0.05-0.15; changes the image)",
@@ -50,7 +52,8 @@ def run_options(
         device=device, dtype=dtype, weights=weights, weights_kernel=weights_kernel,
         fp16_accumulation=fp16_accumulation, vram_budget=parse_budget(getattr(args, "vram_budget", None)),
         ram_budget=parse_budget(getattr(args, "ram_budget", None), setting="ram_budget"),
-        attention=getattr(args, "attention", None) or "auto", compile=bool(getattr(args, "compile", False)),
+        attention=getattr(args, "attention", None) or "auto",
+        cpu_gemm=getattr(args, "cpu_gemm", None) or "auto", compile=bool(getattr(args, "compile", False)),
         merge_loras=bool(getattr(args, "merge_loras", False)), lora_resolver=lora_resolver,
         upscaler_resolver=upscaler_resolver, control_resolver=control_resolver, hash_cache=hash_cache,
         plan_size=plan_size,

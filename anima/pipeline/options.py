@@ -20,6 +20,7 @@ from anima.errors import AnimaError
 from anima.model.attention import resolve_backend
 from anima.model.qmatmul import DEQUANT
 from anima.recipe import WEIGHT_FORMATS
+from anima.runtime.cpu_gemm import check_cpu_gemm
 from anima.runtime.memory import parse_budget
 from anima.runtime.precision import parse_dtype
 
@@ -37,6 +38,8 @@ class RunOptions:
     `weights_kernel`: "dequant" runs the 8-bit layers as dequantise + matmul whatever the device has
     (how CPUs ran them before anima's int8 kernels: a recipe recorded then re-runs as it ran);
     `release_text_encoder`: free it after encoding (None: on a CPU, or when the memory plan says so);
+    `cpu_gemm`: which library runs a CPU run's fp32 linears, auto, mkl or onednn
+    (`anima.runtime.cpu_gemm`; auto is oneDNN on plain AVX2 CPUs, where it is faster);
     `plan_size`: (width, height, batch) the memory plan and the compile warm-up are sized for."""
 
     device: str = "cpu"
@@ -48,6 +51,7 @@ class RunOptions:
     ram_budget: float | str | None = None
     release_text_encoder: bool | None = None
     attention: str = "auto"
+    cpu_gemm: str = "auto"
     compile: bool = False
     fp16_accumulation: bool = False
     merge_loras: bool = False
@@ -79,6 +83,7 @@ class RunOptions:
                 "a RAM budget plans a CPU run; on a GPU give a VRAM budget", setting="ram_budget"
             )
         resolve_backend(self.attention)
+        check_cpu_gemm(self.cpu_gemm)
         w, h, b = self.plan_size
         if min(w, h, b) < 1:
             raise AnimaError(f"plan size must be positive, got {self.plan_size}")

@@ -1,0 +1,94 @@
+"""fp32 linears through oneDNN on plain AVX2 CPUs (`anima.runtime.cpu_gemm`): which calls it takes,
+that they compute what ``F.linear`` computes, that autograd and odd layouts keep torch's own path,
+and that a pipeline run uses the library its options name and leaves nothing switched on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TINY, TOKENIZERS
+
+from anima.errors import AnimaError
+from anima.pipeline import Pipeline, RunOptions
+from anima.recipe import Recipe
+from anima.runtime import cpu_gemm
+from anima.runtime.cpu_gemm import MKL, ONEDNN, OneDNNLinears, cpu_linears, resolve_cpu_gemm
+
+pytestmark = pytest.mark.skipif(not cpu_gemm.onednn_available(), reason="this torch has no oneDNN")
+ONEDNN_OP = "mkldnn::_linear_pointwise"
+
+
+def _ops(fn) -> set[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages()}
+
+
+def test_auto_is_onednn_on_plain_avx2_only(monkeypatch) -> None:
+    for isa, want in (("AVX2", ONEDNN), ("AVX512", MKL), ("DEFAULT", MKL)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda isa=isa: isa)
+        assert resolve_cpu_gemm("auto") == want
+    assert resolve_cpu_gemm("onednn") == ONEDNN and resolve_cpu_gemm("mkl") == MKL
+    monkeypatch.setattr(cpu_gemm, "onednn_available", lambda: False)
+    assert resolve_cpu_gemm("onednn") == MKL  # a torch without oneDNN keeps MKL
+    with pytest.raises(AnimaError, match="mkl"):
+        resolve_cpu_gemm("blas")
+    with pytest.raises(AnimaError, match="CPU matmul library"):
+        RunOptions(cpu_gemm="openblas")
+
+
+@torch.no_grad()
+def test_eligible_linears_run_onednn_with_the_same_numbers() -> None:
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(3, 70, 64, generator=g), torch.randn(96, 64, generator=g), torch.randn(96, generator=g)
+    layer = torch.nn.Linear(64, 96)
+    with OneDNNLinears():
+        ours, ours_b, ours_mod = F.linear(x, w), F.linear(x, w, b), layer(x)
+        assert ONEDNN_OP in _ops(lambda: F.linear(x, w, bias=b))
+        assert ONEDNN_OP in _ops(lambda: layer(x))
+        odd = F.linear(x.transpose(0, 1), w)  # a non-contiguous input is taken as it is
+    torch.testing.assert_close(ours, F.linear(x, w), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours_b, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours_mod, layer(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(odd, F.linear(x.transpose(0, 1), w), rtol=1e-5, atol=1e-5)
+    assert ONEDNN_OP not in _ops(lambda: F.linear(x, w))  # nothing is left switched on
+
+
+def test_autograd_odd_layouts_and_other_dtypes_keep_torchs_linear() -> None:
+    g = torch.Generator().manual_seed(1)
+    x, w = torch.randn(5, 32, generator=g), torch.randn(48, 32, generator=g)
+    broadcast_bias = torch.randn(1, generator=g).expand(48)  # stride 0: oneDNN would misread it
+    with OneDNNLinears():
+        wg = w.clone().requires_grad_(True)
+        F.linear(x, wg).sum().backward()  # training: MKL and its backward
+        with torch.no_grad():
+            for args in ((x, broadcast_bias), (x.bfloat16(), None), (torch.randn(32), None),
+                         (torch.randn(0, 32), None), (x, None, w.t().contiguous().t())):  # fmt: skip
+                weight = args[2] if len(args) > 2 else w
+                assert ONEDNN_OP not in _ops(lambda a=args, wt=weight: F.linear(a[0], wt.to(a[0].dtype), a[1]))
+            got = F.linear(x, w, broadcast_bias)
+    torch.testing.assert_close(wg.grad, x.sum(0).expand(48, 32))
+    torch.testing.assert_close(got, F.linear(x, w, broadcast_bias))
+
+
+@pytest.fixture(scope="module")
+def pipelines() -> dict[str, Pipeline]:
+    w = TINY / "weights"
+    files = (w / "anima_tiny_dit.safetensors", w / "qwen3_tiny_te.safetensors", w / "wan21_tiny_vae.safetensors")
+    return {
+        name: Pipeline.from_files(*files, tokenizer_dir=TOKENIZERS, device="cpu", dtype="fp32", cpu_gemm=name)
+        for name in (MKL, ONEDNN)
+    }
+
+
+def test_a_pipeline_run_uses_the_library_its_options_name(pipelines) -> None:
+    recipe = Recipe(prompt="red circle", negative_prompt="blurry", width=64, height=64, steps=2, seed=3,
+                    sampler="euler", cfg=4.0)  # fmt: skip
+    images, seen = {}, {}
+    for name, pipe in pipelines.items():
+        seen[name] = _ops(lambda p=pipe, n=name: images.__setitem__(n, p.generate(recipe).images))
+    assert ONEDNN_OP in seen[ONEDNN] and ONEDNN_OP not in seen[MKL]
+    assert (images[MKL] - images[ONEDNN]).abs().max() <= 1 / 255  # float32 summation order only
+    x = torch.randn(4, 8)
+    assert ONEDNN_OP not in _ops(lambda: F.linear(x, torch.randn(8, 8)))  # the run switched it off
