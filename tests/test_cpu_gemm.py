@@ -13,7 +13,7 @@ from anima.errors import AnimaError
 from anima.pipeline import Pipeline, RunOptions
 from anima.recipe import Recipe
 from anima.runtime import cpu_gemm
-from anima.runtime.cpu_gemm import MKL, ONEDNN, OneDNNLinears, cpu_linears, resolve_cpu_gemm
+from anima.runtime.cpu_gemm import MKL, ONEDNN, OneDNNLinears, resolve_cpu_gemm
 
 pytestmark = pytest.mark.skipif(not cpu_gemm.onednn_available(), reason="this torch has no oneDNN")
 ONEDNN_OP = "mkldnn::_linear_pointwise"
@@ -41,7 +41,8 @@ def test_auto_is_onednn_on_plain_avx2_only(monkeypatch) -> None:
 @torch.no_grad()
 def test_eligible_linears_run_onednn_with_the_same_numbers() -> None:
     g = torch.Generator().manual_seed(0)
-    x, w, b = torch.randn(3, 70, 64, generator=g), torch.randn(96, 64, generator=g), torch.randn(96, generator=g)
+    x, w = torch.randn(3, 70, 64, generator=g), torch.randn(96, 64, generator=g)
+    b = torch.randn(96, generator=g)
     layer = torch.nn.Linear(64, 96)
     with OneDNNLinears():
         ours, ours_b, ours_mod = F.linear(x, w), F.linear(x, w, b), layer(x)
@@ -65,8 +66,8 @@ def test_autograd_odd_layouts_and_other_dtypes_keep_torchs_linear() -> None:
         with torch.no_grad():
             for args in ((x, broadcast_bias), (x.bfloat16(), None), (torch.randn(32), None),
                          (torch.randn(0, 32), None), (x, None, w.t().contiguous().t())):  # fmt: skip
-                weight = args[2] if len(args) > 2 else w
-                assert ONEDNN_OP not in _ops(lambda a=args, wt=weight: F.linear(a[0], wt.to(a[0].dtype), a[1]))
+                wt = (args[2] if len(args) > 2 else w).to(args[0].dtype)
+                assert ONEDNN_OP not in _ops(lambda a=args, wt=wt: F.linear(a[0], wt, a[1]))
             got = F.linear(x, w, broadcast_bias)
     torch.testing.assert_close(wg.grad, x.sum(0).expand(48, 32))
     torch.testing.assert_close(got, F.linear(x, w, broadcast_bias))
@@ -75,11 +76,12 @@ def test_autograd_odd_layouts_and_other_dtypes_keep_torchs_linear() -> None:
 @pytest.fixture(scope="module")
 def pipelines() -> dict[str, Pipeline]:
     w = TINY / "weights"
-    files = (w / "anima_tiny_dit.safetensors", w / "qwen3_tiny_te.safetensors", w / "wan21_tiny_vae.safetensors")
+    names = ("anima_tiny_dit", "qwen3_tiny_te", "wan21_tiny_vae")
+    files = tuple(w / f"{n}.safetensors" for n in names)
     return {
         name: Pipeline.from_files(*files, tokenizer_dir=TOKENIZERS, device="cpu", dtype="fp32", cpu_gemm=name)
         for name in (MKL, ONEDNN)
-    }
+    }  # fmt: skip
 
 
 def test_a_pipeline_run_uses_the_library_its_options_name(pipelines) -> None:

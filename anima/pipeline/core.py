@@ -37,6 +37,7 @@ from anima.weights.discovery import ModelSet
 from anima.weights.hashes import model_hash
 from anima.weights.lllite import load_lllite
 from anima.weights.mapped_pages import released_after_use, reused_heap, trim_heap
+from anima.weights.readahead import read_ahead
 from anima.workflows import comfy_image, inpaint
 from anima.workflows.control_sources import ControlImage
 from anima.workflows.init_image import check_image_tensor, file_digest
@@ -125,6 +126,8 @@ class Pipeline:
         cpu_plan = options.ram_budget is not None and device.type == "cpu"
         dit_dtype = None if options.weights or cpu_plan else dtype
         tok = AnimaTokenizer.from_dirs(*_tokenizer_dirs(models))
+        # The encoder's file is read from disk while the DiT loads, not by the first text pass.
+        read_ahead([Path(models.text_encoder)])
         if models.diffusers is not None:
             folder = Path(models.diffusers)
             dit, adapter = loading.load_dit_diffusers(
