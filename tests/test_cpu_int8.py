@@ -9,6 +9,7 @@ integer products are exact but whose float epilogues may round differently; boun
 from __future__ import annotations
 
 import copy
+import threading
 
 import gguf
 import pytest
@@ -24,6 +25,7 @@ from anima.runtime.quant import (
     cast_unquantized,
     has_int8_kernel,
     matmul_record,
+    prepack,
     quantize_dit,
     requantize_q8_0,
 )
@@ -108,6 +110,42 @@ def test_packed_kernels_keep_one_copy_and_give_the_weight_back(kernel) -> None:
     assert torch.equal(layer.dequantize(), (q.float() * scale).float())
     layer.to(torch.device("cpu"))  # a move unpacks (the packed object follows no device)
     assert layer._packed is None and torch.equal(layer.weight, q)
+
+
+@torch.no_grad()
+def test_prepack_packs_every_layer_on_threads_with_the_same_values(monkeypatch) -> None:
+    """`prepack` on fbgemm's threads: every layer packed (one copy), the int8 values those it was
+    given, the layers' outputs those of packing one by one, the process's quantized engine as before."""
+    if qmatmul.FBGEMM not in qmatmul.device_capability(CPU).engines:
+        pytest.skip("torch built without fbgemm")
+    dit = build(tiny_dit_state())
+    quantize_dit(dit, "int8")
+    layers = [m for m in dit.modules() if isinstance(m, QuantLinear)]
+    for m in layers:
+        m.kernel = qmatmul.FBGEMM
+    values = [m.weight.clone() for m in layers]
+    serial = copy.deepcopy(dit)
+    for m in serial.modules():
+        if isinstance(m, QuantLinear):
+            m.prepack()
+    threads: set[int] = set()
+    real = QuantLinear.prepack
+
+    def recording(self) -> bool:
+        threads.add(threading.get_ident())
+        return real(self)
+
+    monkeypatch.setattr(QuantLinear, "prepack", recording)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    engine = torch.backends.quantized.engine
+    assert prepack(dit) == len(layers)
+    assert torch.backends.quantized.engine == engine
+    assert len(threads - {threading.get_ident()}) == 2  # the blocks' layers went to two workers
+    assert all(m.weight.numel() == 0 for m in layers)
+    assert all(torch.equal(m.int8_weight(), v) for m, v in zip(layers, values, strict=True))
+    x = torch.randn(1, 40, layers[0].in_features, generator=torch.Generator().manual_seed(4))
+    packed_serially = [m for m in serial.modules() if isinstance(m, QuantLinear)]
+    assert torch.equal(layers[0](x), packed_serially[0](x))
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ from test_dit import CASES, build, tiny_dit_state
 from torch import nn
 
 from anima.errors import AnimaError
-from anima.model import qmatmul
+from anima.model import qmatmul, quant_linear
 from anima.runtime.quant import BLOCK_LINEARS, QuantLinear, quantize_dit, quantize_weight
 
 # Max-abs velocity error relative to the velocity's max, measured on the tiny fixture: int8 1.3%,
@@ -101,3 +101,21 @@ def test_quantize_skips_wrapped_layers_and_rejects_bad_input(bf16_model):
         quantize_dit(m, "nf4")
     with pytest.raises(AnimaError, match="bias-free"):
         QuantLinear.from_linear(nn.Linear(4, 4), "int8")
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp8"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_big_cpu_weights_are_quantised_in_row_chunks_with_the_same_bits(fmt, dtype) -> None:
+    """Over 256 rows a CPU weight is quantised 256 rows at a time (`_quantize_rows`); slices of 100
+    rows take the whole-matrix path, so their results stacked are the reference, bit for bit."""
+    g = torch.Generator().manual_seed(7)
+    w = (torch.randn(700, 96, generator=g) * torch.rand(700, 1, generator=g)).to(dtype)
+    w[3] = 0  # an all-zero row: the scale's floor
+    w[500, 5] = 300.0  # an outlier row
+    before = w.clone()
+    q, scale = quantize_weight(w, fmt)
+    parts = [quantize_weight(w[i : i + 100], fmt) for i in range(0, 700, 100)]
+    assert torch.equal(w, before)  # the caller's weight is never divided in place
+    assert torch.equal(q.view(torch.int8), torch.cat([p[0] for p in parts]).view(torch.int8))
+    assert torch.equal(scale, torch.cat([p[1] for p in parts]))
+    assert q.dtype == quant_linear.FORMATS[fmt] and scale.dtype == torch.float32

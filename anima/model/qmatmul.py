@@ -41,6 +41,8 @@ are multiples of 8; ``_scaled_mm`` multiples of 16. Calls outside them take the 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 
@@ -177,15 +179,27 @@ def pack(q: torch.Tensor, scale: torch.Tensor, kernel: str) -> object:
         return torch.ops.onednn.qlinear_prepack(q.contiguous(), None)
     out = q.shape[0]
     scales = scale.reshape(-1).double().expand(out).contiguous()
-    engine = torch.backends.quantized.engine
     with warnings.catch_warnings():  # torch deprecates quantized tensors; fbgemm takes only them
         warnings.simplefilter("ignore")
         wq = torch._make_per_channel_quantized_tensor(q, scales, torch.zeros(out, dtype=torch.long), 0)
-        try:
-            torch.backends.quantized.engine = kernel
+        with quantized_engine(kernel):
             return torch.ops.quantized.linear_prepack(wq, None)
-        finally:
-            torch.backends.quantized.engine = engine
+
+
+@contextmanager
+def quantized_engine(kernel: str) -> Iterator[None]:
+    """torch's quantized engine set to `kernel` while open. The engine is process-wide: threads that
+    pack at once open this once around all of them (`anima.runtime.quant.prepack`), and a pack inside
+    it then leaves the engine alone instead of switching it back under the others."""
+    engine = torch.backends.quantized.engine
+    if engine == kernel:
+        yield
+        return
+    torch.backends.quantized.engine = kernel
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = engine
 
 
 def unpack(packed: object) -> torch.Tensor:

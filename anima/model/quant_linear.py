@@ -41,6 +41,8 @@ def quantize_weight(w: torch.Tensor, fmt: str, per_channel: bool = True) -> tupl
     Symmetric round-to-nearest, scale = amax / qmax (127 for int8, 448 for fp8 e4m3)."""
     if fmt not in ("int8", "fp8"):
         raise AnimaError(f"unknown weight format '{fmt}'; choose int8 or fp8")
+    if per_channel and w.device.type == "cpu" and w.dim() == 2 and w.shape[0] > _CPU_ROWS:
+        return _quantize_rows(w.detach(), fmt)
     wf = w.detach().float()
     amax = wf.abs().amax(dim=1, keepdim=True) if per_channel else wf.abs().amax().reshape(1, 1)
     scale = (amax / QMAX[fmt]).clamp_min(1e-12)
@@ -50,6 +52,31 @@ def quantize_weight(w: torch.Tensor, fmt: str, per_channel: bool = True) -> tupl
     else:
         q = scaled.clamp_(-448.0, 448.0).to(torch.float8_e4m3fn)
     return q, scale
+
+
+# Rows of a weight quantised at a time on a CPU (`_quantize_rows`).
+_CPU_ROWS = 256
+
+
+def _quantize_rows(w: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`quantize_weight`'s per-channel result, `_CPU_ROWS` rows at a time.
+
+    Why: the whole-matrix version makes five passes over an fp32 copy of the weight (cast, |w|,
+    max, divide, round), each through DRAM for the DiT's 16-64 MB matrices; 256 rows (2-8 MB) stay
+    in the cache. A bf16 8192 x 2048 weight took 34 ms instead of 56-64 ms on a 2-core Zen 2. Every
+    step is per row or per element, and max|w| is exact, so the values are the same bits."""
+    out = torch.empty(w.shape, dtype=FORMATS[fmt])
+    scale = torch.empty(w.shape[0], 1, dtype=torch.float32)
+    for i in range(0, w.shape[0], _CPU_ROWS):
+        wf = w[i : i + _CPU_ROWS].to(torch.float32, copy=True)  # divided in place below
+        amax = torch.linalg.vector_norm(wf, ord=float("inf"), dim=1, keepdim=True)
+        s = scale[i : i + _CPU_ROWS] = (amax / QMAX[fmt]).clamp_min_(1e-12)
+        scaled = wf.div_(s)
+        if fmt == "int8":
+            out[i : i + _CPU_ROWS] = scaled.round_().clamp_(-127, 127)
+        else:
+            out[i : i + _CPU_ROWS] = scaled.clamp_(-448.0, 448.0)
+    return out, scale
 
 
 def hadamard(size: int, device: torch.device | str = "cpu") -> torch.Tensor:
