@@ -20,14 +20,15 @@ TINY_MODEL_ARGS = [
 ]  # fmt: skip
 
 
-def tiny_pipeline():
-    """The tiny fixture model as a CPU fp32 `Pipeline` (the library-level tests' model)."""
+def tiny_pipeline(**options):
+    """The tiny fixture model as a CPU fp32 `Pipeline` (the library-level tests' model); `options`:
+    more `RunOptions` fields (``cpu_gemm="onednn"``)."""
     from anima.pipeline import Pipeline
 
     w = TINY / "weights"
     return Pipeline.from_files(
         w / "anima_tiny_dit.safetensors", w / "qwen3_tiny_te.safetensors", w / "wan21_tiny_vae.safetensors",
-        tokenizer_dir=TOKENIZERS, device="cpu", dtype="fp32",
+        tokenizer_dir=TOKENIZERS, device="cpu", dtype="fp32", **options,
     )  # fmt: skip
 
 

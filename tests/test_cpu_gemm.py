@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY, TOKENIZERS
+from conftest import tiny_pipeline
 
 from anima.errors import AnimaError
 from anima.pipeline import Pipeline, RunOptions
@@ -75,13 +75,7 @@ def test_autograd_odd_layouts_and_other_dtypes_keep_torchs_linear() -> None:
 
 @pytest.fixture(scope="module")
 def pipelines() -> dict[str, Pipeline]:
-    w = TINY / "weights"
-    names = ("anima_tiny_dit", "qwen3_tiny_te", "wan21_tiny_vae")
-    files = tuple(w / f"{n}.safetensors" for n in names)
-    return {
-        name: Pipeline.from_files(*files, tokenizer_dir=TOKENIZERS, device="cpu", dtype="fp32", cpu_gemm=name)
-        for name in (MKL, ONEDNN)
-    }  # fmt: skip
+    return {name: tiny_pipeline(cpu_gemm=name) for name in (MKL, ONEDNN)}
 
 
 def test_a_pipeline_run_uses_the_library_its_options_name(pipelines) -> None:

@@ -9,6 +9,7 @@ integer products are exact but whose float epilogues may round differently; boun
 from __future__ import annotations
 
 import copy
+import itertools
 import threading
 
 import gguf
@@ -130,9 +131,13 @@ def test_prepack_packs_every_layer_on_threads_with_the_same_values(monkeypatch) 
             m.prepack()
     threads: set[int] = set()
     real = QuantLinear.prepack
+    calls = itertools.count()
+    both = threading.Barrier(2, timeout=10)
 
     def recording(self) -> bool:
         threads.add(threading.get_ident())
+        if next(calls) < 2:  # the first two packs wait for each other: two workers at once, or a timeout
+            both.wait()
         return real(self)
 
     monkeypatch.setattr(QuantLinear, "prepack", recording)

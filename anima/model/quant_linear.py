@@ -171,14 +171,20 @@ class QuantLinear(nn.Module):
         """Pack the weight now for the CPU kernel this layer will run (a no-op elsewhere), rather
         than on its first call; True when it packed. The loader packs every layer this way and gives
         the freed plain weights back block by block (`anima.runtime.quant.prepack`)."""
-        if self.weight.device.type != "cpu" or self.weight.numel() == 0:
-            return False
-        dev = self.weight.device
-        kernel = qmatmul.pick(self.fmt, dev, 1, self.in_features, self.out_features, self.kernel)
-        if kernel not in qmatmul.PACKED:
+        kernel = self.kernel_to_pack()
+        if kernel is None:
             return False
         self._packed_for(kernel)
         return True
+
+    def kernel_to_pack(self) -> str | None:
+        """The packed CPU kernel (`qmatmul.PACKED`) `prepack` would pack this layer for, or None when
+        there is nothing to pack: on another device, already packed, or a kernel that packs nothing."""
+        if self.weight.device.type != "cpu" or self.weight.numel() == 0:
+            return None
+        dev, shape = self.weight.device, (self.in_features, self.out_features)
+        kernel = qmatmul.pick(self.fmt, dev, 1, *shape, self.kernel)
+        return kernel if kernel in qmatmul.PACKED else None
 
     def int8_weight(self) -> torch.Tensor:
         """The 8-bit [out, in] values, unpacked when a CPU kernel holds them packed."""

@@ -190,7 +190,7 @@ def prepack(dit: nn.Module) -> int:
     as torch uses: on a 2-core Zen 2 the 2B DiT's 280 packs took 14.7 s on one (52 ms each), four
     8192 x 2048 packs 1.03 s serially and 0.51 s on two threads. oneDNN's packing is parallel
     already and stays serial."""
-    fbgemm = _packs_with_fbgemm(dit)
+    fbgemm = any(m.kernel_to_pack() == qmatmul.FBGEMM for m in dit.modules() if isinstance(m, QuantLinear))
     n = 0
     # The quantized engine is process-wide: set once for all the threads (`qmatmul.quantized_engine`).
     with (
@@ -202,14 +202,6 @@ def prepack(dit: nn.Module) -> int:
             n += sum(pool.map(QuantLinear.prepack, layers))
             trim_heap()
     return n + sum(m.prepack() for m in dit.modules() if isinstance(m, QuantLinear))
-
-
-def _packs_with_fbgemm(dit: nn.Module) -> bool:
-    layer = next((m for m in dit.modules() if isinstance(m, QuantLinear)), None)
-    if layer is None or layer.weight.device.type != "cpu":
-        return False
-    shape = (layer.in_features, layer.out_features)
-    return qmatmul.pick(layer.fmt, layer.weight.device, 1, *shape, layer.kernel) == qmatmul.FBGEMM
 
 
 def requantize_q8_0(dit: nn.Module, compute_dtype: torch.dtype) -> int:

@@ -21,15 +21,8 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth", ".ckpt")
-
-
-def weight_files(path: Path) -> list[Path]:
-    """The file itself, or a folder's weight files (a diffusers component: shards, index)."""
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _SUFFIXES)
-    return [path] if path.is_file() else []
-
+from anima.errors import AnimaError
+from anima.weights.loading import shard_files
 
 _CHUNK = 64 << 20
 
@@ -61,11 +54,17 @@ def _send_to_null(files: list[Path]) -> None:
 
 
 def read_ahead(paths: Iterable[Path | str]) -> threading.Thread | None:
-    """Start reading `paths` (files or folders) into the page cache in a daemon thread; the thread,
-    or None where the OS has no ``sendfile`` or there is nothing to read."""
+    """Start reading `paths` (files, or folders as the loader reads them: `shard_files`) into the page
+    cache in a daemon thread; the thread, or None where the OS has no ``sendfile`` or there is nothing
+    to read (a path the loader will refuse is left to the loader's own error)."""
     if not hasattr(os, "sendfile"):
         return None
-    files = [f for p in paths for f in weight_files(Path(p))]
+    files: list[Path] = []
+    for p in paths:
+        try:
+            files += shard_files(Path(p))
+        except AnimaError:
+            continue
     if not files:
         return None
     thread = threading.Thread(target=_send_to_null, args=(files,), name="anima-readahead", daemon=True)
