@@ -13,7 +13,7 @@ from anima.errors import AnimaError
 from anima.pipeline import Pipeline, RunOptions
 from anima.recipe import Recipe
 from anima.runtime import cpu_gemm
-from anima.runtime.cpu_gemm import MKL, ONEDNN, OneDNNLinears, resolve_cpu_gemm
+from anima.runtime.cpu_gemm import MKL, ONEDNN, OneDNNProducts, resolve_cpu_attention, resolve_cpu_gemm
 
 pytestmark = pytest.mark.skipif(not cpu_gemm.onednn_available(), reason="this torch has no oneDNN")
 ONEDNN_OP = "mkldnn::_linear_pointwise"
@@ -25,10 +25,19 @@ def _ops(fn) -> set[str]:
     return {e.key for e in prof.key_averages()}
 
 
-def test_auto_is_onednn_on_plain_avx2_only(monkeypatch) -> None:
-    for isa, want in (("AVX2", ONEDNN), ("AVX512", MKL), ("DEFAULT", MKL)):
+def test_auto_keeps_mkl_only_on_intel_avx512_and_below_avx2(monkeypatch) -> None:
+    cases = (
+        ("AVX2", "GenuineIntel", ONEDNN), ("AVX2", "AuthenticAMD", ONEDNN),
+        ("AVX512", "GenuineIntel", MKL), ("AVX512", "AuthenticAMD", ONEDNN), ("AVX512", "", ONEDNN),
+        ("DEFAULT", "GenuineIntel", MKL), ("DEFAULT", "AuthenticAMD", MKL),
+    )  # fmt: skip
+    for isa, vendor, want in cases:
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda isa=isa: isa)
-        assert resolve_cpu_gemm("auto") == want
+        monkeypatch.setattr(cpu_gemm, "cpu_vendor", lambda vendor=vendor: vendor)
+        assert resolve_cpu_gemm("auto") == want, (isa, vendor)
+        # attention only where measured: AVX-512 CPUs other than Intel's
+        assert resolve_cpu_attention("auto") == (isa == "AVX512" and vendor != "GenuineIntel"), (isa, vendor)
+    assert resolve_cpu_attention("onednn") and not resolve_cpu_attention("mkl")
     assert resolve_cpu_gemm("onednn") == ONEDNN and resolve_cpu_gemm("mkl") == MKL
     monkeypatch.setattr(cpu_gemm, "onednn_available", lambda: False)
     assert resolve_cpu_gemm("onednn") == MKL  # a torch without oneDNN keeps MKL
@@ -44,7 +53,7 @@ def test_eligible_linears_run_onednn_with_the_same_numbers() -> None:
     x, w = torch.randn(3, 70, 64, generator=g), torch.randn(96, 64, generator=g)
     b = torch.randn(96, generator=g)
     layer = torch.nn.Linear(64, 96)
-    with OneDNNLinears():
+    with OneDNNProducts():
         ours, ours_b, ours_mod = F.linear(x, w), F.linear(x, w, b), layer(x)
         assert ONEDNN_OP in _ops(lambda: F.linear(x, w, bias=b))
         assert ONEDNN_OP in _ops(lambda: layer(x))
@@ -60,7 +69,7 @@ def test_autograd_odd_layouts_and_other_dtypes_keep_torchs_linear() -> None:
     g = torch.Generator().manual_seed(1)
     x, w = torch.randn(5, 32, generator=g), torch.randn(48, 32, generator=g)
     broadcast_bias = torch.randn(1, generator=g).expand(48)  # stride 0: oneDNN would misread it
-    with OneDNNLinears():
+    with OneDNNProducts():
         wg = w.clone().requires_grad_(True)
         F.linear(x, wg).sum().backward()  # training: MKL and its backward
         with torch.no_grad():

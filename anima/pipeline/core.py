@@ -462,9 +462,10 @@ class Pipeline:
         """[B,H,W,3] in [0,1] -> VAE-space latent mean [B,16,1,H/8,W/8] (fp32, CPU)."""
         vdt = next(self.vae.parameters()).dtype
         x = image_to_vae_input(image).to(self.device, vdt)
-        if self._tile(tiled, image.shape[1], image.shape[2], image.shape[0], vdt):
-            return encode_tiled(self.vae.encode, x).float().cpu()
-        return self.vae.encode(x).float().cpu()
+        with self._cpu_run():  # the products `generate` uses, so both give the same latent
+            if self._tile(tiled, image.shape[1], image.shape[2], image.shape[0], vdt):
+                return encode_tiled(self.vae.encode, x).float().cpu()
+            return self.vae.encode(x).float().cpu()
 
     @torch.inference_mode()
     def decode_latent(self, latent: torch.Tensor, *, tiled: str = "auto") -> torch.Tensor:
@@ -472,10 +473,11 @@ class Pipeline:
         vdt = next(self.vae.parameters()).dtype
         z = latent.to(self.device, vdt)
         f = self.vae.spatial_factor
-        if self._tile(tiled, z.shape[-2] * f, z.shape[-1] * f, z.shape[0], vdt):
-            out = self.vae.decode_tiled(z)
-        else:
-            out = self.vae.decode(z)
+        with self._cpu_run():
+            if self._tile(tiled, z.shape[-2] * f, z.shape[-1] * f, z.shape[0], vdt):
+                out = self.vae.decode_tiled(z)
+            else:
+                out = self.vae.decode(z)
         return vae_output_to_image(out).float().cpu()
 
     def _tile(self, mode: str, height: int, width: int, batch: int, dtype: torch.dtype) -> bool:
