@@ -13,12 +13,13 @@ all 512 rows, and both compute the same attention. Weights are touched once befo
 that page faults of the memory-mapped files are not counted.
 
 anima's CPU pipeline runs each recipe inside `cpu_run_policy` (freed activations stay in the heap
-instead of being mapped afresh per op; fp32 linears go to oneDNN on plain AVX2 CPUs, where it beats
-MKL), so its step is timed as a run's second step (inside the policy, after one step in it) and its
-VAE decode inside it; diffusers runs as shipped, and once more in the same way as anima
-(`diffusers_in_anima_policy_step_s`), to show how much of the difference is the policy and how much
-the code. The floors run their bare products in anima's library; where that is oneDNN, `floor_mkl`
-is the same floor in torch's default library (what diffusers gets as shipped).
+instead of being mapped afresh per op; fp32 linears, and on some CPUs attention, go to oneDNN where
+it beats torch's default, `anima.runtime.cpu_gemm`), so its step is timed as a run's second step
+(inside the policy, after one step in it) and its VAE decode inside it; diffusers runs as shipped,
+and once more in the same way as anima (`diffusers_in_anima_policy_step_s`), to show how much of the
+difference is the policy and how much the code. The floors run their bare products in anima's
+library; where that is oneDNN, `floor_mkl` is the same floor in torch's default kernels (MKL, flash
+attention: what diffusers gets as shipped).
 """
 
 from __future__ import annotations

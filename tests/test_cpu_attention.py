@@ -57,8 +57,14 @@ def test_it_computes_softmax_attention_in_float32(monkeypatch, dtype) -> None:
 
 
 @torch.no_grad()
-def test_the_mode_takes_plain_calls_only() -> None:
+def test_the_mode_takes_plain_calls_of_big_heads_only(monkeypatch) -> None:
     q, k, v = _qkv(torch.float32)
+    with OneDNNProducts(attention=True):  # 40 x 24 x 32: too small to gain
+        assert ONEDNN_OP not in _ops(lambda: F.scaled_dot_product_attention(q, k, v))
+    big = [torch.zeros(1, 2, 384, 128)] * 3
+    assert cpu_attention.takes(*big, None, 0.0, False, None, False)
+    assert not cpu_attention.takes(*(t[:, :, :320] for t in big), None, 0.0, False, None, False)
+    monkeypatch.setattr(cpu_attention, "MIN_HEAD_WORK", 0)
     with OneDNNProducts(attention=True):
         ops = _ops(lambda: F.scaled_dot_product_attention(q, k, v))
         assert ONEDNN_OP in ops and not {FLASH_OP, MATH_OP} & ops

@@ -12,17 +12,23 @@ from conftest import tiny_pipeline
 from anima.errors import AnimaError
 from anima.pipeline import Pipeline, RunOptions
 from anima.recipe import Recipe
-from anima.runtime import cpu_gemm
+from anima.runtime import cpu_attention, cpu_gemm
 from anima.runtime.cpu_gemm import MKL, ONEDNN, OneDNNProducts, resolve_cpu_attention, resolve_cpu_gemm
 
 pytestmark = pytest.mark.skipif(not cpu_gemm.onednn_available(), reason="this torch has no oneDNN")
 ONEDNN_OP = "mkldnn::_linear_pointwise"
+FLASH_OP = "aten::_scaled_dot_product_flash_attention_for_cpu"
+MATH_OP = "aten::_scaled_dot_product_attention_math"
+
+
+def _counts(fn) -> dict[str, int]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key: e.count for e in prof.key_averages()}
 
 
 def _ops(fn) -> set[str]:
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        fn()
-    return {e.key for e in prof.key_averages()}
+    return set(_counts(fn))
 
 
 def test_auto_keeps_mkl_only_on_intel_avx512_and_below_avx2(monkeypatch) -> None:
@@ -87,13 +93,17 @@ def pipelines() -> dict[str, Pipeline]:
     return {name: tiny_pipeline(cpu_gemm=name) for name in (MKL, ONEDNN)}
 
 
-def test_a_pipeline_run_uses_the_library_its_options_name(pipelines) -> None:
+def test_a_pipeline_run_uses_the_library_its_options_name(pipelines, monkeypatch) -> None:
+    monkeypatch.setattr(cpu_attention, "MIN_HEAD_WORK", 0)  # the tiny model's heads are small
     recipe = Recipe(prompt="red circle", negative_prompt="blurry", width=64, height=64, steps=2, seed=3,
                     sampler="euler", cfg=4.0)  # fmt: skip
     images, seen = {}, {}
     for name, pipe in pipelines.items():
-        seen[name] = _ops(lambda p=pipe, n=name: images.__setitem__(n, p.generate(recipe).images))
+        seen[name] = _counts(lambda p=pipe, n=name: images.__setitem__(n, p.generate(recipe).images))
     assert ONEDNN_OP in seen[ONEDNN] and ONEDNN_OP not in seen[MKL]
+    torch_attention = {n: sum(seen[n].get(op, 0) for op in (FLASH_OP, MATH_OP)) for n in seen}
+    # the self-attentions leave torch's kernels; masked ones (text encoder, shared-padding key) stay
+    assert 0 < torch_attention[ONEDNN] < torch_attention[MKL]
     assert (images[MKL] - images[ONEDNN]).abs().max() <= 1 / 255  # float32 summation order only
     x = torch.randn(4, 8)
     assert ONEDNN_OP not in _ops(lambda: F.linear(x, torch.randn(8, 8)))  # the run switched it off

@@ -21,7 +21,9 @@ def add_perf_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--profile", action="store_true", help="report time and peak memory of each part")
     g.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (slow first step)")
     g.add_argument("--attention", default="auto", help="attention kernel: auto, sdpa, math, sage, xformers")
-    g.add_argument("--cpu-gemm", default="auto", help="fp32 matmuls on a CPU: auto, mkl or onednn")
+    g.add_argument(
+        "--cpu-gemm", default="auto", help="library for fp32 linears and attention on CPUs: auto, mkl, onednn"
+    )
     g.add_argument(
         "--step-cache", type=float, metavar="T",
         help="skip DiT blocks on steps where block 0 barely changed (0.05-0.15; changes the image)",

@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 
 def cpu_run_policy(cpu_gemm: str = "auto") -> AbstractContextManager:
     """What a recipe runs inside on a CPU (and the benchmark times anima's steps in): freed
-    activations kept in the heap (`reused_heap`) and fp32 linears in the faster library (`cpu_linears`)."""
+    activations kept in the heap (`reused_heap`), fp32 linears and attention in the faster library
+    (`cpu_linears`)."""
     stack = ExitStack()
     stack.enter_context(reused_heap())
     stack.enter_context(cpu_linears(cpu_gemm))
@@ -296,7 +297,7 @@ class Pipeline:
             if reference is None and recipe.reference.on:
                 reference = load_reference(recipe.reference)
             # On a CPU the ops' fresh outputs come from kept heap instead of new pages (mapped_pages),
-            # and fp32 linears go to the faster of MKL and oneDNN (anima.runtime.cpu_gemm).
+            # and fp32 linears and attention go to the faster library (anima.runtime.cpu_gemm).
             with self._cpu_run():
                 result = self._generate(
                     recipe, init_image, mask, passes.StepHooks(progress, preview), reference, control

@@ -38,8 +38,9 @@ class RunOptions:
     `weights_kernel`: "dequant" runs the 8-bit layers as dequantise + matmul whatever the device has
     (how CPUs ran them before anima's int8 kernels: a recipe recorded then re-runs as it ran);
     `release_text_encoder`: free it after encoding (None: on a CPU, or when the memory plan says so);
-    `cpu_gemm`: which library runs a CPU run's fp32 linears, auto, mkl or onednn
-    (`anima.runtime.cpu_gemm`; auto is oneDNN on plain AVX2 CPUs, where it is faster);
+    `cpu_gemm`: which library runs a CPU run's fp32 linears and attention, auto, mkl or onednn
+    (`anima.runtime.cpu_gemm`; auto is oneDNN for linears on every x86 CPU but Intel's AVX-512 ones
+    and for attention on non-Intel AVX-512 CPUs, where each was measured faster);
     `plan_size`: (width, height, batch) the memory plan and the compile warm-up are sized for."""
 
     device: str = "cpu"

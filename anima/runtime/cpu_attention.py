@@ -6,7 +6,9 @@ block (it packs blocks for one big call only on AMX CPUs). Measured 2026-12-08 o
 Zen 5 (ATen AVX512, avx512_bf16, no AMX; torch 2.13), the DiT's self-attention at 512x512 with CFG
 (q, k, v [2, 16, 1024, 128]) took 84-89 ms in bf16 and in float32 (about 200 GFLOP/s), and this
 function 54-61 ms (bf16) / 49-54 ms (float32); at 512 keys 42-45 against 26 ms. oneDNN's float32
-products run there at 440-490 GFLOP/s against MKL's 210-225 (`anima.runtime.cpu_gemm`).
+products run there at 440-490 GFLOP/s against MKL's 210-225 (`anima.runtime.cpu_gemm`). Small heads
+lose to the per-head overhead: at 256 queries and keys (the DiT at 256x256) 7.1-7.3 against 6.1 ms,
+at 384 10.4-11.2 against 13.5-13.7 ms, so only heads of `MIN_HEAD_WORK` or more are taken.
 
 How: for each (batch, head), whole rows of scores at once, ``softmax(q k^T / sqrt(d)) v`` in float32
 whatever the inputs' dtype (so bf16 inputs get float32 scores and probabilities, more exact than the
@@ -22,6 +24,7 @@ from typing import Any
 import torch
 
 SCORE_BYTES = 4 << 20  # one block of float32 scores: 1024 x 1024 here, a few MB of L2 + L3
+MIN_HEAD_WORK = 1 << 24  # queries x keys x head dim of one head: 320 x 320 x 128 is under, 384^2 x 128 over
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -29,9 +32,9 @@ def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def takes(q: Any, k: Any, v: Any, mask: Any, dropout: float, causal: bool, scale: Any, gqa: bool) -> bool:
-    """Whether `attention` computes this ``scaled_dot_product_attention`` call exactly as meant: CPU
+    """Whether `attention` computes this ``scaled_dot_product_attention`` call exactly as meant (CPU
     float32 / bf16 tensors [B, heads, L, D] of one shape family, no mask, dropout, causality,
-    custom scale or grouped heads."""
+    custom scale or grouped heads) and its heads are big enough to gain (`MIN_HEAD_WORK`)."""
     tensors = (q, k, v)
     if not all(isinstance(t, torch.Tensor) for t in tensors):
         return False
@@ -41,7 +44,7 @@ def takes(q: Any, k: Any, v: Any, mask: Any, dropout: float, causal: bool, scale
         all(t.device.type == "cpu" and t.dtype == q.dtype and t.dim() == 4 for t in tensors)
         and q.dtype in (torch.float32, torch.bfloat16)
         and q.shape[:2] == k.shape[:2] == v.shape[:2] and k.shape[2] == v.shape[2]
-        and q.shape[3] == k.shape[3] and q.numel() > 0 and k.shape[2] > 0
+        and q.shape[3] == k.shape[3] and q.shape[2] * k.shape[2] * q.shape[3] >= max(MIN_HEAD_WORK, 1)
     )  # fmt: skip
 
 
