@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     isa = cpu_isa()
     print(f"CPU: {isa['model']}; ATen {isa['aten_capability']}, flags {' '.join(isa['flags'])}; "
-          f"int8 weights: {isa['int8_matmul']}; fp32 linears: {isa['fp32_matmul']}", flush=True)  # fmt: skip
+          f"int8 weights: {isa['int8_matmul']}; fp32 linears: {isa['fp32_matmul']}; "
+          f"attention: {isa['attention']}", flush=True)  # fmt: skip
     print("preparing weights (cached in", args.cache, ")", flush=True)
     files = assets.random_files(args.cache)
     folder = None

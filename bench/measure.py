@@ -66,7 +66,7 @@ def cpu_isa() -> dict:
     ``ATEN_CPU_CAPABILITY``), the relevant /proc/cpuinfo flags, the model name, and which matmul
     anima's int8 weights get here (`anima.model.qmatmul`) and its fp32 linears (`anima.runtime.cpu_gemm`)."""
     from anima.model import qmatmul
-    from anima.runtime.cpu_gemm import resolve_cpu_gemm
+    from anima.runtime.cpu_gemm import resolve_cpu_attention, resolve_cpu_gemm
 
     flags: set[str] = set()
     model = ""
@@ -84,7 +84,9 @@ def cpu_isa() -> dict:
     limits = {k: os.environ[k] for k in names if k in os.environ}
     return {"aten_capability": torch.backends.cpu.get_cpu_capability(), "model": model,
             "flags": [f for f in _ISA_FLAGS if f in flags], "int8_matmul": qmatmul.KERNEL_NAMES[kernel],
-            "fp32_matmul": resolve_cpu_gemm("auto"), "isa_limits": limits}  # fmt: skip
+            "fp32_matmul": resolve_cpu_gemm("auto"),
+            "attention": "onednn" if resolve_cpu_attention("auto") else "torch sdpa",
+            "isa_limits": limits}  # fmt: skip
 
 
 def machine_load() -> dict:

@@ -8,7 +8,9 @@ Zen 5 (ATen AVX512, avx512_bf16, no AMX; torch 2.13), the DiT's self-attention a
 function 54-61 ms (bf16) / 49-54 ms (float32); at 512 keys 42-45 against 26 ms. oneDNN's float32
 products run there at 440-490 GFLOP/s against MKL's 210-225 (`anima.runtime.cpu_gemm`). Small heads
 lose to the per-head overhead: at 256 queries and keys (the DiT at 256x256) 7.1-7.3 against 6.1 ms,
-at 384 10.4-11.2 against 13.5-13.7 ms, so only heads of `MIN_HEAD_WORK` or more are taken.
+at 384 10.4-11.2 against 13.5-13.7 ms, so only heads of `MIN_HEAD_WORK` or more are taken. Held to
+AVX2 on the same machine (``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``) the two were even
+(1024 queries 86 against 88 ms, 384 14.5 against 13.5 ms), so AVX2 CPUs keep torch's kernel.
 
 How: for each (batch, head), whole rows of scores at once, ``softmax(q k^T / sqrt(d)) v`` in float32
 whatever the inputs' dtype (so bf16 inputs get float32 scores and probabilities, more exact than the
