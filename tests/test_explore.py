@@ -162,7 +162,7 @@ def test_killed_run_restarts_with_each_image_rendered_once(tmp_path: Path) -> No
 @pytest.mark.slow
 def test_gallery_in_chromium(gallery: Path) -> None:
     """Debian's chromium opens the static page from disk: search, sort, copy a tag, keep a favourite."""
-    from playwright.sync_api import sync_playwright  # test dependency, with Debian's chromium
+    from playwright.sync_api import expect, sync_playwright  # test dependency, with Debian's chromium
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
@@ -184,12 +184,15 @@ def test_gallery_in_chromium(gallery: Path) -> None:
             assert page.evaluate("navigator.clipboard.readText()") == tag
             assert page.locator("#toast").text_content() == "copied " + tag
             page.click(".card .fav-btn")
+            # expect() waits for the page to catch up; a bare count() raced it (seen once in CI)
+            expect(page.locator(".card.fav")).to_have_count(1)
+            page.wait_for_function("(localStorage.getItem(FAV_KEY) || '').includes('hammer')")
             page.fill("#search", "")
             page.select_option("#sort", "name-desc")
             assert page.locator(".card").first.get_attribute("data-name") == "yohane"
             page.reload()
             page.check("#favonly")
-            assert page.locator(".card").count() == 1
+            expect(page.locator(".card")).to_have_count(1)
             assert page.locator(".card.fav").get_attribute("data-name") == "hammer (sunset beach)"
             page.locator(".card details summary").first.click()
             assert "Seed: 1" in page.locator(".card details pre").first.text_content()
