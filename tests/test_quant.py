@@ -112,6 +112,7 @@ def test_big_cpu_weights_are_quantised_in_row_chunks_with_the_same_bits(fmt, dty
     w = (torch.randn(700, 96, generator=g) * torch.rand(700, 1, generator=g)).to(dtype)
     w[3] = 0  # an all-zero row: the scale's floor
     w[500, 5] = 300.0  # an outlier row
+    w[600, 7] = -400.0  # one whose largest magnitude is negative
     before = w.clone()
     q, scale = quantize_weight(w, fmt)
     parts = [quantize_weight(w[i : i + 100], fmt) for i in range(0, 700, 100)]

@@ -64,12 +64,15 @@ def _quantize_rows(w: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tenso
     Why: the whole-matrix version makes five passes over an fp32 copy of the weight (cast, |w|,
     max, divide, round), each through DRAM for the DiT's 16-64 MB matrices; 256 rows (2-8 MB) stay
     in the cache. A bf16 8192 x 2048 weight took 34 ms instead of 56-64 ms on a 2-core Zen 2. Every
-    step is per row or per element, and max|w| is exact, so the values are the same bits."""
+    step is per row or per element, and max|w| is exact, so the values are the same bits. max|w| is
+    max(max w, -min w): torch's two vectorised reductions took 0.13 ms on 256 x 8192 where
+    ``vector_norm(ord=inf)`` took 2.5 ms and ``abs().amax()`` 1.5 ms (Zen 5, AVX-512 and AVX2 alike;
+    ``vector_norm`` was 2.2 of the 11.4 s an int8 load took there)."""
     out = torch.empty(w.shape, dtype=FORMATS[fmt])
     scale = torch.empty(w.shape[0], 1, dtype=torch.float32)
     for i in range(0, w.shape[0], _CPU_ROWS):
         wf = w[i : i + _CPU_ROWS].to(torch.float32, copy=True)  # divided in place below
-        amax = torch.linalg.vector_norm(wf, ord=float("inf"), dim=1, keepdim=True)
+        amax = torch.maximum(wf.amax(dim=1, keepdim=True), wf.amin(dim=1, keepdim=True).neg_())
         s = scale[i : i + _CPU_ROWS] = (amax / QMAX[fmt]).clamp_min_(1e-12)
         scaled = wf.div_(s)
         if fmt == "int8":
