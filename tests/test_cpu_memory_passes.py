@@ -3,9 +3,8 @@ mapped pages given back as the encoder runs, 8-bit layers packed at load with th
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import gc
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -179,46 +178,45 @@ def test_fp32_8bit_blocks_keep_their_modulations_as_loaded_and_upcast_per_block(
     assert torch.equal(cast.generate(recipe).images, image)
 
 
-class _MallInfo2(ctypes.Structure):
+# Run in a fresh interpreter: mmap counts and the heap's free chunks are process-wide, so in the whole
+# suite an earlier test's threads, garbage or freed chunks moved them (seen in full CI runs: a 48 MB
+# request served by a free chunk left in the heap after the run, with no new mapping).
+_HEAP_CHECK = """
+import ctypes, ctypes.util, torch
+from anima.weights import mapped_pages
+
+class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-        "keepcost",
-    )]  # fmt: skip
+        "keepcost")]
 
+libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+libc.mallinfo2.restype = MallInfo2
 
-def _mmapped_bytes() -> int:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    libc.mallinfo2.restype = _MallInfo2
+def mmapped():
     return libc.mallinfo2().hblkhd
+
+n = (48 << 20) // 4
+with mapped_pages.reused_heap():
+    with mapped_pages.reused_heap():  # nested (another thread's run): the outer one still holds
+        pass
+    base = mmapped()
+    t = torch.empty(n)
+    assert mmapped() - base < n * 4, "inside a run a 48 MB tensor was mapped afresh"
+    del t
+base = mmapped()
+t = torch.empty(n)  # after the last exit: above the idle threshold, mmapped again
+assert mmapped() - base >= n * 4, "after the run a 48 MB tensor still came from the heap"
+print("ok")
+"""
 
 
 @pytest.mark.skipif(not hasattr(mapped_pages._libc(), "mallinfo2"), reason="needs glibc 2.33+ (mallinfo2)")
 def test_reused_heap_serves_run_sized_tensors_from_the_heap_and_restores_after() -> None:
     # 48 MB: above the most glibc's adaptive threshold ever reaches (32 MB), so always mmapped by
     # default; under the run threshold (64 MB), so from the heap inside.
-    n = (48 << 20) // 4
-    # the counts are process-wide: a garbage collection in between freeing an earlier test's big
-    # tensors would move them (seen once in ~4 full runs), so collect first and hold it off
-    gc.collect()
-    gc.disable()
-    try:
-        _heap_then_mmap(n)
-    finally:
-        gc.enable()
-
-
-def _heap_then_mmap(n: int) -> None:
-    with mapped_pages.reused_heap():
-        with mapped_pages.reused_heap():  # nested (another thread's run): the outer one still holds
-            pass
-        base = _mmapped_bytes()
-        t = torch.empty(n)
-        assert _mmapped_bytes() - base < n * 4
-        del t
-    base = _mmapped_bytes()
-    t = torch.empty(n)  # after the last exit: above the idle threshold, mmapped again
-    assert _mmapped_bytes() - base >= n * 4
-    del t
+    done = subprocess.run([sys.executable, "-c", _HEAP_CHECK], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 def test_reused_heap_sets_and_restores_the_thresholds(monkeypatch) -> None:
