@@ -67,17 +67,9 @@ def cpu_isa() -> dict:
     anima's int8 weights get here (`anima.model.qmatmul`) and its fp32 linears (`anima.runtime.cpu_gemm`)."""
     from anima.model import qmatmul
     from anima.runtime.cpu_gemm import resolve_cpu_attention, resolve_cpu_gemm
+    from anima.runtime.cpu_info import cpu_field, cpu_flags
 
-    flags: set[str] = set()
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-            elif line.startswith("model name") and not model:
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    flags, model = cpu_flags(), cpu_field("model name")
     cpu = torch.device("cpu")
     kernel = qmatmul.choose_kernel("int8", "cpu", qmatmul.device_capability(cpu))
     names = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")

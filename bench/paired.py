@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from anima.pipeline.core import cpu_run_policy
-from anima.runtime.cpu_gemm import ONEDNN, cpu_linears, resolve_cpu_gemm
+from anima.runtime.cpu_gemm import ONEDNN, cpu_products, resolve_cpu_gemm
 from bench.floor import floor_step
 from bench.runners import _cosmos_without_torchvision
 
@@ -120,7 +120,7 @@ def _dit_case(
     keys = max(context_rows) + 1  # the cross-attention keys anima's step has: the rows + the shared one
     def floor(gemm: str, **kw):
         def run() -> float:
-            with cpu_linears(gemm):
+            with cpu_products(gemm):
                 return floor_step(dit.cfg, tokens, dtype, repeats=1, context_len=keys, **kw)
 
         return run

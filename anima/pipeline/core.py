@@ -25,7 +25,7 @@ from anima.pipeline.controls import applied_controls, recorded_controls
 from anima.pipeline.options import RunOptions
 from anima.pipeline.result import Result
 from anima.recipe import SETTINGS, Recipe
-from anima.runtime.cpu_gemm import cpu_linears
+from anima.runtime.cpu_gemm import cpu_products
 from anima.runtime.precision import SHORT_NAMES, parse_dtype, resolve_dtype
 from anima.runtime.profile import maybe_profiled
 from anima.runtime.quant import cast_unquantized, matmul_record
@@ -51,10 +51,10 @@ log = logging.getLogger(__name__)
 def cpu_run_policy(cpu_gemm: str = "auto") -> AbstractContextManager:
     """What a recipe runs inside on a CPU (and the benchmark times anima's steps in): freed
     activations kept in the heap (`reused_heap`), fp32 linears and attention in the faster library
-    (`cpu_linears`)."""
+    (`cpu_products`)."""
     stack = ExitStack()
     stack.enter_context(reused_heap())
-    stack.enter_context(cpu_linears(cpu_gemm))
+    stack.enter_context(cpu_products(cpu_gemm))
     return stack
 
 Progress = Callable[[int, int], None]  # progress(step, total): the CLI's bar, the server's /progress

@@ -14,7 +14,7 @@ library and takes its AVX-512 kernels on Intel CPUs only: on a 2-core AMD EPYC Z
 bench's matmul floor, bench/README.md, but not against oneDNN) and takes oneDNN everywhere else;
 ``onednn`` forces it anywhere oneDNN is built in, ``mkl`` keeps torch's default.
 
-How: `cpu_linears` is a `TorchFunctionMode` a pipeline enters while it runs a recipe on a CPU (as it
+How: `cpu_products` is a `TorchFunctionMode` a pipeline enters while it runs a recipe on a CPU (as it
 does `anima.weights.mapped_pages.reused_heap`), so the model modules keep calling ``F.linear`` and
 stay pure. Only calls oneDNN takes exactly as ``F.linear`` means them are rerouted: float32 CPU
 tensors, no autograd (a training step keeps MKL and its backward), a non-empty input of 2 or more
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,6 +37,7 @@ from torch.overrides import TorchFunctionMode
 
 from anima.errors import AnimaError
 from anima.runtime import cpu_attention
+from anima.runtime.cpu_info import cpu_field
 
 AUTO, MKL, ONEDNN = "auto", "mkl", "onednn"
 CPU_GEMMS = (AUTO, MKL, ONEDNN)
@@ -57,19 +57,9 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-@cache
 def cpu_vendor() -> str:
-    """The CPU's vendor string ('GenuineIntel', 'AuthenticAMD', ...) from /proc/cpuinfo; '' where
-    there is none to read (another OS, an ARM board)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "vendor_id":
-            return value.strip()
-    return ""
+    """The CPU's vendor string ('GenuineIntel', 'AuthenticAMD', ...); '' where unknown."""
+    return cpu_field("vendor_id")
 
 
 def _intel_avx512(isa: str) -> bool:
@@ -94,10 +84,8 @@ def resolve_cpu_attention(name: str) -> bool:
     docstring; on plain AVX2 and on Intel's AVX-512 it was not), 'onednn' -> yes, 'mkl' -> no."""
     if resolve_cpu_gemm(name) != ONEDNN:
         return False
-    if name == AUTO:
-        isa = torch.backends.cpu.get_cpu_capability()
-        return isa.startswith("AVX512") and not _intel_avx512(isa)
-    return True
+    # auto took oneDNN, so this is not Intel's AVX-512: of the rest, AVX-512 only
+    return name != AUTO or torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def _onednn_takes(x: Any, w: Any, b: Any) -> bool:
@@ -148,7 +136,7 @@ class OneDNNProducts(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def cpu_linears(name: str) -> AbstractContextManager:
+def cpu_products(name: str) -> AbstractContextManager:
     """The context a CPU run's forwards go in: `OneDNNProducts` where `resolve_cpu_gemm` says oneDNN
     (with attention where `resolve_cpu_attention` says so), else nothing."""
     if resolve_cpu_gemm(name) != ONEDNN:

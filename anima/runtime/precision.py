@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from anima.errors import AnimaError
+from anima.runtime.cpu_info import cpu_flags
 
 _NAMES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -40,10 +39,7 @@ def cpu_has_fast_bf16() -> bool:
     runs such a machine as an AVX2 one, where bf16 is emulated again."""
     if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
         return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    flags = cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
